@@ -1,0 +1,164 @@
+//! The three things zfs-snap does, as library calls: back up through borg
+//! from snapshots ([`wrap`]), show what would happen ([`plan`]), and remove
+//! what dead runs left ([`cleanup`]).
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+use crate::borg::{self, CreateArgs, Invocation, Sources};
+use crate::command::{self, CommandLine};
+use crate::discovery::{discover, SourceRoot, World};
+use crate::error::{Error, Result};
+use crate::mapping::Mapping;
+use crate::mount::Mounter;
+use crate::mountinfo;
+use crate::plan::Plan;
+use crate::session::{self, Options, Report, Session};
+use crate::signals::Signals;
+use crate::zfs::Zfs;
+
+/// What a run works with.
+pub struct Context<'a> {
+    pub zfs: &'a dyn Zfs,
+    pub mounter: &'a dyn Mounter,
+    pub options: Options,
+    pub cwd: PathBuf,
+}
+
+/// How a wrapped borg call ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    /// Teardown's report, or what it left behind.
+    pub teardown: Result<Report>,
+}
+
+/// Runs `borg ARGV`: `create` from snapshots, anything else untouched.
+pub fn wrap(ctx: &Context<'_>, borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<Outcome> {
+    let args = match borg::parse(argv)? {
+        Invocation::Other => return pass_through(borg, argv, signals),
+        Invocation::Create(args) => args,
+    };
+    if args.dry_run {
+        tracing::info!("borg --dry-run: no snapshot taken, borg reads live paths");
+        return pass_through(borg, argv, signals);
+    }
+    if let Some(option) = &args.paths_at_run_time {
+        return Err(Error::BorgArgs(format!(
+            "with {option} borg learns its paths only while it runs, so zfs-snap cannot snapshot \
+             them first; give the paths as arguments or `R` pattern lines"
+        )));
+    }
+    for option in &args.unknown_options {
+        tracing::warn!(option, "unknown borg option, assumed to take no value");
+    }
+    borg::check_version(borg)?;
+    let sources = Sources::read(&args, &ctx.cwd)?;
+    let roots = resolve_roots(&sources.roots(), &ctx.cwd)?;
+
+    let (mut session, inventory, mounts, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
+    let plan = discover(
+        &World {
+            filesystems: &inventory.filesystems,
+            mounts: &mounts,
+            runtime_root: session.runtime_root(),
+            cwd: &ctx.cwd,
+            dev_of: &dev_of,
+        },
+        &roots,
+        args.one_file_system,
+    );
+    log_plan(&plan);
+    session.freeze(&plan, &|| signals.received())?;
+    let argv = write_rewrite(&mut session, &args, &sources, &plan)?;
+    if let Some(signal) = signals.received() {
+        return Err(Error::Interrupted { signal });
+    }
+    let status = borg::run(borg, &argv, signals)?;
+    let teardown = session.finish();
+    tracing::debug!(processes = command::spawned(), "processes spawned (borg not counted)");
+    Ok(Outcome { status, teardown })
+}
+
+fn pass_through(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<Outcome> {
+    let status = borg::run(borg, argv, signals)?;
+    Ok(Outcome {
+        status,
+        teardown: Ok(Report::default()),
+    })
+}
+
+fn write_rewrite(session: &mut Session<'_>, args: &CreateArgs, sources: &Sources, plan: &Plan) -> Result<Vec<OsString>> {
+    let work_dir = session.work_dir()?;
+    let rewritten = borg::rewrite(args, sources, plan, session.mapping(), &work_dir);
+    for (path, content) in &rewritten.files {
+        std::fs::write(path, content).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(rewritten.argv)
+}
+
+fn resolve_roots(roots: &[PathBuf], cwd: &Path) -> Result<Vec<SourceRoot>> {
+    roots.iter().map(|r| SourceRoot::resolve(r, cwd)).collect()
+}
+
+fn dev_of(path: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(path).ok().map(|m| m.dev())
+}
+
+fn log_plan(plan: &Plan) {
+    for note in &plan.notes {
+        tracing::info!("{note}");
+    }
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
+    for mount in &plan.mounts {
+        tracing::info!(dataset = %mount.dataset, mountpoint = %mount.mountpoint.display(), reason = %mount.reason, "snapshotting");
+    }
+}
+
+/// What a run for `roots` would do; changes nothing.
+pub fn plan(ctx: &Context<'_>, roots: &[PathBuf], one_file_system: bool) -> Result<Plan> {
+    let roots = resolve_roots(roots, &ctx.cwd)?;
+    let inventory = ctx.zfs.inventory()?;
+    let mounts = mountinfo::read(&ctx.options.mountinfo)?;
+    let runtime_root = &ctx.options.runtime_root;
+    Ok(discover(
+        &World {
+            filesystems: &inventory.filesystems,
+            mounts: &mounts,
+            runtime_root,
+            cwd: &ctx.cwd,
+            dev_of: &dev_of,
+        },
+        &roots,
+        one_file_system,
+    ))
+}
+
+/// Removes what dead runs of this runtime root left behind (with
+/// `dry_run`, only says what it would remove).
+pub fn cleanup(ctx: &Context<'_>, dry_run: bool) -> Result<Report> {
+    let root = crate::runtime::prepare(&ctx.options.runtime_root)?;
+    let _lock = crate::runtime::lock(&root, ctx.options.wait)?;
+    let inventory = ctx.zfs.inventory()?;
+    let mounts = mountinfo::read(&ctx.options.mountinfo)?;
+    let report = session::recover(ctx.zfs, ctx.mounter, &root, &inventory, &mounts, dry_run);
+    if report.problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(Error::Teardown {
+            problems: report.problems,
+        })
+    }
+}
+
+/// The mapping a runtime root gives, for `plan` output.
+pub fn mapping_for(runtime_root: &Path) -> Mapping {
+    Mapping::new(runtime_root)
+}

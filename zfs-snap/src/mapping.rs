@@ -1,0 +1,167 @@
+//! Path mapping between the live tree and the snapshot mirror.
+//!
+//! Snapshots are mounted under `<runtime root>/snap` as a mirror of the live
+//! tree: the snapshot of the dataset mounted at `/var/lib` is mounted at
+//! `<runtime root>/snap/var/lib`. The mapping is therefore a pure function
+//! both ways, distinct mountpoints never share a snapshot path, and the
+//! paths are the same on every run (borg's files cache keys on them).
+
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    snapshot_root: PathBuf,
+}
+
+impl Mapping {
+    pub fn new(runtime_root: &Path) -> Self {
+        Self {
+            snapshot_root: runtime_root.join("snap"),
+        }
+    }
+
+    /// The directory the mirror hangs from.
+    pub fn snapshot_root(&self) -> &Path {
+        &self.snapshot_root
+    }
+
+    /// Where the live absolute `path` appears in the mirror.
+    pub fn to_snapshot(&self, path: &Path) -> PathBuf {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        if relative.as_os_str().is_empty() {
+            self.snapshot_root.clone()
+        } else {
+            self.snapshot_root.join(relative)
+        }
+    }
+
+    /// The live path a mirror path stands for, `None` outside the mirror.
+    pub fn to_original(&self, path: &Path) -> Option<PathBuf> {
+        let relative = path.strip_prefix(&self.snapshot_root).ok()?;
+        Some(Path::new("/").join(relative))
+    }
+
+    /// The path to give borg for a source root, with borg's `/./` marker
+    /// placed so the archive stores what plain borg would have stored:
+    /// `var/lib/x` for `/var/lib/x`, `data` for `data` given relative to
+    /// `cwd`.
+    pub fn borg_root(&self, given: &Path, cwd: &Path) -> String {
+        let (base, rest) = if given.is_absolute() {
+            (self.snapshot_root.clone(), strip_root(given))
+        } else {
+            (self.to_snapshot(cwd), given.to_path_buf())
+        };
+        format!("{}/./{}", base.display(), rest.display())
+    }
+
+    /// The prefix borg sees in front of original paths when it matches
+    /// patterns (borg matches the unstripped path, without its leading `/`).
+    pub fn pattern_prefix(&self) -> String {
+        strip_root(&self.snapshot_root).display().to_string()
+    }
+}
+
+fn strip_root(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_)))
+        .collect()
+}
+
+/// Lexically normalises an absolute path: drops `.`, resolves `..` against
+/// the preceding component (never above `/`).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// True when `path` is `ancestor` or lies below it, by whole components.
+pub fn is_within(path: &Path, ancestor: &Path) -> bool {
+    path.starts_with(ancestor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mapping() -> Mapping {
+        Mapping::new(Path::new("/run/zfs-snap"))
+    }
+
+    #[test]
+    fn mirrors_the_live_tree() {
+        let m = mapping();
+        assert_eq!(m.to_snapshot(Path::new("/var/lib")), Path::new("/run/zfs-snap/snap/var/lib"));
+        assert_eq!(m.to_snapshot(Path::new("/")), Path::new("/run/zfs-snap/snap"));
+        assert_eq!(m.to_original(Path::new("/run/zfs-snap/snap")).unwrap(), Path::new("/"));
+        assert_eq!(m.to_original(Path::new("/run/other")), None);
+    }
+
+    #[test]
+    fn borg_root_keeps_what_plain_borg_stores() {
+        let m = mapping();
+        let cwd = Path::new("/home/u");
+        assert_eq!(m.borg_root(Path::new("/var/lib"), cwd), "/run/zfs-snap/snap/./var/lib");
+        assert_eq!(m.borg_root(Path::new("data"), cwd), "/run/zfs-snap/snap/home/u/./data");
+        assert_eq!(m.borg_root(Path::new("/"), cwd), "/run/zfs-snap/snap/./");
+        assert_eq!(m.pattern_prefix(), "run/zfs-snap/snap");
+    }
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("/a/./b/../c/")), Path::new("/a/c"));
+        assert_eq!(normalize(Path::new("/../..")), Path::new("/"));
+    }
+
+    fn live_path() -> impl Strategy<Value = PathBuf> {
+        prop::collection::vec("[a-z0-9 ._-]{1,8}", 0..6).prop_map(|parts| {
+            let mut p = PathBuf::from("/");
+            for part in parts {
+                if part != "." && part != ".." {
+                    p.push(part);
+                }
+            }
+            p
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn mapping_round_trips(path in live_path()) {
+            let m = mapping();
+            let snap = m.to_snapshot(&path);
+            prop_assert!(snap.starts_with(m.snapshot_root()));
+            prop_assert_eq!(m.to_original(&snap).unwrap(), path);
+        }
+
+        #[test]
+        fn distinct_paths_never_share_a_snapshot_path(a in live_path(), b in live_path()) {
+            let m = mapping();
+            prop_assert_eq!(a == b, m.to_snapshot(&a) == m.to_snapshot(&b));
+        }
+
+        #[test]
+        fn nesting_is_preserved(a in live_path(), b in live_path()) {
+            let m = mapping();
+            prop_assert_eq!(b.starts_with(&a), m.to_snapshot(&b).starts_with(m.to_snapshot(&a)));
+        }
+
+        #[test]
+        fn borg_root_strips_to_the_original(path in live_path()) {
+            let m = mapping();
+            let root = m.borg_root(&path, Path::new("/"));
+            let (before, after) = root.split_once("/./").unwrap();
+            prop_assert_eq!(Path::new(before), m.snapshot_root());
+            prop_assert_eq!(Path::new("/").join(after), path);
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! Talking to ZFS: the [`Zfs`] trait, its implementation over the `zfs`
+//! command, and the parsers for what that command prints.
+
+use std::ffi::OsString;
+
+use serde::Serialize;
+
+use crate::command::{args, CommandLine};
+use crate::error::{Error, Result};
+
+/// The tag property, shared with borgmatic so existing tags keep working.
+pub const TAG_PROPERTY: &str = "org.torsion.borgmatic:backup";
+/// The value of [`TAG_PROPERTY`] that selects a dataset.
+pub const TAG_VALUE: &str = "auto";
+/// Set on every snapshot we create, at creation: `<run id>:<runtime root>`.
+/// A snapshot without it is never destroyed by us.
+pub const OWNER_PROPERTY: &str = "org.torsion.zfs-snap:run";
+/// The user hold that keeps other tools' pruning off our snapshots.
+pub const HOLD_TAG: &str = "zfs-snap";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Filesystem {
+    pub name: String,
+    /// The `mountpoint` property (`legacy`, `none` or a path).
+    pub mountpoint: String,
+    pub canmount: String,
+    pub mounted: bool,
+    /// `available`, `unavailable`, or `None` when not encrypted.
+    pub keystatus: Option<String>,
+    /// Value of [`TAG_PROPERTY`], local or inherited.
+    pub tag: Option<String>,
+}
+
+impl Filesystem {
+    pub fn pool(&self) -> &str {
+        pool_of(&self.name)
+    }
+
+    pub fn is_tagged(&self) -> bool {
+        self.tag.as_deref() == Some(TAG_VALUE)
+    }
+
+    /// Why this dataset cannot be snapshotted and mounted, if it cannot.
+    pub fn unusable_reason(&self) -> Option<String> {
+        if self.keystatus.as_deref() == Some("unavailable") {
+            Some("its encryption key is not loaded (zfs load-key)".into())
+        } else if self.canmount == "off" {
+            Some("canmount=off".into())
+        } else if self.mountpoint == "none" {
+            Some("mountpoint=none".into())
+        } else if !self.mounted {
+            Some("it is not mounted".into())
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub name: String,
+    /// Value of [`OWNER_PROPERTY`]; `None` for everyone else's snapshots.
+    pub owner: Option<Owner>,
+}
+
+/// Who created a snapshot of ours: the run and its runtime root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub run_id: String,
+    pub runtime_root: String,
+}
+
+impl Owner {
+    pub fn value(&self) -> String {
+        format!("{}:{}", self.run_id, self.runtime_root)
+    }
+
+    pub fn parse(value: &str) -> Option<Owner> {
+        let (run_id, runtime_root) = value.split_once(':')?;
+        (!run_id.is_empty() && runtime_root.starts_with('/')).then(|| Owner {
+            run_id: run_id.to_owned(),
+            runtime_root: runtime_root.to_owned(),
+        })
+    }
+}
+
+/// Every filesystem and snapshot, from one `zfs list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub filesystems: Vec<Filesystem>,
+    pub snapshots: Vec<Snapshot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TagInfo {
+    pub dataset: String,
+    pub value: String,
+    /// `local`, `inherited from <dataset>`, `received`.
+    pub source: String,
+}
+
+pub fn pool_of(name: &str) -> &str {
+    name.split(['/', '@']).next().unwrap_or(name)
+}
+
+/// What zfs-snap needs from ZFS. One real implementation over the `zfs`
+/// command; tests use a fake `zfs` program, and the VM suite real OpenZFS.
+pub trait Zfs {
+    fn inventory(&self) -> Result<Inventory>;
+    /// Creates `names` (all in one pool) in one atomic call, each carrying
+    /// [`OWNER_PROPERTY`]` = owner`.
+    fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()>;
+    fn hold(&self, snapshots: &[String]) -> Result<()>;
+    fn release(&self, snapshots: &[String]) -> Result<()>;
+    /// `(snapshot, tag)` for every hold on `snapshots`.
+    fn holds(&self, snapshots: &[String]) -> Result<Vec<(String, String)>>;
+    /// Destroys one snapshot, or with `recursive` every snapshot of that name
+    /// below the dataset; `defer` marks a busy one for destruction later.
+    fn destroy(&self, snapshot: &str, recursive: bool, defer: bool) -> Result<()>;
+    fn set_tag(&self, datasets: &[String]) -> Result<()>;
+    fn clear_tag(&self, datasets: &[String]) -> Result<()>;
+    fn tags(&self) -> Result<Vec<TagInfo>>;
+}
+
+/// [`Zfs`] over the `zfs` command (or whatever the user configured).
+pub struct ZfsCommand {
+    command: CommandLine,
+}
+
+const INVENTORY_COLUMNS: usize = 7;
+
+impl ZfsCommand {
+    pub fn new(command: CommandLine) -> Self {
+        Self { command }
+    }
+
+    fn run(&self, args: Vec<OsString>) -> Result<String> {
+        let output = self.command.run(&args)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn inventory_args() -> Vec<OsString> {
+        args([
+            "list",
+            "-H",
+            "-p",
+            "-t",
+            "filesystem,snapshot",
+            "-o",
+            &format!("name,mountpoint,canmount,mounted,keystatus,{TAG_PROPERTY},{OWNER_PROPERTY}"),
+        ])
+    }
+
+    /// Maps zfs's "dataset does not exist" to an error naming the dataset.
+    fn on_datasets(&self, verb: &str, extra: &[&str], datasets: &[String]) -> Result<()> {
+        let mut argv = args(std::iter::once(verb).chain(extra.iter().copied()));
+        argv.extend(datasets.iter().map(OsString::from));
+        let output = self.command.output(&argv)?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if let Some(missing) = datasets
+            .iter()
+            .find(|d| stderr.contains(&format!("'{d}'")) && stderr.contains("does not exist"))
+        {
+            return Err(Error::DatasetNotFound {
+                dataset: missing.clone(),
+                stderr,
+            });
+        }
+        Err(self.command.failure(&argv, &output))
+    }
+}
+
+impl Zfs for ZfsCommand {
+    fn inventory(&self) -> Result<Inventory> {
+        let argv = Self::inventory_args();
+        let stdout = self.run(argv.clone())?;
+        parse_inventory(&self.command.display_with(&argv), &stdout)
+    }
+
+    fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()> {
+        let mut argv = args(["snapshot", "-o"]);
+        argv.push(format!("{OWNER_PROPERTY}={}", owner.value()).into());
+        argv.extend(names.iter().map(OsString::from));
+        self.run(argv).map(drop)
+    }
+
+    fn hold(&self, snapshots: &[String]) -> Result<()> {
+        let mut argv = args(["hold", HOLD_TAG]);
+        argv.extend(snapshots.iter().map(OsString::from));
+        self.run(argv).map(drop)
+    }
+
+    fn release(&self, snapshots: &[String]) -> Result<()> {
+        let mut argv = args(["release", HOLD_TAG]);
+        argv.extend(snapshots.iter().map(OsString::from));
+        self.run(argv).map(drop)
+    }
+
+    fn holds(&self, snapshots: &[String]) -> Result<Vec<(String, String)>> {
+        let mut argv = args(["holds", "-H"]);
+        argv.extend(snapshots.iter().map(OsString::from));
+        let stdout = self.run(argv.clone())?;
+        parse_holds(&self.command.display_with(&argv), &stdout)
+    }
+
+    fn destroy(&self, snapshot: &str, recursive: bool, defer: bool) -> Result<()> {
+        let mut argv = args(["destroy"]);
+        if recursive {
+            argv.push("-r".into());
+        }
+        if defer {
+            argv.push("-d".into());
+        }
+        argv.push(snapshot.into());
+        self.run(argv).map(drop)
+    }
+
+    fn set_tag(&self, datasets: &[String]) -> Result<()> {
+        self.on_datasets("set", &[&format!("{TAG_PROPERTY}={TAG_VALUE}")], datasets)
+    }
+
+    fn clear_tag(&self, datasets: &[String]) -> Result<()> {
+        self.on_datasets("inherit", &[TAG_PROPERTY], datasets)
+    }
+
+    fn tags(&self) -> Result<Vec<TagInfo>> {
+        let argv = args([
+            "get",
+            "-H",
+            "-p",
+            "-t",
+            "filesystem",
+            "-o",
+            "name,value,source",
+            TAG_PROPERTY,
+        ]);
+        let stdout = self.run(argv.clone())?;
+        parse_tags(&self.command.display_with(&argv), &stdout)
+    }
+}
+
+fn malformed(command: &str, line: &str, reason: impl Into<String>) -> Error {
+    Error::MalformedOutput {
+        command: command.to_owned(),
+        line: line.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn optional(value: &str) -> Option<String> {
+    (value != "-" && !value.is_empty()).then(|| value.to_owned())
+}
+
+/// Parses `zfs list -H -p -t filesystem,snapshot -o name,mountpoint,canmount,mounted,keystatus,<tag>,<owner>`.
+pub fn parse_inventory(command: &str, stdout: &str) -> Result<Inventory> {
+    let mut inventory = Inventory::default();
+    for line in stdout.lines().filter(|l| !l.is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() != INVENTORY_COLUMNS {
+            return Err(malformed(
+                command,
+                line,
+                format!("expected {INVENTORY_COLUMNS} tab-separated columns, found {}", fields.len()),
+            ));
+        }
+        let name = fields[0];
+        if name.is_empty() {
+            return Err(malformed(command, line, "empty dataset name"));
+        }
+        if name.contains('@') {
+            inventory.snapshots.push(Snapshot {
+                name: name.to_owned(),
+                owner: optional(fields[6]).as_deref().and_then(Owner::parse),
+            });
+            continue;
+        }
+        let mounted = match fields[3] {
+            "yes" => true,
+            "no" | "-" => false,
+            other => {
+                return Err(malformed(
+                    command,
+                    line,
+                    format!("`mounted` is {other:?}, expected yes or no"),
+                ))
+            }
+        };
+        inventory.filesystems.push(Filesystem {
+            name: name.to_owned(),
+            mountpoint: fields[1].to_owned(),
+            canmount: fields[2].to_owned(),
+            mounted,
+            keystatus: optional(fields[4]),
+            tag: optional(fields[5]),
+        });
+    }
+    Ok(inventory)
+}
+
+/// Parses `zfs holds -H`: `snapshot\ttag\ttimestamp`.
+pub fn parse_holds(command: &str, stdout: &str) -> Result<Vec<(String, String)>> {
+    stdout
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let mut fields = line.split('\t');
+            match (fields.next(), fields.next()) {
+                (Some(snapshot), Some(tag)) if snapshot.contains('@') => {
+                    Ok((snapshot.to_owned(), tag.to_owned()))
+                }
+                _ => Err(malformed(command, line, "expected snapshot<TAB>tag<TAB>time")),
+            }
+        })
+        .collect()
+}
+
+/// Parses `zfs get -H -p -o name,value,source <tag>`, keeping set values.
+pub fn parse_tags(command: &str, stdout: &str) -> Result<Vec<TagInfo>> {
+    let mut tags = Vec::new();
+    for line in stdout.lines().filter(|l| !l.is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() != 3 {
+            return Err(malformed(command, line, "expected name<TAB>value<TAB>source"));
+        }
+        if fields[1] == "-" {
+            continue;
+        }
+        tags.push(TagInfo {
+            dataset: fields[0].to_owned(),
+            value: fields[1].to_owned(),
+            source: fields[2].to_owned(),
+        });
+    }
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Captured from OpenZFS 2.3.2 (Debian bookworm-backports) in the VM.
+    const LIST: &str = "tank\t/tank\ton\tyes\t-\t-\t-
+tank/custom\t/srv/custom\ton\tyes\t-\tauto\t-
+tank/data\t/tank/data\ton\tyes\t-\tauto\t-
+tank/nomount\t/tank/nomount\toff\tno\t-\t-\t-
+tank/legacy\tlegacy\ton\tyes\t-\t-\t-
+tank/secret\t/tank/secret\ton\tno\tunavailable\tauto\t-
+tank/with space\t/tank/with space\ton\tyes\t-\t-\t-
+tank/data@borgmatic-1234\t-\t-\t-\t-\tauto\t-
+tank/data@zfs-snap-20261126T033500Z-99\t-\t-\t-\t-\tauto\t20261126T033500Z-99:/run/zfs-snap
+";
+
+    #[test]
+    fn parses_filesystems_and_snapshots() {
+        let inv = parse_inventory("zfs list", LIST).unwrap();
+        assert_eq!(inv.filesystems.len(), 7);
+        assert_eq!(inv.snapshots.len(), 2);
+        let custom = &inv.filesystems[1];
+        assert_eq!(custom.mountpoint, "/srv/custom");
+        assert!(custom.is_tagged() && custom.mounted);
+        assert_eq!(inv.filesystems[6].name, "tank/with space");
+        assert_eq!(inv.snapshots[0].owner, None);
+        let owner = inv.snapshots[1].owner.as_ref().unwrap();
+        assert_eq!(owner.run_id, "20261126T033500Z-99");
+        assert_eq!(owner.runtime_root, "/run/zfs-snap");
+    }
+
+    #[test]
+    fn unusable_reasons_name_the_cause() {
+        let inv = parse_inventory("zfs list", LIST).unwrap();
+        let reason = |i: usize| inv.filesystems[i].unusable_reason();
+        assert_eq!(reason(0), None);
+        assert_eq!(reason(3).as_deref(), Some("canmount=off"));
+        assert!(reason(5).unwrap().contains("encryption key"));
+    }
+
+    #[test]
+    fn malformed_line_is_quoted() {
+        let err = parse_inventory("zfs list", "tank\t/tank\ton\n").unwrap_err().to_string();
+        assert!(err.contains("\"tank\\t/tank\\ton\""), "{err}");
+        assert!(err.contains("found 3"), "{err}");
+        let err = parse_inventory("zfs list", "tank\t/tank\ton\tmaybe\t-\t-\t-\n").unwrap_err();
+        assert!(err.to_string().contains("maybe"));
+    }
+
+    #[test]
+    fn owner_value_round_trips_and_rejects_foreign_values() {
+        let owner = Owner {
+            run_id: "r1".into(),
+            runtime_root: "/run/zfs snap".into(),
+        };
+        assert_eq!(Owner::parse(&owner.value()), Some(owner));
+        assert_eq!(Owner::parse("yes"), None);
+        assert_eq!(Owner::parse(":/run"), None);
+    }
+
+    #[test]
+    fn parses_holds_and_tags() {
+        let holds = parse_holds("zfs holds", "tank@a\tzfs-snap\tThu Nov 26 03:35 2026\n").unwrap();
+        assert_eq!(holds, vec![("tank@a".into(), "zfs-snap".into())]);
+        let tags = parse_tags(
+            "zfs get",
+            "tank\t-\t-\ntank/a\tauto\tlocal\ntank/a/b\tauto\tinherited from tank/a\n",
+        )
+        .unwrap();
+        assert_eq!(tags.len(), 2);
+        assert_eq!(tags[1].source, "inherited from tank/a");
+    }
+
+    #[test]
+    fn pool_is_the_first_component() {
+        assert_eq!(pool_of("tank/a/b"), "tank");
+        assert_eq!(pool_of("tank@s"), "tank");
+        assert_eq!(pool_of("tank"), "tank");
+    }
+}
