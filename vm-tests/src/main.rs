@@ -1,0 +1,257 @@
+//! vm-tests: runs zfs-snap against real OpenZFS in a QEMU guest (TCG), on machines
+//! that have no ZFS of their own. See docs/vm-tests.md.
+
+mod image;
+mod util;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::util::{fmt_dur, show, workspace_root};
+use crate::vm::{Share, VmOpts};
+
+const SMOKE_SH: &str = include_str!("guest/smoke.sh");
+const DEMO_SH: &str = include_str!("guest/demo.sh");
+
+#[derive(Parser)]
+#[command(name = "vm-tests", about = "Real-ZFS tests for zfs-snap in a QEMU guest")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build (or reuse from the cache) the guest kernel, OpenZFS modules and rootfs.
+    BuildImage {
+        /// Rebuild every stage even when the cache has it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Boot the guest and run one executable in it (as root); exit with its exit code.
+    ///
+    /// EXE is copied into the share when it is a file on this machine; otherwise it
+    /// is run as a command of the guest (e.g. `vm-tests run -- zpool version`).
+    Run {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// A zfs-snap binary to stage as /share/bin/zfs-snap (sets ZFS_SNAP_BIN).
+        #[arg(long, value_name = "PATH")]
+        zfs_snap: Option<PathBuf>,
+        /// Extra environment for the guest command (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The executable (and its arguments).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// The CI entry: image, `cargo build -p hook-bin`, the integration tests built
+    /// with `cargo test --no-run`, all run in one guest. Extra args go to every test
+    /// executable (after `--test-threads=2`), e.g. a test name filter.
+    Test {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The package whose test executables run in the guest.
+        #[arg(long, default_value = "integration")]
+        package: String,
+        /// Skip the guest self-check (pool, snapshot, borg, borgmatic) before the tests.
+        #[arg(long)]
+        no_smoke: bool,
+        /// Arguments for every test executable.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        test_args: Vec<String>,
+    },
+    /// Check the guest: a pool on a file vdev, snapshot, snapshot mount, borg, borgmatic.
+    Smoke {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Show zfs-snap at work on a loopback pool (builds hook-bin, boots the guest).
+    Demo {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Use this zfs-snap binary instead of building hook-bin.
+        #[arg(long, value_name = "PATH")]
+        zfs_snap: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct VmArgs {
+    /// Overall limit for the guest, boot included; qemu is killed after it.
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    timeout: u64,
+    /// Guest memory.
+    #[arg(long, value_name = "MB", default_value_t = 3072)]
+    memory: u32,
+    /// Size limit of the guest's /var/tmp tmpfs (file vdevs go there).
+    #[arg(long, value_name = "SIZE", default_value = "2G")]
+    vartmp: String,
+}
+
+impl VmArgs {
+    fn opts(&self) -> VmOpts {
+        VmOpts {
+            timeout: Duration::from_secs(self.timeout),
+            memory_mb: self.memory,
+            vartmp: self.vartmp.clone(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("vm-tests: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<i32> {
+    let t0 = Instant::now();
+    let code = match cli.command {
+        Cmd::BuildImage { force } => {
+            let img = image::ensure(force)?;
+            println!("kernel: {}", img.kernel.display());
+            println!("initrd: {}", img.initrd.display());
+            0
+        }
+        Cmd::Run {
+            vm,
+            zfs_snap,
+            env,
+            command,
+        } => {
+            let img = image::ensure(false)?;
+            let mut share = Share::new()?;
+            if let Some(p) = zfs_snap {
+                share.add_zfs_snap(&p)?;
+            }
+            for kv in &env {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
+                share.set_env(k, v);
+            }
+            let mut argv = command;
+            let exe = Path::new(&argv[0]);
+            if exe.is_file() {
+                argv[0] = share.add_file(exe, None)?;
+            }
+            let label = argv[0].clone();
+            share.add_command(&label, argv);
+            vm::boot(&img, &share, &vm.opts())?
+        }
+        Cmd::Test {
+            vm,
+            package,
+            no_smoke,
+            test_args,
+        } => test(&vm, &package, no_smoke, &test_args)?,
+        Cmd::Smoke { vm } => {
+            let img = image::ensure(false)?;
+            let mut share = Share::new()?;
+            let s = share.add_text("smoke.sh", SMOKE_SH, true)?;
+            share.add_command("smoke", vec![s]);
+            vm::boot(&img, &share, &vm.opts())?
+        }
+        Cmd::Demo { vm, zfs_snap } => {
+            let img = image::ensure(false)?;
+            let bin = match zfs_snap {
+                Some(p) => p,
+                None => build_zfs_snap()?,
+            };
+            let mut share = Share::new()?;
+            share.add_zfs_snap(&bin)?;
+            let s = share.add_text("demo.sh", DEMO_SH, true)?;
+            share.add_command("demo", vec![s]);
+            vm::boot(&img, &share, &vm.opts())?
+        }
+    };
+    eprintln!("vm-tests: total {}", fmt_dur(t0.elapsed()));
+    Ok(code)
+}
+
+fn cargo() -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// `cargo build -p hook-bin`; returns target/debug/zfs-snap.
+fn build_zfs_snap() -> Result<PathBuf> {
+    util::step("cargo build -p hook-bin", || {
+        util::run(cargo().args(["build", "-p", "hook-bin"]))
+    })?;
+    let bin = util::target_dir().join("debug/zfs-snap");
+    if !bin.is_file() {
+        bail!("{} was not built (is hook-bin's binary called zfs-snap?)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// `cargo test -p PACKAGE --no-run`: the test executables, from cargo's JSON messages.
+fn build_tests(package: &str) -> Result<Vec<PathBuf>> {
+    util::step(&format!("cargo test -p {package} --no-run"), || {
+        let mut c = cargo();
+        c.args(["test", "-p", package, "--no-run", "--message-format=json-render-diagnostics"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let out = c.output().with_context(|| format!("cannot run {}", show(&c)))?;
+        if !out.status.success() {
+            bail!("`{}` failed: {}", show(&c), out.status);
+        }
+        let mut exes = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true {
+                if let Some(exe) = msg["executable"].as_str() {
+                    exes.push(PathBuf::from(exe));
+                }
+            }
+        }
+        Ok(exes)
+    })
+}
+
+fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Result<i32> {
+    let img = image::ensure(false)?;
+    let bin = build_zfs_snap()?;
+    let exes = build_tests(package)?;
+    if exes.is_empty() {
+        eprintln!("vm-tests: warning: package {package} has no test executables");
+    }
+    let mut share = Share::new()?;
+    share.add_zfs_snap(&bin)?;
+    if !no_smoke {
+        let s = share.add_text("smoke.sh", SMOKE_SH, true)?;
+        share.add_command("smoke", vec![s]);
+    }
+    for exe in &exes {
+        let g = share.add_file(exe, None)?;
+        let mut argv = vec![g.clone(), "--test-threads=2".to_string()];
+        argv.extend(test_args.iter().cloned());
+        let label = exe.file_name().unwrap().to_string_lossy().into_owned();
+        share.add_command(&label, argv);
+    }
+    let code = vm::boot(&img, &share, &vm.opts())?;
+    let results = share.results();
+    eprintln!("vm-tests: summary:");
+    for (rc, label) in &results {
+        eprintln!("vm-tests:   {} {label}{}", if *rc == 0 { "PASS" } else { "FAIL" }, if *rc == 0 { String::new() } else { format!(" (exit {rc})") });
+    }
+    let expected = exes.len() + usize::from(!no_smoke);
+    if results.len() < expected && code == 0 {
+        eprintln!("vm-tests: only {} of {expected} executables reported a result", results.len());
+        return Ok(vm::EXIT_NO_RESULT);
+    }
+    Ok(code)
+}

@@ -1,0 +1,321 @@
+//! Boots the guest under QEMU (TCG) with a 9p share, streams its console, enforces
+//! a timeout and returns the exit code the guest wrote into the share.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+use crate::image::Image;
+use crate::util::{fmt_dur, link_or_copy, sh_quote, show, target_dir};
+
+/// Exit code when the guest ran out of time (like timeout(1)).
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit code when the guest never reported a result (crashed, panicked, ...).
+pub const EXIT_NO_RESULT: i32 = 125;
+
+pub const SHARE_TAG: &str = "share";
+/// Where the share is mounted in the guest.
+pub const GUEST_SHARE: &str = "/share";
+pub const GUEST_BIN: &str = "/share/bin";
+
+#[derive(Debug, Clone)]
+pub struct VmOpts {
+    pub timeout: Duration,
+    pub memory_mb: u32,
+    /// Size of the /var/tmp tmpfs in the guest (file vdevs go there).
+    pub vartmp: String,
+}
+
+/// A prepared share directory: executables in bin/, the job in .vm/.
+pub struct Share {
+    pub dir: PathBuf,
+    env: Vec<(String, String)>,
+    commands: Vec<(String, Vec<String>)>,
+}
+
+impl Share {
+    /// Creates (empty) `<target>/vm-tests/share`.
+    pub fn new() -> Result<Share> {
+        let dir = target_dir().join("vm-tests/share");
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
+        fs::create_dir_all(dir.join("bin"))?;
+        fs::create_dir_all(dir.join(".vm"))?;
+        let mut s = Share {
+            dir,
+            env: Vec::new(),
+            commands: Vec::new(),
+        };
+        s.set_env("PATH", &format!("{GUEST_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+        s.set_env("ZFS_SNAP_REQUIRE_ZFS", "1");
+        s.set_env("RUST_BACKTRACE", "1");
+        s.set_env("HOME", "/root");
+        s.set_env("TERM", "dumb");
+        s.set_env("TMPDIR", "/tmp");
+        Ok(s)
+    }
+
+    /// Copies (hard-links) a host file into the share's bin/; returns its guest path.
+    pub fn add_file(&mut self, host: &Path, name: Option<&str>) -> Result<String> {
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => host
+                .file_name()
+                .context("executable path has no file name")?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        if !host.is_file() {
+            bail!("{} is not a file", host.display());
+        }
+        link_or_copy(host, &self.dir.join("bin").join(&name))?;
+        Ok(format!("{GUEST_BIN}/{name}"))
+    }
+
+    pub fn add_text(&mut self, name: &str, text: &str, executable: bool) -> Result<String> {
+        let p = self.dir.join("bin").join(name);
+        fs::write(&p, text)?;
+        if executable {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(format!("{GUEST_BIN}/{name}"))
+    }
+
+    /// Stages the zfs-snap binary under test and points ZFS_SNAP_BIN at it.
+    pub fn add_zfs_snap(&mut self, host: &Path) -> Result<()> {
+        let g = self.add_file(host, Some("zfs-snap"))?;
+        self.set_env("ZFS_SNAP_BIN", &g);
+        Ok(())
+    }
+
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.env.retain(|(kk, _)| kk != k);
+        self.env.push((k.to_string(), v.to_string()));
+    }
+
+    pub fn add_command(&mut self, label: &str, argv: Vec<String>) {
+        self.commands.push((label.to_string(), argv));
+    }
+
+    fn write_job(&self) -> Result<()> {
+        let mut s = String::from(
+            "#!/bin/sh\n# Written by vm-tests for one boot: runs the commands, records exit codes.\n",
+        );
+        for (k, v) in &self.env {
+            s.push_str(&format!("export {k}={}\n", sh_quote(v)));
+        }
+        s.push_str(
+            r#"cd /tmp
+vm_status=0
+results=/share/.vm/results
+: >"$results"
+echo "vm-tests guest: up $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r), $(zfs version 2>/dev/null | head -n1)"
+vm_run() {
+    label=$1; shift
+    echo "vm-tests guest: >>> $label"
+    start=$(cut -d' ' -f1 /proc/uptime)
+    "$@"
+    rc=$?
+    end=$(cut -d' ' -f1 /proc/uptime)
+    echo "vm-tests guest: <<< $label: exit $rc ($start s -> $end s)"
+    echo "$rc $label" >>"$results"
+    if [ "$rc" -ne 0 ]; then vm_status=$rc; fi
+}
+"#,
+        );
+        for (label, argv) in &self.commands {
+            let q: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
+            s.push_str(&format!("vm_run {} {}\n", sh_quote(label), q.join(" ")));
+        }
+        s.push_str("echo \"$vm_status\" >/share/.vm/exit-code\nsync\n");
+        let p = self.dir.join(".vm/run.sh");
+        fs::write(&p, s)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
+
+    /// `(exit code, label)` for each command the guest finished.
+    pub fn results(&self) -> Vec<(i32, String)> {
+        fs::read_to_string(self.dir.join(".vm/results"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (rc, label) = l.split_once(' ')?;
+                Some((rc.parse().ok()?, label.to_string()))
+            })
+            .collect()
+    }
+}
+
+fn timestamp() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+pub fn qemu_command(image: &Image, share: &Path, opts: &VmOpts) -> Command {
+    let mut c = Command::new(std::env::var("ZFS_SNAP_VM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()));
+    let append = [
+        "console=ttyS0",
+        "quiet",
+        "loglevel=3",
+        "panic=-1",
+        "rdinit=/init",
+        // Keep ZFS's cache small: guest memory also holds the rootfs and /var/tmp.
+        "zfs.zfs_arc_max=268435456",
+        &format!("vmtests.vartmp={}", opts.vartmp),
+    ]
+    .join(" ");
+    c.args(["-accel", "tcg", "-smp", "2", "-m"])
+        .arg(opts.memory_mb.to_string())
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args(["-serial", "stdio", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initrd)
+        .arg("-append")
+        .arg(append)
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag={SHARE_TAG},security_model=none,id={SHARE_TAG}",
+            share.display()
+        ));
+    c
+}
+
+/// Boots the guest for the job in `share`; returns the guest's exit code.
+pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
+    share.write_job()?;
+    let out_dir = target_dir().join("vm-tests");
+    fs::create_dir_all(&out_dir)?;
+    // One VM at a time (2 cores; TCG is CPU-bound).
+    let lock = fs::File::create(out_dir.join(".vm.lock"))?;
+    if lock.try_lock().is_err() {
+        eprintln!("vm-tests: another guest is running; waiting for it");
+        lock.lock()?;
+    }
+    let log_path = out_dir.join(format!("serial-{}.log", timestamp()));
+    let log = Arc::new(Mutex::new(
+        fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?,
+    ));
+
+    let mut cmd = qemu_command(image, &share.dir, opts);
+    writeln!(log.lock().unwrap(), "# {}", show(&cmd))?;
+    eprintln!(
+        "vm-tests: booting {} (TCG, {} MiB, timeout {}s); serial log {}",
+        image.key,
+        opts.memory_mb,
+        opts.timeout.as_secs(),
+        log_path.display()
+    );
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", show(&cmd)))?;
+
+    let mut pumps = Vec::new();
+    for (stream, to_stderr) in [
+        (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, false),
+        (Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, true),
+    ] {
+        let log = Arc::clone(&log);
+        pumps.push(std::thread::spawn(move || pump(stream, to_stderr, &log)));
+    }
+
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if t0.elapsed() > opts.timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for p in pumps {
+        let _ = p.join();
+    }
+    let elapsed = t0.elapsed();
+    let _ = log.lock().unwrap().flush();
+
+    if timed_out {
+        eprintln!(
+            "vm-tests: TIMEOUT: the guest did not finish within {}s; qemu was killed.\nvm-tests: serial log: {}",
+            opts.timeout.as_secs(),
+            log_path.display()
+        );
+        return Ok(EXIT_TIMEOUT);
+    }
+    let code = fs::read_to_string(share.dir.join(".vm/exit-code"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    match code {
+        Some(c) => {
+            eprintln!("vm-tests: guest finished in {} with exit code {c}", fmt_dur(elapsed));
+            if c != 0 {
+                eprintln!("vm-tests: serial log: {}", log_path.display());
+            }
+            Ok(c)
+        }
+        None => {
+            eprintln!(
+                "vm-tests: the guest stopped after {} without reporting an exit code (qemu: {status}); it crashed or the job never ran.\nvm-tests: serial log: {}",
+                fmt_dur(elapsed),
+                log_path.display()
+            );
+            Ok(EXIT_NO_RESULT)
+        }
+    }
+}
+
+/// Copies the guest console to our stdout (or stderr) and the log, as it comes.
+fn pump(mut from: Box<dyn Read + Send>, to_stderr: bool, log: &Mutex<fs::File>) {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // The serial line is a tty: drop the carriage returns it adds.
+        let chunk: Vec<u8> = buf[..n].iter().copied().filter(|&b| b != b'\r').collect();
+        if to_stderr {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(&chunk);
+            let _ = e.flush();
+        } else {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(&chunk);
+            let _ = o.flush();
+        }
+        let _ = log.lock().unwrap().write_all(&chunk);
+    }
+}
