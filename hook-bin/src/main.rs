@@ -1,1 +1,184 @@
-fn main() {}
+//! The `zfs-snap` command: a thin layer over the `zfs-snap` library that
+//! reads the command line (or, invoked through a link named `borg`, the
+//! environment), sets up logging, and maps outcomes to exit codes.
+
+mod cli;
+mod exit;
+mod output;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use zfs_snap::backup::{self, Context};
+use zfs_snap::command::CommandLine;
+use zfs_snap::mount::SnapshotMounter;
+use zfs_snap::session::Options;
+use zfs_snap::signals::Signals;
+use zfs_snap::zfs::{Zfs, ZfsCommand};
+
+use crate::cli::{Cli, Command};
+use crate::exit::Failure;
+
+fn main() -> ExitCode {
+    // First, before any thread exists: every thread inherits the mask.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("zfs-snap: cannot set up signal handling: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cli = if invoked_as == "borg" {
+        Cli::as_borg_link(args.into_iter().skip(1).collect())
+    } else {
+        Cli::parse_from(args)
+    };
+    init_logging(cli.global.verbosity());
+    match run(cli, &signals) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            tracing::error!("{failure}");
+            ExitCode::from(failure.code())
+        }
+    }
+}
+
+fn init_logging(verbosity: i8) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match verbosity {
+        i8::MIN..=-2 => LevelFilter::ERROR,
+        -1 => LevelFilter::WARN,
+        0 => LevelFilter::INFO,
+        1 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
+    let global = &cli.global;
+    let zfs = ZfsCommand::new(CommandLine::parse("zfs", &global.zfs_command)?);
+    let mounter = SnapshotMounter {
+        mount_command: optional_command("mount", global.mount_command.as_deref())?,
+        umount_command: optional_command("umount", global.umount_command.as_deref())?,
+    };
+    let cwd = std::env::current_dir().map_err(|e| Failure::Usage(format!("cannot read the current directory: {e}")))?;
+    let ctx = Context {
+        zfs: &zfs,
+        mounter: &mounter,
+        options: Options {
+            runtime_root: global.runtime_root.clone(),
+            wait: global.wait(),
+            mountinfo: global.mountinfo.clone(),
+        },
+        cwd,
+    };
+    match cli.command {
+        Command::Wrap { borg: configured, command } => {
+            let (borg, argv) = borg_program(configured.as_deref(), command)?;
+            let outcome = backup::wrap(&ctx, &borg, &argv, signals)?;
+            Ok(exit::from_outcome(&outcome))
+        }
+        Command::Plan { json, one_file_system, paths } => {
+            let plan = backup::plan(&ctx, &paths, one_file_system)?;
+            output::plan(&plan, json);
+            Ok(exit::OK)
+        }
+        Command::Tag { datasets } => {
+            zfs.set_tag(&datasets)?;
+            for d in &datasets {
+                tracing::info!(dataset = %d, "tagged {}={}", zfs_snap::zfs::TAG_PROPERTY, zfs_snap::zfs::TAG_VALUE);
+            }
+            Ok(exit::OK)
+        }
+        Command::Untag { datasets } => {
+            zfs.clear_tag(&datasets)?;
+            for d in &datasets {
+                tracing::info!(dataset = %d, "local tag removed (an inherited one still applies)");
+            }
+            Ok(exit::OK)
+        }
+        Command::Tags { json } => {
+            output::tags(&zfs.tags()?, json);
+            Ok(exit::OK)
+        }
+        Command::Cleanup { dry_run } => {
+            let report = backup::cleanup(&ctx, dry_run)?;
+            output::cleanup(&report, dry_run);
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn optional_command(what: &'static str, text: Option<&str>) -> Result<Option<CommandLine>, Failure> {
+    Ok(text.map(|t| CommandLine::parse(what, t)).transpose()?)
+}
+
+/// The borg to run and its arguments: the words after `--` (their first
+/// word the borg program, unless it is this very binary), or, through a
+/// link named `borg`, the real borg found by `--borg` / `ZFS_SNAP_BORG` or
+/// on PATH.
+fn borg_program(configured: Option<&str>, mut command: Vec<OsString>) -> Result<(CommandLine, Vec<OsString>), Failure> {
+    if command.is_empty() {
+        return Err(Failure::Usage(
+            "nothing to run: use `zfs-snap wrap -- borg create REPO::ARCHIVE PATH...`".into(),
+        ));
+    }
+    let first = command.remove(0);
+    let named = first.to_string_lossy().into_owned();
+    let is_self = resolve_on_path(&named).is_some_and(|p| is_this_binary(&p));
+    let program = match configured {
+        Some(c) => c.to_owned(),
+        None if is_self => find_real_borg()?,
+        None => named,
+    };
+    Ok((CommandLine::parse("borg", &program)?, command))
+}
+
+fn resolve_on_path(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+fn is_this_binary(path: &Path) -> bool {
+    let me = std::env::current_exe().and_then(|p| p.canonicalize());
+    let it = path.canonicalize();
+    matches!((me, it), (Ok(a), Ok(b)) if a == b)
+}
+
+/// The first `borg` on PATH that is not this binary.
+fn find_real_borg() -> Result<String, Failure> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("borg"))
+        .find(|candidate| candidate.is_file() && !is_this_binary(candidate))
+        .map(|p| p.display().to_string())
+        .ok_or_else(|| {
+            Failure::Usage(
+                "no real borg found on PATH (only zfs-snap's own `borg` link); install borgbackup \
+                 >= 1.4 or set ZFS_SNAP_BORG to its path"
+                    .into(),
+            )
+        })
+}

@@ -89,7 +89,6 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
     let mut d = Discovery {
         world,
         visible: &visible,
-        mapping: &mapping,
         selected: Vec::new(),
         notes: Vec::new(),
         warnings: Vec::new(),
@@ -150,7 +149,10 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
     // Selected mounts no snapshotted root reaches get a root of their own;
     // if a live root would read them live, that live path is excluded.
     let mut order: Vec<usize> = selected.iter().copied().collect();
-    order.sort_by_key(|&i| visible[i].mount_point.components().count());
+    order.sort_by(|&a, &b| {
+        let key = |i: usize| (visible[i].mount_point.components().count(), &visible[i].mount_point);
+        key(a).cmp(&key(b))
+    });
     let mut extra_roots = Vec::new();
     let mut live_exclusions = Vec::new();
     for &index in &order {
@@ -249,7 +251,6 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
 struct Discovery<'w, 'a> {
     world: &'w World<'a>,
     visible: &'w [MountEntry],
-    mapping: &'w Mapping,
     /// Indices into `visible`, with the first reason each was selected.
     selected: Vec<(usize, String)>,
     notes: Vec<String>,
@@ -349,7 +350,6 @@ impl Discovery<'_, '_> {
                 (Some(index), None) => self.select(index, "tagged".to_owned()),
             }
         }
-        let _ = self.mapping;
     }
 }
 
@@ -361,4 +361,263 @@ fn parent_of(visible: &[MountEntry], entry: &MountEntry) -> Option<usize> {
         .filter(|(_, e)| e.mount_point != entry.mount_point && is_within(&entry.mount_point, &e.mount_point))
         .max_by_key(|(_, e)| e.mount_point.components().count())
         .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::RootSource;
+    use proptest::prelude::*;
+
+    const RT: &str = "/run/zfs-snap";
+
+    fn fs(name: &str, mountpoint: &str, tag: bool) -> Filesystem {
+        Filesystem {
+            name: name.into(),
+            mountpoint: mountpoint.into(),
+            canmount: "on".into(),
+            mounted: true,
+            keystatus: None,
+            tag: tag.then(|| "auto".to_owned()),
+        }
+    }
+
+    fn mount(id: u32, path: &str, fstype: &str, source: &str) -> MountEntry {
+        MountEntry {
+            mount_id: id,
+            parent_id: 1,
+            dev: u64::from(id),
+            root: "/".into(),
+            mount_point: path.into(),
+            fstype: fstype.into(),
+            source: source.into(),
+        }
+    }
+
+    fn root(path: &str) -> SourceRoot {
+        SourceRoot {
+            given: path.into(),
+            absolute: path.into(),
+            through_symlink: None,
+        }
+    }
+
+    struct Fixture {
+        filesystems: Vec<Filesystem>,
+        mounts: Vec<MountEntry>,
+    }
+
+    impl Fixture {
+        /// `/` is ext4; pool tank at /tank with data, data/child, srv at
+        /// /srv (legacy), a tmpfs below data.
+        fn new() -> Fixture {
+            Fixture {
+                filesystems: vec![
+                    fs("tank", "/tank", false),
+                    fs("tank/data", "/tank/data", false),
+                    fs("tank/data/child", "/tank/data/child", false),
+                    fs("tank/srv", "legacy", false),
+                ],
+                mounts: vec![
+                    mount(1, "/", "ext4", "/dev/vda"),
+                    mount(2, "/tank", "zfs", "tank"),
+                    mount(3, "/tank/data", "zfs", "tank/data"),
+                    mount(4, "/tank/data/child", "zfs", "tank/data/child"),
+                    mount(5, "/srv", "zfs", "tank/srv"),
+                    mount(6, "/tank/data/tmp", "tmpfs", "tmpfs"),
+                ],
+            }
+        }
+
+        fn plan(&self, roots: &[&str], x: bool) -> Plan {
+            let mounts = self.mounts.clone();
+            let dev_of = move |p: &Path| {
+                mountinfo::visible(&mounts)
+                    .iter()
+                    .filter(|m| p.starts_with(&m.mount_point))
+                    .max_by_key(|m| m.mount_point.components().count())
+                    .map(|m| m.dev)
+            };
+            let world = World {
+                filesystems: &self.filesystems,
+                mounts: &self.mounts,
+                runtime_root: Path::new(RT),
+                cwd: Path::new("/"),
+                dev_of: &dev_of,
+            };
+            let roots: Vec<SourceRoot> = roots.iter().map(|r| root(r)).collect();
+            discover(&world, &roots, x)
+        }
+    }
+
+    fn datasets(plan: &Plan) -> Vec<&str> {
+        plan.mounts.iter().map(|m| m.dataset.as_str()).collect()
+    }
+
+    #[test]
+    fn deepest_parent_wins_and_children_follow() {
+        let plan = Fixture::new().plan(&["/tank/data/sub"], false);
+        assert_eq!(datasets(&plan), ["tank/data"]);
+        let plan = Fixture::new().plan(&["/tank/data"], false);
+        assert_eq!(datasets(&plan), ["tank/data", "tank/data/child"]);
+        assert_eq!(plan.roots[0].borg_path, "/run/zfs-snap/snap/./tank/data");
+        assert_eq!(plan.roots[0].source, RootSource::Snapshot);
+        assert!(plan.extra_roots.is_empty());
+        assert!(plan.warnings[0].contains("/tank/data/tmp"), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn one_file_system_keeps_children_out_and_marks_boundaries() {
+        let plan = Fixture::new().plan(&["/tank/data"], true);
+        assert_eq!(datasets(&plan), ["tank/data"]);
+        let boundaries: Vec<_> = plan.boundaries.iter().map(|b| b.display().to_string()).collect();
+        assert_eq!(
+            boundaries,
+            ["/run/zfs-snap/snap/tank/data/child", "/run/zfs-snap/snap/tank/data/tmp"]
+        );
+        assert!(plan.warnings.is_empty());
+    }
+
+    #[test]
+    fn non_zfs_roots_stay_live_with_a_note() {
+        let plan = Fixture::new().plan(&["/etc"], true);
+        assert!(plan.mounts.is_empty());
+        assert_eq!(plan.roots[0].source, RootSource::Live);
+        assert_eq!(plan.roots[0].borg_path, "/etc");
+        assert!(plan.notes[0].contains("/etc is not on ZFS"), "{:?}", plan.notes);
+    }
+
+    #[test]
+    fn live_root_above_datasets_reads_them_from_snapshots() {
+        let plan = Fixture::new().plan(&["/"], false);
+        assert_eq!(datasets(&plan), ["tank/srv", "tank", "tank/data", "tank/data/child"]);
+        let extra: Vec<_> = plan.extra_roots.iter().map(|r| r.borg_path.as_str()).collect();
+        assert_eq!(extra, ["/run/zfs-snap/snap/./srv", "/run/zfs-snap/snap/./tank"]);
+        let excluded: Vec<_> = plan.live_exclusions.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(excluded, ["/srv", "/tank"]);
+    }
+
+    #[test]
+    fn tagged_datasets_are_added_whole() {
+        let mut f = Fixture::new();
+        f.filesystems[3].tag = Some("auto".into());
+        let plan = f.plan(&["/tank/data"], false);
+        assert!(datasets(&plan).contains(&"tank/srv"));
+        assert_eq!(plan.extra_roots[0].path, Path::new("/srv"));
+        assert!(plan.live_exclusions.is_empty());
+    }
+
+    #[test]
+    fn tagged_child_under_one_file_system_root_gets_its_own_root() {
+        let mut f = Fixture::new();
+        f.filesystems[2].tag = Some("auto".into());
+        let plan = f.plan(&["/tank/data"], true);
+        assert_eq!(datasets(&plan), ["tank/data", "tank/data/child"]);
+        assert_eq!(plan.extra_roots[0].borg_path, "/run/zfs-snap/snap/./tank/data/child");
+        assert!(!plan.boundaries.iter().any(|b| b.ends_with("child")));
+    }
+
+    #[test]
+    fn unusable_tagged_datasets_are_named() {
+        let mut f = Fixture::new();
+        f.filesystems.push(Filesystem {
+            canmount: "off".into(),
+            mounted: false,
+            ..fs("tank/off", "/tank/off", true)
+        });
+        f.filesystems.push(Filesystem {
+            mounted: false,
+            keystatus: Some("unavailable".into()),
+            ..fs("tank/secret", "/tank/secret", true)
+        });
+        f.filesystems.push(Filesystem {
+            mounted: false,
+            ..fs("tank/none", "none", true)
+        });
+        let plan = f.plan(&["/tank/data"], false);
+        let warnings = plan.warnings.join("\n");
+        assert!(warnings.contains("tank/off is skipped: canmount=off"), "{warnings}");
+        assert!(warnings.contains("tank/secret is skipped: its encryption key"), "{warnings}");
+        assert!(warnings.contains("tank/none is skipped: mountpoint=none"), "{warnings}");
+    }
+
+    #[test]
+    fn only_the_mounted_one_of_a_shared_mountpoint_counts() {
+        let mut f = Fixture::new();
+        f.filesystems.push(Filesystem {
+            mounted: false,
+            ..fs("tank/other", "/srv", false)
+        });
+        let plan = f.plan(&["/srv"], false);
+        assert_eq!(datasets(&plan), ["tank/srv"]);
+    }
+
+    #[test]
+    fn leftover_mounts_under_the_runtime_root_are_ignored() {
+        let mut f = Fixture::new();
+        f.mounts.push(mount(9, "/run/zfs-snap/snap/tank", "zfs", "tank"));
+        let plan = f.plan(&["/tank/data/sub"], false);
+        assert_eq!(datasets(&plan), ["tank/data"]);
+    }
+
+    #[test]
+    fn symlinked_parents_and_foreign_devices_stay_live() {
+        let f = Fixture::new();
+        let mut r = root("/link/data");
+        r.through_symlink = Some("/tank/data".into());
+        let world_mounts = f.mounts.clone();
+        let wrong_dev = |_: &Path| Some(12345);
+        let world = World {
+            filesystems: &f.filesystems,
+            mounts: &world_mounts,
+            runtime_root: Path::new(RT),
+            cwd: Path::new("/"),
+            dev_of: &wrong_dev,
+        };
+        let plan = discover(&world, &[r, root("/tank/data")], false);
+        assert!(plan.roots.iter().all(|r| r.source == RootSource::Live));
+        let warnings = plan.warnings.join("\n");
+        assert!(warnings.contains("symlink"), "{warnings}");
+        assert!(warnings.contains("another file system"), "{warnings}");
+    }
+
+    #[test]
+    fn missing_root_is_an_error_before_anything_happens() {
+        let err = SourceRoot::resolve(Path::new("/nonexistent/zfs-snap"), Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/zfs-snap does not exist"), "{err}");
+    }
+
+    /// A random tree of ZFS mounts: `paths[i]` mounted from `ds<i>`.
+    fn tree() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::btree_set(prop::collection::vec("[ab]", 1..4), 1..8).prop_map(|set| {
+            set.into_iter().map(|parts| format!("/p/{}", parts.join("/"))).collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_dataset_under_a_root_is_snapshotted_once(paths in tree(), pick in 0usize..8, x in any::<bool>()) {
+            let filesystems: Vec<Filesystem> = paths.iter().enumerate()
+                .map(|(i, p)| fs(&format!("pool/ds{i}"), p, false)).collect();
+            let mut mounts = vec![mount(1000, "/", "ext4", "/dev/vda")];
+            mounts.extend(paths.iter().enumerate().map(|(i, p)| mount(i as u32 + 1, p, "zfs", &format!("pool/ds{i}"))));
+            let f = Fixture { filesystems, mounts };
+            let chosen = &paths[pick % paths.len()];
+            let plan = f.plan(&[chosen], x);
+            // The root's own dataset is always there, nothing twice, and
+            // without -x every dataset below the root is too.
+            let names = datasets(&plan);
+            let unique: BTreeSet<_> = names.iter().collect();
+            prop_assert_eq!(unique.len(), names.len());
+            prop_assert!(plan.mounts.iter().any(|m| &m.mountpoint.display().to_string() == chosen));
+            for p in &paths {
+                let below = Path::new(p).starts_with(chosen);
+                let included = plan.mounts.iter().any(|m| &m.mountpoint.display().to_string() == p);
+                prop_assert_eq!(included, below && (!x || p == chosen), "{}", p);
+            }
+            // Distinct datasets never share a snapshot mountpoint.
+            let targets: BTreeSet<_> = plan.mounts.iter().map(|m| &m.snapshot_mountpoint).collect();
+            prop_assert_eq!(targets.len(), plan.mounts.len());
+        }
+    }
 }
