@@ -1,0 +1,382 @@
+//! Which datasets a run snapshots: tags, legacy and hand mounts, shared
+//! mountpoints, encryption, several pools; and the tag commands.
+
+use std::fs;
+
+use integration::*;
+
+fn tag(dataset: &str) {
+    zfs(&["set", &format!("{TAG_PROPERTY}=auto"), dataset]);
+}
+
+fn tag_source(dataset: &str) -> String {
+    zfs(&["get", "-H", "-o", "value,source", TAG_PROPERTY, dataset])
+        .trim()
+        .to_owned()
+}
+
+#[track_caller]
+fn assert_contains(listed: &[String], want: &str) {
+    assert!(
+        listed.iter().any(|p| p == want),
+        "{want:?} missing from the archive: {listed:#?}"
+    );
+}
+
+#[track_caller]
+fn assert_lacks(listed: &[String], prefix: &str) {
+    let found: Vec<&String> = listed.iter().filter(|p| p.starts_with(prefix)).collect();
+    assert!(
+        found.is_empty(),
+        "the archive should hold nothing under {prefix:?}, found {found:?}"
+    );
+}
+
+#[test]
+fn tagged_datasets_are_backed_up_whole_inherited_tags_count() {
+    let fx = require_zfs!(exclusive);
+    let p = &fx.pool;
+    let n = &p.name;
+    p.dataset("data", &[]);
+    p.write("data/d.txt", "d\n");
+    let tagged = p.dataset("tagged", &[]);
+    p.write("tagged/t.txt", "t\n");
+    p.write("tagged/sub/s.txt", "s\n");
+    tag(&tagged);
+    // The parent cannot be mounted; its child inherits the tag.
+    let parent = p.dataset("parent", &["mountpoint=none"]);
+    tag(&parent);
+    let kid = p.dataset(
+        "parent/kid",
+        &[&format!("mountpoint={}", p.path("kid").display())],
+    );
+    p.write("kid/k.txt", "k\n");
+    p.dataset("untagged", &[]);
+    p.write("untagged/u.txt", "u\n");
+    assert_eq!(tag_source(&kid), format!("auto\tinherited from {parent}"));
+
+    let out = fx
+        .wrap(
+            &[],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p.path("data").display().to_string(),
+            ],
+        )
+        .success();
+    let listed = fx.repo.list("a");
+    assert_contains(&listed, &format!("{n}/data/d.txt"));
+    assert_contains(&listed, &format!("{n}/tagged/t.txt"));
+    assert_contains(&listed, &format!("{n}/tagged/sub/s.txt"));
+    assert_contains(&listed, &format!("{n}/kid/k.txt"));
+    assert_lacks(&listed, &format!("{n}/untagged"));
+    out.expect_stderr(&parent);
+    fx.assert_clean();
+}
+
+#[test]
+fn legacy_mountpoint_is_archived_where_it_is_mounted() {
+    let fx = require_zfs!(exclusive);
+    let p = &fx.pool;
+    let n = &p.name;
+    let legacy = p.dataset("leg", &["mountpoint=legacy"]);
+    tag(&legacy);
+    let at = p.path("srv/legacy here");
+    fs::create_dir_all(&at).unwrap();
+    must("mount", &["-t", "zfs", &legacy, &at.display().to_string()]);
+    write_file(&at.join("l.txt"), "l\n");
+    p.dataset("data", &[]);
+    p.write("data/d.txt", "d\n");
+    let mount = fx.script(
+        "mount-after-change",
+        &format!(
+            "echo changed > {}\nexec mount \"$@\"",
+            sh_quote(at.join("l.txt"))
+        ),
+    );
+
+    fx.wrap(
+        &["--mount-command", &mount.display().to_string()],
+        &[
+            "create",
+            &fx.repo.at("a"),
+            &p.path("data").display().to_string(),
+        ],
+    )
+    .success();
+    let listed = fx.repo.list("a");
+    assert_contains(&listed, &format!("{n}/srv/legacy here/l.txt"));
+    assert_contains(&listed, &format!("{n}/data/d.txt"));
+    let x = fx.work.join("x");
+    fx.repo.extract("a", &x);
+    assert_eq!(
+        read_file(&x.join(n).join("srv/legacy here/l.txt")),
+        "l\n",
+        "archived live data, not the snapshot"
+    );
+    fx.assert_clean();
+    must("umount", &[&at]);
+}
+
+#[test]
+fn canmount_noauto_off_and_mountpoint_none() {
+    let fx = require_zfs!(exclusive);
+    let p = &fx.pool;
+    let n = &p.name;
+    let noauto = p.dataset("na", &["canmount=noauto"]);
+    zfs(&["mount", &noauto]);
+    p.write("na/n.txt", "n\n");
+    let off = p.dataset("off", &["canmount=off"]);
+    let none = p.dataset("none", &["mountpoint=none"]);
+    for d in [&noauto, &off, &none] {
+        tag(d);
+    }
+    p.dataset("data", &[]);
+    p.write("data/d.txt", "d\n");
+
+    let out = fx
+        .wrap(
+            &[],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p.path("data").display().to_string(),
+            ],
+        )
+        .success();
+    let listed = fx.repo.list("a");
+    assert_contains(&listed, &format!("{n}/na/n.txt"));
+    assert_contains(&listed, &format!("{n}/data/d.txt"));
+    out.expect_stderr(&off);
+    out.expect_stderr(&none);
+    assert!(
+        !out.stderr.contains(&format!("{noauto} ")),
+        "a warning names the usable {noauto}\n{}",
+        out.dump()
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn shared_mountpoint_uses_the_mounted_dataset() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    let n = &p.name;
+    let shared = p.path("shared");
+    // `a` sorts first but is not mounted; `b` is mounted at the same place.
+    let a = p.dataset("a", &[&format!("mountpoint={}", p.path("tmp-a").display())]);
+    p.write("tmp-a/a.txt", "a\n");
+    zfs(&["unmount", &a]);
+    zfs(&["set", "canmount=noauto", &a]);
+    zfs(&["set", &format!("mountpoint={}", shared.display()), &a]);
+    let b = p.dataset("b", &[&format!("mountpoint={}", shared.display())]);
+    p.write("shared/b.txt", "b\n");
+    let on_shared: Vec<String> = mounts()
+        .into_iter()
+        .filter(|m| m.mount_point == shared)
+        .map(|m| m.source)
+        .collect();
+    assert_eq!(
+        on_shared,
+        vec![b.clone()],
+        "setup: only {b} is mounted at {}",
+        shared.display()
+    );
+
+    fx.wrap(
+        &[],
+        &["create", &fx.repo.at("a"), &shared.display().to_string()],
+    )
+    .success();
+    assert_same_paths(
+        &fx.repo.list("a"),
+        &paths(&format!("{n}/shared"), &["", "b.txt"]),
+        "archive",
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn encrypted_dataset_with_and_without_its_key() {
+    let fx = require_zfs!(exclusive);
+    let p = &fx.pool;
+    let n = &p.name;
+    let key = write_file(&fx.work.join("key"), "correct horse battery staple\n");
+    let secret = p.dataset(
+        "secret",
+        &[
+            "encryption=on",
+            "keyformat=passphrase",
+            &format!("keylocation=file://{}", key.display()),
+        ],
+    );
+    p.write("secret/s.txt", "s\n");
+    tag(&secret);
+    p.dataset("data", &[]);
+    p.write("data/d.txt", "d\n");
+    let source = p.path("data").display().to_string();
+
+    zfs(&["unmount", &secret]);
+    zfs(&["unload-key", &secret]);
+    let out = fx
+        .wrap(&[], &["create", &fx.repo.at("locked"), &source])
+        .success();
+    out.expect_stderr(&secret);
+    let listed = fx.repo.list("locked");
+    assert_contains(&listed, &format!("{n}/data/d.txt"));
+    assert_lacks(&listed, &format!("{n}/secret"));
+    fx.assert_clean();
+
+    zfs(&["load-key", &secret]);
+    zfs(&["mount", &secret]);
+    fx.wrap(&[], &["create", &fx.repo.at("open"), &source])
+        .success();
+    let listed = fx.repo.list("open");
+    assert_contains(&listed, &format!("{n}/secret/s.txt"));
+    assert_contains(&listed, &format!("{n}/data/d.txt"));
+    fx.assert_clean();
+}
+
+#[test]
+fn one_atomic_snapshot_call_per_pool() {
+    let mut fx = require_zfs!();
+    fx.add_pool();
+    let p1 = &fx.pool;
+    let p2 = fx.extra_pool(0);
+    p1.dataset("data/kid", &[]);
+    p1.write("data/one.txt", "1\n");
+    p1.write("data/kid/kid.txt", "k\n");
+    p2.dataset("data", &[]);
+    p2.write("data/two.txt", "2\n");
+    let log = fx.work.join("zfs.log");
+    let zfs_log = fx.script(
+        "zfs-log",
+        &format!(
+            "printf '%s\\n' \"$*\" >> {}\nexec zfs \"$@\"",
+            sh_quote(&log)
+        ),
+    );
+
+    let out = fx
+        .wrap(
+            &["--zfs-command", &zfs_log.display().to_string()],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p1.path("data").display().to_string(),
+                &p2.path("data").display().to_string(),
+            ],
+        )
+        .success();
+    let text = read_log(&log);
+    let snapshots: Vec<&str> = text.lines().filter(|l| l.starts_with("snapshot")).collect();
+    assert_eq!(
+        snapshots.len(),
+        2,
+        "expected one `zfs snapshot` per pool\n{text}\n{}",
+        out.dump()
+    );
+    let call_for = |pool: &Pool| {
+        let lines: Vec<&&str> = snapshots
+            .iter()
+            .filter(|l| l.contains(&format!(" {}/", pool.name)))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one snapshot call naming {}: {snapshots:#?}",
+            pool.name
+        );
+        lines[0].to_string()
+    };
+    let first = call_for(p1);
+    assert!(
+        first.contains(&format!("{}@", p1.ds("data")))
+            && first.contains(&format!("{}@", p1.ds("data/kid"))),
+        "{} and its child in one call: {first}",
+        p1.ds("data")
+    );
+    assert!(!first.contains(&p2.name), "{first}");
+    let second = call_for(p2);
+    assert!(
+        second.contains(&format!("{}@", p2.ds("data"))) && !second.contains(&p1.name),
+        "{second}"
+    );
+    let listed = fx.repo.list("a");
+    assert_contains(&listed, &format!("{}/data/kid/kid.txt", p1.name));
+    assert_contains(&listed, &format!("{}/data/two.txt", p2.name));
+    fx.assert_clean();
+}
+
+#[test]
+fn tag_untag_and_tags_on_real_datasets() {
+    let fx = require_zfs!(exclusive);
+    let p = &fx.pool;
+    let a = p.dataset("a", &[]);
+    let b = p.dataset("a/b", &[]);
+    let c = p.dataset("c", &[]);
+    let ours = |out: &Out| -> Vec<(String, String, String)> {
+        let json: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("tags --json is not JSON: {e}\n{}", out.dump()));
+        let mut v: Vec<(String, String, String)> = json
+            .as_array()
+            .unwrap_or_else(|| panic!("tags --json is not an array\n{}", out.dump()))
+            .iter()
+            .map(|t| {
+                let field = |k: &str| {
+                    t[k].as_str()
+                        .unwrap_or_else(|| panic!("no {k} in {t}"))
+                        .to_owned()
+                };
+                (field("dataset"), field("value"), field("source"))
+            })
+            .filter(|(d, _, _)| d == &p.name || d.starts_with(&format!("{}/", p.name)))
+            .collect();
+        v.sort();
+        v
+    };
+    let tags_json = || ours(&run(fx.zfs_snap().args(["tags", "--json"])).success());
+
+    run(fx.zfs_snap().args(["tag", &a])).success();
+    assert_eq!(tag_source(&a), "auto\tlocal");
+    assert_eq!(tag_source(&b), format!("auto\tinherited from {a}"));
+    assert_eq!(
+        tags_json(),
+        vec![
+            (a.clone(), "auto".into(), "local".into()),
+            (b.clone(), "auto".into(), format!("inherited from {a}")),
+        ]
+    );
+    let text = run(fx.zfs_snap().arg("tags")).success();
+    assert!(
+        text.stdout.contains(&a) && text.stdout.contains(&b) && !text.stdout.contains(&c),
+        "{}",
+        text.dump()
+    );
+
+    run(fx.zfs_snap().args(["untag", &a])).success();
+    assert_eq!(tag_source(&a), "-\t-");
+    assert_eq!(tags_json(), vec![]);
+
+    run(fx.zfs_snap().args(["tag", &b])).success();
+    assert_eq!(
+        tags_json(),
+        vec![(b.clone(), "auto".into(), "local".into())]
+    );
+    // An inherited tag survives untagging the child.
+    run(fx.zfs_snap().args(["tag", &a])).success();
+    run(fx.zfs_snap().args(["untag", &b])).success();
+    assert_eq!(tag_source(&b), format!("auto\tinherited from {a}"));
+
+    let missing = p.ds("no-such");
+    let out = run(fx.zfs_snap().args(["tag", &missing]));
+    assert_ne!(
+        out.code(),
+        0,
+        "tagging a missing dataset succeeded\n{}",
+        out.dump()
+    );
+    out.expect_stderr(&missing);
+    run(fx.zfs_snap().args(["untag", &a])).success();
+}

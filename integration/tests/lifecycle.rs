@@ -1,0 +1,453 @@
+//! A run's lifecycle on real ZFS: signals, crashes and recovery, the lock,
+//! holds against other tools, configured commands, many datasets.
+
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use integration::*;
+
+const LONG: Duration = Duration::from_secs(300);
+
+/// `<pool>/data` with a file and a FIFO; borg with `--read-special` blocks
+/// opening the FIFO, which keeps it busy for as long as a test needs.
+fn fifo_dataset(fx: &Fixture) -> PathBuf {
+    fx.pool.dataset("data", &[]);
+    fx.pool.write("data/a.txt", "a\n");
+    mkfifo(&fx.pool.path("data/fifo"));
+    fx.pool.path("data")
+}
+
+/// Starts the wrapper on `source` with `--read-special` and waits until
+/// borg is blocked on the snapshot's FIFO. Returns the wrapper and borg's pid.
+fn start_blocked(fx: &Fixture, repo: &Repo, archive: &str, source: &Path) -> (Running, i32) {
+    let cmd = fx.wrap_command(
+        &[],
+        &[
+            "create",
+            "--read-special",
+            &repo.at(archive),
+            &source.display().to_string(),
+        ],
+    );
+    let mut running = fx.spawn(cmd);
+    let mirror = fx.snapshot_path(source);
+    let deadline = Instant::now() + LONG;
+    let mut borg = None;
+    while borg.is_none() {
+        assert!(
+            running.alive(),
+            "the wrapper ended early:\n{}",
+            running.stderr_so_far()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "borg never started:\n{}",
+            running.stderr_so_far()
+        );
+        borg = descendants(running.pid()).into_iter().find(|&p| {
+            let c = cmdline(p);
+            c.contains("borg") && c.contains(" create") && !c.contains("zfs-snap")
+        });
+        sleep(Duration::from_millis(50));
+    }
+    let borg = borg.expect("loop ends with borg found");
+    assert!(
+        mounts().iter().any(|m| m.mount_point == mirror),
+        "borg runs but the snapshot is not mounted at {}",
+        mirror.display()
+    );
+    wait_until(LONG, "borg to block on the FIFO", || {
+        let blocked_in_open = std::fs::read_to_string(format!("/proc/{borg}/syscall"))
+            .is_ok_and(|s| s.starts_with("257 "));
+        let wchan = wchans(borg)
+            .iter()
+            .any(|w| w.contains("fifo") || w.contains("partner") || w.contains("pipe"));
+        assert!(
+            process_alive(borg),
+            "borg ended early:\n{}",
+            running.stderr_so_far()
+        );
+        blocked_in_open || wchan
+    });
+    (running, borg)
+}
+
+#[test]
+fn sigterm_stops_borg_and_tears_down() {
+    let fx = require_zfs!();
+    let source = fifo_dataset(&fx);
+    let (running, borg) = start_blocked(&fx, &fx.repo, "a", &source);
+    kill(Pid::from_raw(running.pid()), Signal::SIGTERM).expect("send SIGTERM");
+    let out = running.wait(Duration::from_secs(120));
+    assert!(
+        [128 + 15, 2].contains(&out.code()),
+        "expected 143 (SIGTERM) or borg's error status 2\n{}",
+        out.dump()
+    );
+    assert!(
+        !process_alive(borg),
+        "borg ({borg}) still runs after the wrapper exited"
+    );
+    fx.assert_clean();
+}
+
+/// Snapshots other tools and users made, which recovery must never touch.
+fn foreign_snapshots(fx: &Fixture) -> Vec<String> {
+    let data = fx.pool.ds("data");
+    let names: Vec<String> = [
+        "borgmatic-1234",
+        "autosnap_2026-11-26_00:00:01_daily",
+        "mine",
+    ]
+    .iter()
+    .map(|s| format!("{data}@{s}"))
+    .collect();
+    for name in &names {
+        zfs(&["snapshot", name]);
+    }
+    zfs(&["hold", "keep", &names[2]]);
+    names
+}
+
+#[track_caller]
+fn assert_foreign_intact(fx: &Fixture, foreign: &[String]) {
+    let now: Vec<String> = fx.pool.snapshots().into_iter().map(|(n, _)| n).collect();
+    for name in foreign {
+        assert!(
+            now.contains(name),
+            "{name} was destroyed; snapshots now: {now:?}"
+        );
+    }
+    let holds = fx.pool.holds();
+    assert!(
+        holds.contains(&(foreign[2].clone(), "keep".to_owned())),
+        "the user's hold on {} is gone: {holds:?}",
+        foreign[2]
+    );
+}
+
+/// SIGKILLs the wrapper and borg, and checks it left snapshot, hold and mount.
+fn crash(fx: &Fixture, repo: &Repo, archive: &str, source: &Path) {
+    let (running, borg) = start_blocked(fx, repo, archive, source);
+    kill(Pid::from_raw(running.pid()), Signal::SIGKILL).expect("SIGKILL the wrapper");
+    kill(Pid::from_raw(borg), Signal::SIGKILL).expect("SIGKILL borg");
+    let out = running.wait(Duration::from_secs(60));
+    assert_eq!(out.code(), 128 + 9, "{}", out.dump());
+    wait_until(Duration::from_secs(60), "borg to die", || {
+        !process_alive(borg)
+    });
+    let owned = fx.owned_snapshots();
+    assert_eq!(
+        owned.len(),
+        1,
+        "the killed run should leave its snapshot: {owned:?}"
+    );
+    assert!(
+        fx.pool
+            .holds()
+            .iter()
+            .any(|(n, t)| n == &owned[0] && t == HOLD_TAG),
+        "the killed run should leave its hold"
+    );
+    assert!(
+        !mounts_under(&fx.root).is_empty(),
+        "the killed run should leave its mount under {}",
+        fx.root.display()
+    );
+}
+
+#[test]
+fn sigkill_leftovers_are_removed_by_cleanup_and_by_the_next_run() {
+    let fx = require_zfs!();
+    let source = fifo_dataset(&fx);
+    let foreign = foreign_snapshots(&fx);
+
+    crash(&fx, &fx.repo, "a", &source);
+    let owned = fx.owned_snapshots();
+    let dry = run(fx.zfs_snap().args(["cleanup", "--dry-run"])).success();
+    assert!(
+        dry.stdout.contains(&owned[0]),
+        "dry run does not name {}\n{}",
+        owned[0],
+        dry.dump()
+    );
+    assert_eq!(
+        fx.owned_snapshots(),
+        owned,
+        "cleanup --dry-run destroyed something"
+    );
+    assert!(
+        !mounts_under(&fx.root).is_empty(),
+        "cleanup --dry-run unmounted something"
+    );
+    let out = run(fx.zfs_snap().arg("cleanup")).success();
+    assert!(
+        out.stdout.contains(&owned[0]),
+        "cleanup does not report {}\n{}",
+        owned[0],
+        out.dump()
+    );
+    fx.assert_clean();
+    assert_foreign_intact(&fx, &foreign);
+
+    let repo = fx.new_repo("repo2");
+    crash(&fx, &repo, "b", &source);
+    // The next run, without --read-special (the FIFO is stored, not read).
+    fx.wrap(
+        &[],
+        &["create", &repo.at("c"), &source.display().to_string()],
+    )
+    .success();
+    let listed = repo.list("c");
+    assert!(
+        listed.contains(&format!("{}/a.txt", fx.pool.ds("data"))),
+        "{listed:?}"
+    );
+    fx.assert_clean();
+    assert_foreign_intact(&fx, &foreign);
+}
+
+#[test]
+fn second_run_is_refused_or_waits() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/a.txt", "a\n");
+    let source = p.path("data").display().to_string();
+    let started = fx.work.join("started");
+    let go = fx.work.join("go");
+    let mount = fx.script(
+        "mount-when-told",
+        &format!(
+            "touch {}\nwhile [ ! -e {} ]; do sleep 0.1; done\nexec mount \"$@\"",
+            sh_quote(&started),
+            sh_quote(&go)
+        ),
+    );
+    let first = fx.spawn(fx.wrap_command(
+        &["--mount-command", &mount.display().to_string()],
+        &["create", &fx.repo.at("one"), &source],
+    ));
+    wait_until(LONG, "the first run to reach its mount", || {
+        started.exists()
+    });
+
+    let refused = fx
+        .wrap(&[], &["create", &fx.repo.at("two"), &source])
+        .expect_code(75);
+    refused.expect_stderr(&first.pid().to_string());
+
+    let mut waiting =
+        fx.spawn(fx.wrap_command(&["--wait=600"], &["create", &fx.repo.at("three"), &source]));
+    sleep(Duration::from_secs(3));
+    assert!(
+        waiting.alive(),
+        "the --wait run did not wait:\n{}",
+        waiting.stderr_so_far()
+    );
+    assert_eq!(
+        fx.owned_snapshots().len(),
+        1,
+        "the waiting run snapshotted while the first held the lock"
+    );
+    std::fs::write(&go, "").unwrap();
+    first.wait(LONG).success();
+    waiting.wait(LONG).success();
+    let mut archives = fx.repo.archives();
+    archives.sort();
+    assert_eq!(archives, vec!["one".to_owned(), "three".to_owned()]);
+    assert!(fx
+        .repo
+        .list("three")
+        .contains(&format!("{}/a.txt", p.ds("data"))));
+    fx.assert_clean();
+}
+
+#[test]
+fn held_snapshot_cannot_be_destroyed_during_the_run() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/a.txt", "a\n");
+    let result = fx.work.join("destroy.result");
+    let err = fx.work.join("destroy.err");
+    // $5 is the snapshot: `mount -t zfs -o OPTIONS SNAPSHOT DIR`.
+    let mount = fx.script(
+        "mount-after-destroy",
+        &format!(
+            "if zfs destroy \"$5\" 2>{err}; then echo destroyed >{res}; else echo refused >{res}; fi\nexec mount \"$@\"",
+            err = sh_quote(&err),
+            res = sh_quote(&result)
+        ),
+    );
+    let out = fx
+        .wrap(
+            &["--mount-command", &mount.display().to_string()],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p.path("data").display().to_string(),
+            ],
+        )
+        .success();
+    assert_eq!(
+        read_log(&result).trim(),
+        "refused",
+        "zfs destroy of our snapshot during the run was not refused\n{}",
+        out.dump()
+    );
+    let why = read_log(&err);
+    assert!(
+        why.contains("hold") || why.contains("busy"),
+        "zfs destroy failed, but not for the hold: {why}"
+    );
+    assert!(fx
+        .repo
+        .list("a")
+        .contains(&format!("{}/a.txt", p.ds("data"))));
+    fx.assert_clean();
+}
+
+#[test]
+fn configured_commands_are_the_ones_used() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data/kid", &[]);
+    p.write("data/a.txt", "a\n");
+    p.write("data/kid/k.txt", "k\n");
+    let source = p.path("data").display().to_string();
+    let logger = |name: &str, exec: &str, shift: bool| {
+        let log = fx.work.join(format!("{name}.log"));
+        let script = fx.script(
+            name,
+            &format!(
+                "printf '%s\\n' \"$*\" >> {}\n{}exec {exec} \"$@\"",
+                sh_quote(&log),
+                if shift { "shift\n" } else { "" }
+            ),
+        );
+        (script.display().to_string(), log)
+    };
+    let snap_data = fx.snapshot_path(&p.path("data")).display().to_string();
+    let snap_kid = fx.snapshot_path(&p.path("data/kid")).display().to_string();
+    let check = |zfs_log: &PathBuf,
+                 mount_log: &PathBuf,
+                 umount_log: &PathBuf,
+                 zfs_prefix: &str,
+                 out: &Out| {
+        let z = read_log(zfs_log);
+        for verb in [
+            "list",
+            &format!("snapshot -o {OWNER_PROPERTY}="),
+            "hold zfs-snap",
+            "release zfs-snap",
+            "destroy",
+        ] {
+            assert!(
+                z.lines()
+                    .any(|l| l.starts_with(&format!("{zfs_prefix}{verb}"))),
+                "no `{zfs_prefix}{verb}` call in the zfs log:\n{z}\n{}",
+                out.dump()
+            );
+        }
+        let m = read_log(mount_log);
+        let mounts: Vec<&str> = m.lines().collect();
+        assert_eq!(mounts.len(), 2, "two mounts expected:\n{m}\n{}", out.dump());
+        for (line, (ds, dir)) in mounts
+            .iter()
+            .zip([(p.ds("data"), &snap_data), (p.ds("data/kid"), &snap_kid)])
+        {
+            assert!(
+                line.starts_with(&format!("-t zfs -o ro,nosuid,nodev,noexec {ds}@zfs-snap-"))
+                    && line.ends_with(&format!(" {dir}")),
+                "unexpected mount call: {line}"
+            );
+        }
+        let u = read_log(umount_log);
+        let unmounts: Vec<&str> = u.lines().collect();
+        assert_eq!(
+            unmounts,
+            vec![snap_kid.as_str(), snap_data.as_str()],
+            "unmounts, deepest first:\n{}",
+            out.dump()
+        );
+    };
+
+    let (zfs1, zlog1) = logger("zfs-log", "zfs", false);
+    let (mount1, mlog1) = logger("mount-log", "mount", false);
+    let (umount1, ulog1) = logger("umount-log", "umount", false);
+    let out = fx
+        .wrap(
+            &[
+                "--zfs-command",
+                &zfs1,
+                "--mount-command",
+                &mount1,
+                "--umount-command",
+                &umount1,
+            ],
+            &["create", &fx.repo.at("flags"), &source],
+        )
+        .success();
+    check(&zlog1, &mlog1, &ulog1, "", &out);
+    assert!(fx
+        .repo
+        .list("flags")
+        .contains(&format!("{}/kid/k.txt", p.ds("data"))));
+    fx.assert_clean();
+
+    // The same through the environment, the zfs command with an argument of its own.
+    let (zfs2, zlog2) = logger("zfs-log2", "zfs", true);
+    let (mount2, mlog2) = logger("mount-log2", "mount", false);
+    let (umount2, ulog2) = logger("umount-log2", "umount", false);
+    let mut cmd = fx.wrap_command(&[], &["create", &fx.repo.at("env"), &source]);
+    cmd.env("ZFS_SNAP_ZFS_COMMAND", format!("{zfs2} --marker"))
+        .env("ZFS_SNAP_MOUNT_COMMAND", &mount2)
+        .env("ZFS_SNAP_UMOUNT_COMMAND", &umount2);
+    let out = run(&mut cmd).success();
+    check(&zlog2, &mlog2, &ulog2, "--marker ", &out);
+    fx.assert_clean();
+}
+
+#[test]
+fn a_hundred_datasets_in_one_run() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("many", &[]);
+    let started = Instant::now();
+    let script = format!(
+        "set -e\nfor i in $(seq -w 0 99); do zfs create {pool}/many/d$i; echo $i > /{pool}/many/d$i/f.txt; done",
+        pool = p.name
+    );
+    run(std::process::Command::new("sh").args(["-c", &script])).success();
+    eprintln!(
+        "created 100 datasets in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let out = fx
+        .wrap(
+            &[],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p.path("many").display().to_string(),
+            ],
+        )
+        .success();
+    eprintln!(
+        "wrapped borg over 101 datasets in {:.1} s",
+        out.elapsed.as_secs_f64()
+    );
+    let listed = fx.repo.list("a");
+    let files: Vec<&String> = listed.iter().filter(|l| l.ends_with("/f.txt")).collect();
+    assert_eq!(files.len(), 100, "{listed:#?}");
+    let x = fx.work.join("x");
+    fx.repo.extract("a", &x);
+    assert_eq!(read_file(&x.join(p.ds("many/d42/f.txt"))), "42\n");
+    fx.assert_clean();
+}
