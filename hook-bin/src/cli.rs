@@ -23,15 +23,31 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// The zfs command; may carry arguments, e.g. "sudo zfs" (borgmatic's zfs.zfsCommand).
-    #[arg(long, global = true, env = "ZFS_SNAP_ZFS_COMMAND", default_value = "zfs", value_name = "COMMAND")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZFS_SNAP_ZFS_COMMAND",
+        default_value = "zfs",
+        value_name = "COMMAND"
+    )]
     pub zfs_command: String,
 
     /// Mount snapshots with this command (`CMD -t zfs -o ro,... SNAPSHOT DIR`) instead of mount(2) (zfs.mountCommand).
-    #[arg(long, global = true, env = "ZFS_SNAP_MOUNT_COMMAND", value_name = "COMMAND")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZFS_SNAP_MOUNT_COMMAND",
+        value_name = "COMMAND"
+    )]
     pub mount_command: Option<String>,
 
     /// Unmount with this command (`CMD DIR`) instead of umount2(2) (zfs.umountCommand).
-    #[arg(long, global = true, env = "ZFS_SNAP_UMOUNT_COMMAND", value_name = "COMMAND")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZFS_SNAP_UMOUNT_COMMAND",
+        value_name = "COMMAND"
+    )]
     pub umount_command: Option<String>,
 
     /// Where snapshots are mounted and the lock lives; created 0700, must be owned by the caller.
@@ -39,7 +55,7 @@ pub struct Global {
     pub runtime_root: PathBuf,
 
     /// If another run holds the lock, wait for it (for SECONDS, or as long as it takes).
-    #[arg(long, global = true, env = "ZFS_SNAP_WAIT", num_args = 0..=1, default_missing_value = "forever", value_name = "SECONDS")]
+    #[arg(long, global = true, env = "ZFS_SNAP_WAIT", num_args = 0..=1, require_equals = true, default_missing_value = "forever", value_name = "SECONDS")]
     pub wait: Option<String>,
 
     /// More output (-v info+debug, -vv trace).
@@ -129,7 +145,9 @@ impl Cli {
     /// configuration comes from the environment.
     pub fn as_borg_link(borg_args: Vec<OsString>) -> Cli {
         let mut argv: Vec<OsString> = vec!["zfs-snap".into(), "wrap".into(), "--".into()];
-        let me = std::env::current_exe().map(OsString::from).unwrap_or_else(|_| "borg".into());
+        let me = std::env::current_exe()
+            .map(OsString::from)
+            .unwrap_or_else(|_| "borg".into());
         argv.push(me);
         argv.extend(borg_args);
         Cli::parse_from(argv)
@@ -166,7 +184,9 @@ mod tests {
 
     #[test]
     fn wrap_takes_everything_after_double_dash() {
-        let cli = Cli::parse_from(["zfs-snap", "wrap", "--", "borg", "create", "-e", "x", "::a", "/p"]);
+        let cli = Cli::parse_from([
+            "zfs-snap", "wrap", "--", "borg", "create", "-e", "x", "::a", "/p",
+        ]);
         match cli.command {
             Command::Wrap { command, .. } => assert_eq!(command.len(), 6),
             other => panic!("{other:?}"),

@@ -77,7 +77,8 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
         mount_command: optional_command("mount", global.mount_command.as_deref())?,
         umount_command: optional_command("umount", global.umount_command.as_deref())?,
     };
-    let cwd = std::env::current_dir().map_err(|e| Failure::Usage(format!("cannot read the current directory: {e}")))?;
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure::Usage(format!("cannot read the current directory: {e}")))?;
     let ctx = Context {
         zfs: &zfs,
         mounter: &mounter,
@@ -89,12 +90,19 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
         cwd,
     };
     match cli.command {
-        Command::Wrap { borg: configured, command } => {
+        Command::Wrap {
+            borg: configured,
+            command,
+        } => {
             let (borg, argv) = borg_program(configured.as_deref(), command)?;
             let outcome = backup::wrap(&ctx, &borg, &argv, signals)?;
             Ok(exit::from_outcome(&outcome))
         }
-        Command::Plan { json, one_file_system, paths } => {
+        Command::Plan {
+            json,
+            one_file_system,
+            paths,
+        } => {
             let plan = backup::plan(&ctx, &paths, one_file_system)?;
             output::plan(&plan, json);
             Ok(exit::OK)
@@ -125,7 +133,10 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
     }
 }
 
-fn optional_command(what: &'static str, text: Option<&str>) -> Result<Option<CommandLine>, Failure> {
+fn optional_command(
+    what: &'static str,
+    text: Option<&str>,
+) -> Result<Option<CommandLine>, Failure> {
     Ok(text.map(|t| CommandLine::parse(what, t)).transpose()?)
 }
 
@@ -133,7 +144,10 @@ fn optional_command(what: &'static str, text: Option<&str>) -> Result<Option<Com
 /// word the borg program, unless it is this very binary), or, through a
 /// link named `borg`, the real borg found by `--borg` / `ZFS_SNAP_BORG` or
 /// on PATH.
-fn borg_program(configured: Option<&str>, mut command: Vec<OsString>) -> Result<(CommandLine, Vec<OsString>), Failure> {
+fn borg_program(
+    configured: Option<&str>,
+    mut command: Vec<OsString>,
+) -> Result<(CommandLine, Vec<OsString>), Failure> {
     if command.is_empty() {
         return Err(Failure::Usage(
             "nothing to run: use `zfs-snap wrap -- borg create REPO::ARCHIVE PATH...`".into(),

@@ -6,7 +6,10 @@ use zfs_snap::zfs::TagInfo;
 
 pub fn plan(plan: &Plan, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(plan).expect("a plan always serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(plan).expect("a plan always serialises")
+        );
         return;
     }
     if plan.mounts.is_empty() {
@@ -29,13 +32,23 @@ pub fn plan(plan: &Plan, json: bool) {
             RootSource::Snapshot => "snapshot",
             RootSource::Live => "live",
         };
-        println!("  {}  ->  {}  [{source}]", root.path.display(), root.borg_path);
+        println!(
+            "  {}  ->  {}  [{source}]",
+            root.path.display(),
+            root.borg_path
+        );
     }
     for path in &plan.live_exclusions {
-        println!("Excluded live (read from its snapshot instead): {}", path.display());
+        println!(
+            "Excluded live (read from its snapshot instead): {}",
+            path.display()
+        );
     }
     for path in &plan.boundaries {
-        println!("Not stored (--one-file-system boundary): {}", path.display());
+        println!(
+            "Not stored (--one-file-system boundary): {}",
+            path.display()
+        );
     }
     for note in &plan.notes {
         println!("Note: {note}");
@@ -47,7 +60,10 @@ pub fn plan(plan: &Plan, json: bool) {
 
 pub fn tags(tags: &[TagInfo], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(tags).expect("tags always serialise"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(tags).expect("tags always serialise")
+        );
         return;
     }
     if tags.is_empty() {

@@ -36,7 +36,12 @@ pub struct Outcome {
 }
 
 /// Runs `borg ARGV`: `create` from snapshots, anything else untouched.
-pub fn wrap(ctx: &Context<'_>, borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<Outcome> {
+pub fn wrap(
+    ctx: &Context<'_>,
+    borg: &CommandLine,
+    argv: &[OsString],
+    signals: &Signals,
+) -> Result<Outcome> {
     let args = match borg::parse(argv)? {
         Invocation::Other => return pass_through(borg, argv, signals),
         Invocation::Create(args) => args,
@@ -78,7 +83,10 @@ pub fn wrap(ctx: &Context<'_>, borg: &CommandLine, argv: &[OsString], signals: &
     }
     let status = borg::run(borg, &argv, signals)?;
     let teardown = session.finish();
-    tracing::debug!(processes = command::spawned(), "processes spawned (borg not counted)");
+    tracing::debug!(
+        processes = command::spawned(),
+        "processes spawned (borg not counted)"
+    );
     Ok(Outcome { status, teardown })
 }
 
@@ -90,7 +98,12 @@ fn pass_through(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Res
     })
 }
 
-fn write_rewrite(session: &mut Session<'_>, args: &CreateArgs, sources: &Sources, plan: &Plan) -> Result<Vec<OsString>> {
+fn write_rewrite(
+    session: &mut Session<'_>,
+    args: &CreateArgs,
+    sources: &Sources,
+    plan: &Plan,
+) -> Result<Vec<OsString>> {
     let work_dir = session.work_dir()?;
     let rewritten = borg::rewrite(args, sources, plan, session.mapping(), &work_dir);
     for (path, content) in &rewritten.files {

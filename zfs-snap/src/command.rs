@@ -57,9 +57,12 @@ impl CommandLine {
         &self.leading
     }
 
-    fn command(&self, args: &[OsString]) -> Command {
+    /// The command ready to spawn, with a clean signal mask (see
+    /// [`unblock_signals_in_child`]).
+    pub fn command(&self, args: &[OsString]) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.leading).args(args);
+        unblock_signals_in_child(&mut command);
         command
     }
 
@@ -138,12 +141,32 @@ impl fmt::Display for CommandLine {
 fn hint_for(what: &str) -> &'static str {
     match what {
         "zfs" => "install zfsutils-linux, or set --zfs-command / ZFS_SNAP_ZFS_COMMAND",
-        "mount" => "set --mount-command / ZFS_SNAP_MOUNT_COMMAND, or leave it unset to use mount(2)",
+        "mount" => {
+            "set --mount-command / ZFS_SNAP_MOUNT_COMMAND, or leave it unset to use mount(2)"
+        }
         "umount" => {
             "set --umount-command / ZFS_SNAP_UMOUNT_COMMAND, or leave it unset to use umount2(2)"
         }
         "borg" => "install borgbackup >= 1.4, or set --borg / ZFS_SNAP_BORG",
         _ => "check the configured command",
+    }
+}
+
+/// Children inherit the signal mask, and ours blocks SIGINT/SIGTERM/SIGHUP
+/// (see [`crate::signals`]); a child must start with none blocked, or borg
+/// could not be stopped.
+pub fn unblock_signals_in_child(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: pthread_sigmask is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
     }
 }
 
@@ -177,7 +200,10 @@ mod tests {
     fn parses_command_with_leading_arguments() {
         let cmd = CommandLine::parse("zfs", "  sudo   zfs ").unwrap();
         assert_eq!(cmd.program(), "sudo");
-        assert_eq!(cmd.display_with(&args(["list", "a b"])), "sudo zfs list 'a b'");
+        assert_eq!(
+            cmd.display_with(&args(["list", "a b"])),
+            "sudo zfs list 'a b'"
+        );
     }
 
     #[test]

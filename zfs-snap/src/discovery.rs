@@ -90,6 +90,7 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         world,
         visible: &visible,
         selected: Vec::new(),
+        tagged: BTreeSet::new(),
         notes: Vec::new(),
         warnings: Vec::new(),
     };
@@ -104,10 +105,13 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         root_mounts.push(mount);
         if !one_file_system {
             for (index, entry) in visible.iter().enumerate() {
-                if entry.mount_point != root.absolute && is_within(&entry.mount_point, &root.absolute) {
-                    if d.usable(entry).is_some() {
-                        d.select(index, format!("below source root {}", root.absolute.display()));
-                    }
+                let below = entry.mount_point != root.absolute
+                    && is_within(&entry.mount_point, &root.absolute);
+                if below && d.usable(entry).is_some() {
+                    d.select(
+                        index,
+                        format!("below source root {}", root.absolute.display()),
+                    );
                 }
             }
         }
@@ -116,9 +120,8 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
 
     let selected: BTreeSet<usize> = d.selected.iter().map(|(i, _)| *i).collect();
     let is_selected = |i: usize| selected.contains(&i);
-    let parent_selected = |entry: &MountEntry| {
-        parent_of(&visible, entry).is_some_and(|p| is_selected(p))
-    };
+    let parent_selected =
+        |entry: &MountEntry| parent_of(&visible, entry).is_some_and(&is_selected);
 
     let mut planned_roots = Vec::new();
     let mut snapshot_roots: Vec<(PathBuf, usize)> = Vec::new();
@@ -150,19 +153,31 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
     // if a live root would read them live, that live path is excluded.
     let mut order: Vec<usize> = selected.iter().copied().collect();
     order.sort_by(|&a, &b| {
-        let key = |i: usize| (visible[i].mount_point.components().count(), &visible[i].mount_point);
+        let key = |i: usize| {
+            (
+                visible[i].mount_point.components().count(),
+                &visible[i].mount_point,
+            )
+        };
         key(a).cmp(&key(b))
     });
     let mut extra_roots = Vec::new();
     let mut live_exclusions = Vec::new();
     for &index in &order {
         let entry = &visible[index];
+        // A root's own dataset is read through that root; only a tag asks
+        // for the whole of it.
+        if root_mounts.contains(&Some(index)) && !d.tagged.contains(&index) {
+            continue;
+        }
         let covered = if one_file_system {
             snapshot_roots
                 .iter()
                 .any(|(path, mount)| *mount == index && *path == entry.mount_point)
         } else {
-            snapshot_roots.iter().any(|(path, _)| is_within(&entry.mount_point, path))
+            snapshot_roots
+                .iter()
+                .any(|(path, _)| is_within(&entry.mount_point, path))
         };
         if covered {
             continue;
@@ -191,9 +206,9 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         if is_selected(index) {
             continue;
         }
-        let below_snapshot = snapshot_roots.iter().any(|(path, _)| {
-            entry.mount_point != *path && is_within(&entry.mount_point, path)
-        });
+        let below_snapshot = snapshot_roots
+            .iter()
+            .any(|(path, _)| entry.mount_point != *path && is_within(&entry.mount_point, path));
         if !below_snapshot {
             continue;
         }
@@ -232,7 +247,9 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         .collect();
     mounts.sort_by(|a, b| {
         let depth = |m: &PlannedMount| m.mountpoint.components().count();
-        depth(a).cmp(&depth(b)).then(a.mountpoint.cmp(&b.mountpoint))
+        depth(a)
+            .cmp(&depth(b))
+            .then(a.mountpoint.cmp(&b.mountpoint))
     });
 
     Plan {
@@ -253,6 +270,8 @@ struct Discovery<'w, 'a> {
     visible: &'w [MountEntry],
     /// Indices into `visible`, with the first reason each was selected.
     selected: Vec<(usize, String)>,
+    /// Indices into `visible` of tagged datasets.
+    tagged: BTreeSet<usize>,
     notes: Vec<String>,
     warnings: Vec<String>,
 }
@@ -333,21 +352,22 @@ impl Discovery<'_, '_> {
     /// are named, never silently dropped.
     fn select_tagged(&mut self) {
         for fs in self.world.filesystems.iter().filter(|f| f.is_tagged()) {
-            let found = self
-                .visible
-                .iter()
-                .position(|e| e.zfs_dataset() == Some(fs.name.as_str()) && e.root == Path::new("/"));
+            let found = self.visible.iter().position(|e| {
+                e.zfs_dataset() == Some(fs.name.as_str()) && e.root == Path::new("/")
+            });
             match (found, fs.unusable_reason()) {
-                (_, Some(reason)) => self.warnings.push(format!(
-                    "tagged dataset {} is skipped: {reason}",
-                    fs.name
-                )),
+                (_, Some(reason)) => self
+                    .warnings
+                    .push(format!("tagged dataset {} is skipped: {reason}", fs.name)),
                 (None, None) => self.warnings.push(format!(
                     "tagged dataset {} is skipped: it is mounted nowhere a path lookup reaches \
                      (hidden by another mount?)",
                     fs.name
                 )),
-                (Some(index), None) => self.select(index, "tagged".to_owned()),
+                (Some(index), None) => {
+                    self.tagged.insert(index);
+                    self.select(index, "tagged".to_owned());
+                }
             }
         }
     }
@@ -358,7 +378,9 @@ fn parent_of(visible: &[MountEntry], entry: &MountEntry) -> Option<usize> {
     visible
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.mount_point != entry.mount_point && is_within(&entry.mount_point, &e.mount_point))
+        .filter(|(_, e)| {
+            e.mount_point != entry.mount_point && is_within(&entry.mount_point, &e.mount_point)
+        })
         .max_by_key(|(_, e)| e.mount_point.components().count())
         .map(|(i, _)| i)
 }
@@ -463,17 +485,42 @@ mod tests {
         assert_eq!(plan.roots[0].borg_path, "/run/zfs-snap/snap/./tank/data");
         assert_eq!(plan.roots[0].source, RootSource::Snapshot);
         assert!(plan.extra_roots.is_empty());
-        assert!(plan.warnings[0].contains("/tank/data/tmp"), "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].contains("/tank/data/tmp"),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn a_subdirectory_root_reads_only_itself() {
+        let plan = Fixture::new().plan(&["/tank/data/sub"], false);
+        assert!(plan.extra_roots.is_empty(), "{:?}", plan.extra_roots);
+        let mut f = Fixture::new();
+        f.filesystems[1].tag = Some("auto".into());
+        let plan = f.plan(&["/tank/data/sub"], false);
+        assert_eq!(
+            plan.extra_roots[0].path,
+            Path::new("/tank/data"),
+            "tagged: whole"
+        );
     }
 
     #[test]
     fn one_file_system_keeps_children_out_and_marks_boundaries() {
         let plan = Fixture::new().plan(&["/tank/data"], true);
         assert_eq!(datasets(&plan), ["tank/data"]);
-        let boundaries: Vec<_> = plan.boundaries.iter().map(|b| b.display().to_string()).collect();
+        let boundaries: Vec<_> = plan
+            .boundaries
+            .iter()
+            .map(|b| b.display().to_string())
+            .collect();
         assert_eq!(
             boundaries,
-            ["/run/zfs-snap/snap/tank/data/child", "/run/zfs-snap/snap/tank/data/tmp"]
+            [
+                "/run/zfs-snap/snap/tank/data/child",
+                "/run/zfs-snap/snap/tank/data/tmp"
+            ]
         );
         assert!(plan.warnings.is_empty());
     }
@@ -484,16 +531,34 @@ mod tests {
         assert!(plan.mounts.is_empty());
         assert_eq!(plan.roots[0].source, RootSource::Live);
         assert_eq!(plan.roots[0].borg_path, "/etc");
-        assert!(plan.notes[0].contains("/etc is not on ZFS"), "{:?}", plan.notes);
+        assert!(
+            plan.notes[0].contains("/etc is not on ZFS"),
+            "{:?}",
+            plan.notes
+        );
     }
 
     #[test]
     fn live_root_above_datasets_reads_them_from_snapshots() {
         let plan = Fixture::new().plan(&["/"], false);
-        assert_eq!(datasets(&plan), ["tank/srv", "tank", "tank/data", "tank/data/child"]);
-        let extra: Vec<_> = plan.extra_roots.iter().map(|r| r.borg_path.as_str()).collect();
-        assert_eq!(extra, ["/run/zfs-snap/snap/./srv", "/run/zfs-snap/snap/./tank"]);
-        let excluded: Vec<_> = plan.live_exclusions.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            datasets(&plan),
+            ["tank/srv", "tank", "tank/data", "tank/data/child"]
+        );
+        let extra: Vec<_> = plan
+            .extra_roots
+            .iter()
+            .map(|r| r.borg_path.as_str())
+            .collect();
+        assert_eq!(
+            extra,
+            ["/run/zfs-snap/snap/./srv", "/run/zfs-snap/snap/./tank"]
+        );
+        let excluded: Vec<_> = plan
+            .live_exclusions
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         assert_eq!(excluded, ["/srv", "/tank"]);
     }
 
@@ -513,7 +578,10 @@ mod tests {
         f.filesystems[2].tag = Some("auto".into());
         let plan = f.plan(&["/tank/data"], true);
         assert_eq!(datasets(&plan), ["tank/data", "tank/data/child"]);
-        assert_eq!(plan.extra_roots[0].borg_path, "/run/zfs-snap/snap/./tank/data/child");
+        assert_eq!(
+            plan.extra_roots[0].borg_path,
+            "/run/zfs-snap/snap/./tank/data/child"
+        );
         assert!(!plan.boundaries.iter().any(|b| b.ends_with("child")));
     }
 
@@ -536,9 +604,18 @@ mod tests {
         });
         let plan = f.plan(&["/tank/data"], false);
         let warnings = plan.warnings.join("\n");
-        assert!(warnings.contains("tank/off is skipped: canmount=off"), "{warnings}");
-        assert!(warnings.contains("tank/secret is skipped: its encryption key"), "{warnings}");
-        assert!(warnings.contains("tank/none is skipped: mountpoint=none"), "{warnings}");
+        assert!(
+            warnings.contains("tank/off is skipped: canmount=off"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("tank/secret is skipped: its encryption key"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("tank/none is skipped: mountpoint=none"),
+            "{warnings}"
+        );
     }
 
     #[test]
@@ -555,7 +632,8 @@ mod tests {
     #[test]
     fn leftover_mounts_under_the_runtime_root_are_ignored() {
         let mut f = Fixture::new();
-        f.mounts.push(mount(9, "/run/zfs-snap/snap/tank", "zfs", "tank"));
+        f.mounts
+            .push(mount(9, "/run/zfs-snap/snap/tank", "zfs", "tank"));
         let plan = f.plan(&["/tank/data/sub"], false);
         assert_eq!(datasets(&plan), ["tank/data"]);
     }
@@ -583,14 +661,21 @@ mod tests {
 
     #[test]
     fn missing_root_is_an_error_before_anything_happens() {
-        let err = SourceRoot::resolve(Path::new("/nonexistent/zfs-snap"), Path::new("/")).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/zfs-snap does not exist"), "{err}");
+        let err =
+            SourceRoot::resolve(Path::new("/nonexistent/zfs-snap"), Path::new("/")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/zfs-snap does not exist"),
+            "{err}"
+        );
     }
 
     /// A random tree of ZFS mounts: `paths[i]` mounted from `ds<i>`.
     fn tree() -> impl Strategy<Value = Vec<String>> {
         prop::collection::btree_set(prop::collection::vec("[ab]", 1..4), 1..8).prop_map(|set| {
-            set.into_iter().map(|parts| format!("/p/{}", parts.join("/"))).collect()
+            set.into_iter()
+                .map(|parts| format!("/p/{}", parts.join("/")))
+                .collect()
         })
     }
 

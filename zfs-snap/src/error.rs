@@ -9,7 +9,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what} command `{command}` was not found; install it or point zfs-snap at it ({hint})")]
+    #[error(
+        "{what} command `{command}` was not found; install it or point zfs-snap at it ({hint})"
+    )]
     CommandNotFound {
         what: &'static str,
         command: String,

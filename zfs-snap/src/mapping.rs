@@ -100,9 +100,18 @@ mod tests {
     #[test]
     fn mirrors_the_live_tree() {
         let m = mapping();
-        assert_eq!(m.to_snapshot(Path::new("/var/lib")), Path::new("/run/zfs-snap/snap/var/lib"));
-        assert_eq!(m.to_snapshot(Path::new("/")), Path::new("/run/zfs-snap/snap"));
-        assert_eq!(m.to_original(Path::new("/run/zfs-snap/snap")).unwrap(), Path::new("/"));
+        assert_eq!(
+            m.to_snapshot(Path::new("/var/lib")),
+            Path::new("/run/zfs-snap/snap/var/lib")
+        );
+        assert_eq!(
+            m.to_snapshot(Path::new("/")),
+            Path::new("/run/zfs-snap/snap")
+        );
+        assert_eq!(
+            m.to_original(Path::new("/run/zfs-snap/snap")).unwrap(),
+            Path::new("/")
+        );
         assert_eq!(m.to_original(Path::new("/run/other")), None);
     }
 
@@ -110,8 +119,14 @@ mod tests {
     fn borg_root_keeps_what_plain_borg_stores() {
         let m = mapping();
         let cwd = Path::new("/home/u");
-        assert_eq!(m.borg_root(Path::new("/var/lib"), cwd), "/run/zfs-snap/snap/./var/lib");
-        assert_eq!(m.borg_root(Path::new("data"), cwd), "/run/zfs-snap/snap/home/u/./data");
+        assert_eq!(
+            m.borg_root(Path::new("/var/lib"), cwd),
+            "/run/zfs-snap/snap/./var/lib"
+        );
+        assert_eq!(
+            m.borg_root(Path::new("data"), cwd),
+            "/run/zfs-snap/snap/home/u/./data"
+        );
         assert_eq!(m.borg_root(Path::new("/"), cwd), "/run/zfs-snap/snap/./");
         assert_eq!(m.pattern_prefix(), "run/zfs-snap/snap");
     }

@@ -44,7 +44,12 @@ impl Mounter for SnapshotMounter {
             }
             None => Mount::builder()
                 .fstype("zfs")
-                .flags(MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC)
+                .flags(
+                    MountFlags::RDONLY
+                        | MountFlags::NOSUID
+                        | MountFlags::NODEV
+                        | MountFlags::NOEXEC,
+                )
                 .mount(snapshot, target)
                 .map(drop)
                 .map_err(|e| failure(format!("mount(2): {e}"))),
@@ -66,7 +71,11 @@ impl Mounter for SnapshotMounter {
                 })
             }
             None => {
-                let flags = if lazy { UnmountFlags::DETACH } else { UnmountFlags::empty() };
+                let flags = if lazy {
+                    UnmountFlags::DETACH
+                } else {
+                    UnmountFlags::empty()
+                };
                 sys_mount::unmount(target, flags).map_err(|e| failure(format!("umount2(2): {e}")))
             }
         }

@@ -96,7 +96,8 @@ fn unescape(field: &str) -> OsString {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() && is_octal(&bytes[i + 1..i + 4]) {
-            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(value);
             i += 4;
         } else {
@@ -189,7 +190,9 @@ mod tests {
             source: "tmpfs".into(),
         });
         let visible = visible(&entries);
-        assert!(visible.iter().all(|e| !e.mount_point.starts_with("/tank") || e.fstype == "tmpfs"));
+        assert!(visible
+            .iter()
+            .all(|e| !e.mount_point.starts_with("/tank") || e.fstype == "tmpfs"));
     }
 
     #[test]

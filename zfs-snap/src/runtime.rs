@@ -28,8 +28,14 @@ pub fn prepare(path: &Path) -> Result<PathBuf> {
     if !path.is_absolute() {
         return Err(refuse("it must be an absolute path".into()));
     }
-    if let Some(c) = path.to_string_lossy().chars().find(|c| FORBIDDEN.contains(c)) {
-        return Err(refuse(format!("it contains {c:?}, which borg patterns would misread")));
+    if let Some(c) = path
+        .to_string_lossy()
+        .chars()
+        .find(|c| FORBIDDEN.contains(c))
+    {
+        return Err(refuse(format!(
+            "it contains {c:?}, which borg patterns would misread"
+        )));
     }
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()

@@ -96,7 +96,11 @@ impl<'a> Session<'a> {
                 "removed what an earlier run left behind"
             );
             mounts = mountinfo::read(&options.mountinfo)?;
-            let gone: Vec<&String> = recovered.destroyed.iter().chain(&recovered.deferred).collect();
+            let gone: Vec<&String> = recovered
+                .destroyed
+                .iter()
+                .chain(&recovered.deferred)
+                .collect();
             inventory.snapshots.retain(|s| !gone.contains(&&s.name));
         }
         let recovered = recovered.into_result()?;
@@ -232,12 +236,16 @@ impl<'a> Session<'a> {
         }
         for dir in std::mem::take(&mut self.dirs).into_iter().rev() {
             if let Err(e) = std::fs::remove_dir(&dir) {
-                report.problems.push(format!("cannot remove directory {}: {e}", dir.display()));
+                report
+                    .problems
+                    .push(format!("cannot remove directory {}: {e}", dir.display()));
             }
         }
         if let Some(dir) = self.work_dir.take() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
-                report.problems.push(format!("cannot remove {}: {e}", dir.display()));
+                report
+                    .problems
+                    .push(format!("cannot remove {}: {e}", dir.display()));
             }
         }
         for names in std::mem::take(&mut self.held).values() {
@@ -283,7 +291,9 @@ fn destroy_each(zfs: &dyn Zfs, names: &[String], report: &mut Report) {
             Ok(()) => report.destroyed.push(name.clone()),
             Err(first) => match zfs.destroy(name, false, true) {
                 Ok(()) => report.deferred.push(name.clone()),
-                Err(_) => report.problems.push(format!("cannot destroy snapshot {name}: {first}")),
+                Err(_) => report
+                    .problems
+                    .push(format!("cannot destroy snapshot {name}: {first}")),
             },
         }
     }
@@ -326,7 +336,11 @@ pub fn recover(
     let ours: Vec<&String> = inventory
         .snapshots
         .iter()
-        .filter(|s| s.owner.as_ref().is_some_and(|o| o.runtime_root == root_text))
+        .filter(|s| {
+            s.owner
+                .as_ref()
+                .is_some_and(|o| o.runtime_root == root_text)
+        })
         .map(|s| &s.name)
         .collect();
     if ours.is_empty() {
@@ -342,7 +356,9 @@ pub fn recover(
             let mut held: BTreeMap<&str, Vec<String>> = BTreeMap::new();
             for (snapshot, tag) in &holds {
                 if tag == HOLD_TAG {
-                    held.entry(pool_of(snapshot)).or_default().push(snapshot.clone());
+                    held.entry(pool_of(snapshot))
+                        .or_default()
+                        .push(snapshot.clone());
                 }
             }
             for names in held.values() {
@@ -372,7 +388,9 @@ fn remove_empty_dirs(dir: &Path) {
 
 /// `20261126T033500Z-<pid>`: sortable, readable, unique on a host.
 fn new_run_id() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;

@@ -41,7 +41,9 @@ impl Signals {
                 let Some((signal, from_terminal)) = wait_for(&set) else {
                     continue;
                 };
-                thread_shared.received.store(signal as i32, Ordering::SeqCst);
+                thread_shared
+                    .received
+                    .store(signal as i32, Ordering::SeqCst);
                 let child = thread_shared.child.load(Ordering::SeqCst);
                 // The terminal already delivered ^C to borg (same process group).
                 let already_delivered = from_terminal && signal == Signal::SIGINT;

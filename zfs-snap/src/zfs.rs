@@ -263,7 +263,10 @@ pub fn parse_inventory(command: &str, stdout: &str) -> Result<Inventory> {
             return Err(malformed(
                 command,
                 line,
-                format!("expected {INVENTORY_COLUMNS} tab-separated columns, found {}", fields.len()),
+                format!(
+                    "expected {INVENTORY_COLUMNS} tab-separated columns, found {}",
+                    fields.len()
+                ),
             ));
         }
         let name = fields[0];
@@ -311,7 +314,11 @@ pub fn parse_holds(command: &str, stdout: &str) -> Result<Vec<(String, String)>>
                 (Some(snapshot), Some(tag)) if snapshot.contains('@') => {
                     Ok((snapshot.to_owned(), tag.to_owned()))
                 }
-                _ => Err(malformed(command, line, "expected snapshot<TAB>tag<TAB>time")),
+                _ => Err(malformed(
+                    command,
+                    line,
+                    "expected snapshot<TAB>tag<TAB>time",
+                )),
             }
         })
         .collect()
@@ -323,7 +330,11 @@ pub fn parse_tags(command: &str, stdout: &str) -> Result<Vec<TagInfo>> {
     for line in stdout.lines().filter(|l| !l.is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
         if fields.len() != 3 {
-            return Err(malformed(command, line, "expected name<TAB>value<TAB>source"));
+            return Err(malformed(
+                command,
+                line,
+                "expected name<TAB>value<TAB>source",
+            ));
         }
         if fields[1] == "-" {
             continue;
@@ -379,7 +390,9 @@ tank/data@zfs-snap-20261126T033500Z-99\t-\t-\t-\t-\tauto\t20261126T033500Z-99:/r
 
     #[test]
     fn malformed_line_is_quoted() {
-        let err = parse_inventory("zfs list", "tank\t/tank\ton\n").unwrap_err().to_string();
+        let err = parse_inventory("zfs list", "tank\t/tank\ton\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"tank\\t/tank\\ton\""), "{err}");
         assert!(err.contains("found 3"), "{err}");
         let err = parse_inventory("zfs list", "tank\t/tank\ton\tmaybe\t-\t-\t-\n").unwrap_err();

@@ -176,7 +176,9 @@ impl CreateArgs {
     }
 
     pub fn paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.path_indices.iter().map(|&i| PathBuf::from(&self.argv[i]))
+        self.path_indices
+            .iter()
+            .map(|&i| PathBuf::from(&self.argv[i]))
     }
 }
 
@@ -257,7 +259,9 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
                 ("--exclude", Some(at)) => args.patterns.push(PatternOption::Exclude(at)),
                 ("--exclude-from", Some(at)) => args.patterns.push(PatternOption::ExcludeFrom(at)),
                 ("--pattern", Some(at)) => args.patterns.push(PatternOption::Pattern(at)),
-                ("--patterns-from", Some(at)) => args.patterns.push(PatternOption::PatternsFrom(at)),
+                ("--patterns-from", Some(at)) => {
+                    args.patterns.push(PatternOption::PatternsFrom(at))
+                }
                 _ => {}
             },
             &mut unknown,
@@ -313,12 +317,26 @@ fn skip_option(
                 if i + 1 >= argv.len() {
                     return Err(missing(canonical));
                 }
-                seen(canonical, Some(ValueAt { index: i + 1, offset: 0 }), i);
+                seen(
+                    canonical,
+                    Some(ValueAt {
+                        index: i + 1,
+                        offset: 0,
+                    }),
+                    i,
+                );
                 i + 2
             }
             (Arity::Optional, None) => match argv.get(i + 1) {
                 Some(next) if !is_option_like(next.as_bytes()) => {
-                    seen(canonical, Some(ValueAt { index: i + 1, offset: 0 }), i);
+                    seen(
+                        canonical,
+                        Some(ValueAt {
+                            index: i + 1,
+                            offset: 0,
+                        }),
+                        i,
+                    );
                     i + 2
                 }
                 _ => {
@@ -328,7 +346,10 @@ fn skip_option(
             },
             (Arity::OneOrMore, None) => {
                 let mut next = i + 1;
-                while argv.get(next).is_some_and(|a| !is_option_like(a.as_bytes()) && a != "--") {
+                while argv
+                    .get(next)
+                    .is_some_and(|a| !is_option_like(a.as_bytes()) && a != "--")
+                {
                     next += 1;
                 }
                 if next == i + 1 {
@@ -355,7 +376,14 @@ fn skip_option(
             if i + 1 >= argv.len() {
                 return Err(missing(long));
             }
-            seen(long, Some(ValueAt { index: i + 1, offset: 0 }), i);
+            seen(
+                long,
+                Some(ValueAt {
+                    index: i + 1,
+                    offset: 0,
+                }),
+                i,
+            );
             return Ok(i + 2);
         }
         match SHORT_FLAGS.iter().find(|(s, _)| *s == c) {
@@ -373,7 +401,11 @@ pub fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
         let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
         digits.parse::<u32>().ok()
     });
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 #[cfg(test)]
@@ -397,28 +429,59 @@ mod tests {
 
     #[test]
     fn borg1_archive_and_paths() {
-        let c = create(&["create", "--stats", "-C", "zstd", "/repo::a-{now}", "/var/lib", "/home"]);
+        let c = create(&[
+            "create",
+            "--stats",
+            "-C",
+            "zstd",
+            "/repo::a-{now}",
+            "/var/lib",
+            "/home",
+        ]);
         assert_eq!(c.argv[c.archive_index], "/repo::a-{now}");
         assert_eq!(paths(&c), ["/var/lib", "/home"]);
     }
 
     #[test]
     fn borg2_repo_option_and_name() {
-        let c = create(&["--repo", "/repo", "create", "-r", "/r2", "--comment", "x y", "name", "/data"]);
+        let c = create(&[
+            "--repo",
+            "/repo",
+            "create",
+            "-r",
+            "/r2",
+            "--comment",
+            "x y",
+            "name",
+            "/data",
+        ]);
         assert_eq!(c.argv[c.archive_index], "name");
         assert_eq!(paths(&c), ["/data"]);
     }
 
     #[test]
     fn common_options_before_create_with_values() {
-        let c = create(&["--remote-path", "borg1", "--lock-wait=5", "-v", "create", "::a", "/x"]);
+        let c = create(&[
+            "--remote-path",
+            "borg1",
+            "--lock-wait=5",
+            "-v",
+            "create",
+            "::a",
+            "/x",
+        ]);
         assert_eq!(c.create_index, 4);
         assert_eq!(paths(&c), ["/x"]);
     }
 
     #[test]
     fn other_subcommands_pass_through() {
-        for words in [&["list", "/repo"][..], &["--version"], &[], &["prune", "--keep-daily", "7"]] {
+        for words in [
+            &["list", "/repo"][..],
+            &["--version"],
+            &[],
+            &["prune", "--keep-daily", "7"],
+        ] {
             assert_eq!(parse(&argv(words)).unwrap(), Invocation::Other, "{words:?}");
         }
     }
@@ -458,7 +521,15 @@ mod tests {
             .collect();
         assert_eq!(
             values,
-            ["*.pyc", "/var/cache", "/tmp", "sh:**/.cache", "ex.txt", "- /var/tmp", "p.lst"]
+            [
+                "*.pyc",
+                "/var/cache",
+                "/tmp",
+                "sh:**/.cache",
+                "ex.txt",
+                "- /var/tmp",
+                "p.lst"
+            ]
         );
         assert!(c.one_file_system);
         assert_eq!(paths(&c), ["/srv"]);
@@ -466,7 +537,16 @@ mod tests {
 
     #[test]
     fn abbreviated_long_options_resolve() {
-        let c = create(&["create", "--one-file", "--exclude-fr", "ex", "--comm", "c", "::a", "/p"]);
+        let c = create(&[
+            "create",
+            "--one-file",
+            "--exclude-fr",
+            "ex",
+            "--comm",
+            "c",
+            "::a",
+            "/p",
+        ]);
         assert!(c.one_file_system);
         assert!(matches!(c.patterns[0], PatternOption::ExcludeFrom(_)));
         assert_eq!(paths(&c), ["/p"]);
@@ -488,16 +568,22 @@ mod tests {
 
     #[test]
     fn borg2_tags_and_socket() {
-        let c = create(&["create", "--tags", "a", "b", "--socket", "--stats", "name", "/x"]);
+        let c = create(&[
+            "create", "--tags", "a", "b", "--socket", "--stats", "name", "/x",
+        ]);
         assert_eq!(c.argv[c.archive_index], "name");
         assert_eq!(paths(&c), ["/x"]);
     }
 
     #[test]
     fn missing_archive_and_missing_value_are_clear_errors() {
-        let err = parse(&argv(&["create", "--stats"])).unwrap_err().to_string();
+        let err = parse(&argv(&["create", "--stats"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ARCHIVE"), "{err}");
-        let err = parse(&argv(&["create", "::a", "/x", "--exclude"])).unwrap_err().to_string();
+        let err = parse(&argv(&["create", "::a", "/x", "--exclude"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--exclude needs a value"), "{err}");
     }
 

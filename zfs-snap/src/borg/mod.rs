@@ -6,7 +6,7 @@ pub mod patterns;
 pub mod rewrite;
 
 use std::ffi::OsString;
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::Instant;
 
 use crate::command::CommandLine;
@@ -40,9 +40,10 @@ pub fn run(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<E
     let shown = borg.display_with(argv);
     tracing::info!(command = %shown, "running borg");
     let started = Instant::now();
-    let mut command = Command::new(borg.program());
-    command.args(borg.leading()).args(argv);
-    let mut child = command.spawn().map_err(|source| borg.spawn_error(argv, source))?;
+    let mut command = borg.command(argv);
+    let mut child = command
+        .spawn()
+        .map_err(|source| borg.spawn_error(argv, source))?;
     signals.set_child(Some(child.id()));
     let status = child.wait();
     signals.set_child(None);
@@ -53,4 +54,3 @@ pub fn run(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<E
     tracing::info!(%status, elapsed_s = started.elapsed().as_secs_f64(), "borg finished");
     Ok(status)
 }
-

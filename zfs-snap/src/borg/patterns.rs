@@ -75,7 +75,13 @@ impl fmt::Display for Pattern {
     /// As a patterns-file line with an explicit style, so the line means
     /// the same whatever style was the default where it came from.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}:{}", self.action.sign(), self.style.tag(), self.text)
+        write!(
+            f,
+            "{} {}:{}",
+            self.action.sign(),
+            self.style.tag(),
+            self.text
+        )
     }
 }
 
@@ -91,8 +97,8 @@ pub enum Line {
 fn split_style(text: &str, default: Style) -> Result<(Style, &str), String> {
     let bytes = text.as_bytes();
     if bytes.len() > 2 && bytes[2] == b':' && bytes[..2].iter().all(u8::is_ascii_alphanumeric) {
-        let style =
-            Style::parse(&text[..2]).ok_or_else(|| format!("unknown pattern style {:?}", &text[..2]))?;
+        let style = Style::parse(&text[..2])
+            .ok_or_else(|| format!("unknown pattern style {:?}", &text[..2]))?;
         Ok((style, &text[3..]))
     } else {
         Ok((default, text))
@@ -128,7 +134,11 @@ pub fn parse_line(line: &str, default: Style) -> Result<Line, String> {
         '+' => Action::Include,
         '-' => Action::Exclude,
         '!' => Action::ExcludeNoRecurse,
-        other => return Err(format!("pattern line {line:?} starts with {other:?}, not one of R P + - !")),
+        other => {
+            return Err(format!(
+                "pattern line {line:?} starts with {other:?}, not one of R P + - !"
+            ))
+        }
     };
     let (style, text) = split_style(rest, default)?;
     Ok(Line::Rule(Pattern {
@@ -239,11 +249,21 @@ mod tests {
 
     #[test]
     fn parses_lines_like_borg() {
-        assert_eq!(parse_line("R /var/lib", Style::Sh).unwrap(), Line::Root("/var/lib".into()));
-        assert_eq!(parse_line("P fm", Style::Sh).unwrap(), Line::Style(Style::Fm));
+        assert_eq!(
+            parse_line("R /var/lib", Style::Sh).unwrap(),
+            Line::Root("/var/lib".into())
+        );
+        assert_eq!(
+            parse_line("P fm", Style::Sh).unwrap(),
+            Line::Style(Style::Fm)
+        );
         assert_eq!(
             parse_line("-/var/tmp", Style::Sh).unwrap(),
-            Line::Rule(Pattern { action: Action::Exclude, style: Style::Sh, text: "/var/tmp".into() })
+            Line::Rule(Pattern {
+                action: Action::Exclude,
+                style: Style::Sh,
+                text: "/var/tmp".into()
+            })
         );
         assert_eq!(
             parse_line("! re:^var/cache", Style::Sh).unwrap(),
@@ -254,7 +274,9 @@ mod tests {
             })
         );
         assert!(parse_line("x foo", Style::Sh).unwrap_err().contains("'x'"));
-        assert!(parse_line("+ zz:foo", Style::Sh).unwrap_err().contains("zz"));
+        assert!(parse_line("+ zz:foo", Style::Sh)
+            .unwrap_err()
+            .contains("zz"));
         assert!(parse_line("-", Style::Sh).is_err());
     }
 
@@ -274,11 +296,22 @@ mod tests {
     #[test]
     fn path_styles_get_the_prefix() {
         for style in [Style::Fm, Style::Sh, Style::Pp, Style::Pf] {
-            let p = Pattern { action: Action::Exclude, style, text: "/var/cache".into() };
+            let p = Pattern {
+                action: Action::Exclude,
+                style,
+                text: "/var/cache".into(),
+            };
             assert_eq!(prefixed(&p, PREFIX).text, "run/zfs-snap/snap/var/cache");
         }
-        let p = Pattern { action: Action::Include, style: Style::Sh, text: "**/.cache".into() };
-        assert_eq!(prefixed(&p, PREFIX).to_string(), "+ sh:run/zfs-snap/snap/**/.cache");
+        let p = Pattern {
+            action: Action::Include,
+            style: Style::Sh,
+            text: "**/.cache".into(),
+        };
+        assert_eq!(
+            prefixed(&p, PREFIX).to_string(),
+            "+ sh:run/zfs-snap/snap/**/.cache"
+        );
     }
 
     #[test]
@@ -287,7 +320,10 @@ mod tests {
             prefixed_regex("^var/cache", PREFIX),
             r"^run/zfs\-snap/snap/.*?(?:(?<=^run/zfs\-snap/snap/)var/cache)"
         );
-        assert_eq!(prefixed_regex(r"\.pyc$", PREFIX), r"^run/zfs\-snap/snap/.*?(?:\.pyc$)");
+        assert_eq!(
+            prefixed_regex(r"\.pyc$", PREFIX),
+            r"^run/zfs\-snap/snap/.*?(?:\.pyc$)"
+        );
         assert_eq!(
             prefixed_regex("(?i)[^^]x", PREFIX),
             r"(?i)^run/zfs\-snap/snap/.*?(?:[^^]x)"

@@ -59,7 +59,9 @@ impl Sources {
                 PatternOption::Pattern(at) => {
                     let text = args.value(at).to_string_lossy();
                     match patterns::parse_line(&text, Style::Sh).map_err(|e| bad("--pattern", e))? {
-                        Line::Root(root) => roots.push((at.index, root.into(), Origin::PatternOption(at))),
+                        Line::Root(root) => {
+                            roots.push((at.index, root.into(), Origin::PatternOption(at)))
+                        }
                         Line::Rule(rule) => rules.push(rule),
                         // borg ignores a style line given with --pattern.
                         Line::Style(_) => {}
@@ -94,7 +96,10 @@ impl Sources {
                                 roots.push((
                                     at.index,
                                     root.into(),
-                                    Origin::PatternsFile { option, line: line_number },
+                                    Origin::PatternsFile {
+                                        option,
+                                        line: line_number,
+                                    },
                                 ));
                             }
                             Line::Style(s) => style = s,
@@ -107,7 +112,10 @@ impl Sources {
         }
         roots.sort_by_key(|(index, _, _)| *index);
         Ok(Sources {
-            roots: roots.into_iter().map(|(_, path, origin)| (path, origin)).collect(),
+            roots: roots
+                .into_iter()
+                .map(|(_, path, origin)| (path, origin))
+                .collect(),
             rules,
             files,
         })
@@ -140,7 +148,13 @@ pub struct Rewritten {
 
 /// Rewrites `args` for `plan` (built from `sources.roots()` in order),
 /// placing generated files in `work_dir`.
-pub fn rewrite(args: &CreateArgs, sources: &Sources, plan: &Plan, mapping: &Mapping, work_dir: &Path) -> Rewritten {
+pub fn rewrite(
+    args: &CreateArgs,
+    sources: &Sources,
+    plan: &Plan,
+    mapping: &Mapping,
+    work_dir: &Path,
+) -> Rewritten {
     let prefix = mapping.pattern_prefix();
     let mut files = Vec::new();
     let mut replace: Vec<(usize, OsString)> = Vec::new();
@@ -158,7 +172,12 @@ pub fn rewrite(args: &CreateArgs, sources: &Sources, plan: &Plan, mapping: &Mapp
     }
     let reads_snapshots = plan.borg_roots().any(|r| r.dataset.is_some());
     if reads_snapshots && sources.has_rules() {
-        ours.extend(sources.rules.iter().map(|r| patterns::prefixed(r, &prefix).to_string()));
+        ours.extend(
+            sources
+                .rules
+                .iter()
+                .map(|r| patterns::prefixed(r, &prefix).to_string()),
+        );
         ours.push(format!("+ pp:{prefix}"));
     }
 
@@ -167,13 +186,21 @@ pub fn rewrite(args: &CreateArgs, sources: &Sources, plan: &Plan, mapping: &Mapp
     for (k, (_, origin)) in sources.roots.iter().enumerate() {
         match origin {
             Origin::Positional(index) => replace.push((*index, borg_path(k).into())),
-            Origin::PatternOption(at) => {
-                replace.push((at.index, with_value(&args.argv[at.index], *at, &format!("R {}", borg_path(k)))))
+            Origin::PatternOption(at) => replace.push((
+                at.index,
+                with_value(&args.argv[at.index], *at, &format!("R {}", borg_path(k))),
+            )),
+            Origin::PatternsFile { option, line } => {
+                file_roots.push((*option, *line, borg_path(k)))
             }
-            Origin::PatternsFile { option, line } => file_roots.push((*option, *line, borg_path(k))),
         }
     }
-    for (n, file) in sources.files.iter().enumerate().filter(|(_, f)| f.has_roots) {
+    for (n, file) in sources
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.has_roots)
+    {
         let mut lines = file.lines.clone();
         for (option, line, root) in &file_roots {
             if *option == file.option {
@@ -181,12 +208,23 @@ pub fn rewrite(args: &CreateArgs, sources: &Sources, plan: &Plan, mapping: &Mapp
             }
         }
         let path = work_dir.join(format!("patterns-from-{n}.lst"));
-        replace.push((file.at.index, with_value(&args.argv[file.at.index], file.at, &path.display().to_string())));
+        replace.push((
+            file.at.index,
+            with_value(
+                &args.argv[file.at.index],
+                file.at,
+                &path.display().to_string(),
+            ),
+        ));
         files.push((path, lines.join("\n") + "\n"));
     }
 
     let generated = work_dir.join("zfs-snap-patterns.lst");
-    let insert_roots_after = args.path_indices.last().copied().unwrap_or(args.archive_index);
+    let insert_roots_after = args
+        .path_indices
+        .last()
+        .copied()
+        .unwrap_or(args.archive_index);
     let mut argv = Vec::with_capacity(args.argv.len() + plan.extra_roots.len() + 2);
     for (i, arg) in args.argv.iter().enumerate() {
         match replace.iter().find(|(index, _)| *index == i) {
@@ -198,11 +236,17 @@ pub fn rewrite(args: &CreateArgs, sources: &Sources, plan: &Plan, mapping: &Mapp
             argv.push(generated.clone().into());
         }
         if i == insert_roots_after {
-            argv.extend(plan.extra_roots.iter().map(|r| OsString::from(&r.borg_path)));
+            argv.extend(
+                plan.extra_roots
+                    .iter()
+                    .map(|r| OsString::from(&r.borg_path)),
+            );
         }
     }
     if !ours.is_empty() {
-        let mut content = String::from("# written by zfs-snap: makes the patterns below act on the snapshot mirror\n");
+        let mut content = String::from(
+            "# written by zfs-snap: makes the patterns below act on the snapshot mirror\n",
+        );
         for line in &ours {
             content.push_str(line);
             content.push('\n');
@@ -213,7 +257,10 @@ pub fn rewrite(args: &CreateArgs, sources: &Sources, plan: &Plan, mapping: &Mapp
 }
 
 fn strip_slash(path: &Path) -> String {
-    path.display().to_string().trim_start_matches('/').to_owned()
+    path.display()
+        .to_string()
+        .trim_start_matches('/')
+        .to_owned()
 }
 
 /// `arg` with the value at `at` replaced by `value` (keeping `--opt=`).
@@ -246,8 +293,16 @@ mod tests {
                 .zip(snap)
                 .map(|(r, &s)| PlannedRoot {
                     path: r.clone(),
-                    source: if s { RootSource::Snapshot } else { RootSource::Live },
-                    borg_path: if s { mapping.borg_root(r, Path::new("/")) } else { r.display().to_string() },
+                    source: if s {
+                        RootSource::Snapshot
+                    } else {
+                        RootSource::Live
+                    },
+                    borg_path: if s {
+                        mapping.borg_root(r, Path::new("/"))
+                    } else {
+                        r.display().to_string()
+                    },
                     dataset: s.then(|| "tank/x".to_owned()),
                 })
                 .collect(),
@@ -260,14 +315,28 @@ mod tests {
     }
 
     fn strings(argv: &[OsString]) -> Vec<String> {
-        argv.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+        argv.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
     fn roots_are_rewritten_and_patterns_get_twins_first() {
-        let args = create(&["create", "--stats", "-e", "/var/lib/cache", "/repo::a", "/var/lib", "/etc", "--list"]);
+        let args = create(&[
+            "create",
+            "--stats",
+            "-e",
+            "/var/lib/cache",
+            "/repo::a",
+            "/var/lib",
+            "/etc",
+            "--list",
+        ]);
         let sources = Sources::read(&args, Path::new("/")).unwrap();
-        assert_eq!(sources.roots(), [PathBuf::from("/var/lib"), PathBuf::from("/etc")]);
+        assert_eq!(
+            sources.roots(),
+            [PathBuf::from("/var/lib"), PathBuf::from("/etc")]
+        );
         let mapping = Mapping::new(Path::new("/run/zfs-snap"));
         let mut plan = plan_for(&sources.roots(), &[true, false], &mapping);
         plan.extra_roots.push(PlannedRoot {
@@ -276,7 +345,13 @@ mod tests {
             borg_path: mapping.borg_root(Path::new("/srv"), Path::new("/")),
             dataset: Some("tank/srv".into()),
         });
-        let out = rewrite(&args, &sources, &plan, &mapping, Path::new("/run/zfs-snap/work"));
+        let out = rewrite(
+            &args,
+            &sources,
+            &plan,
+            &mapping,
+            Path::new("/run/zfs-snap/work"),
+        );
         assert_eq!(
             strings(&out.argv),
             [
@@ -296,7 +371,10 @@ mod tests {
         assert_eq!(out.files.len(), 1);
         assert_eq!(
             out.files[0].1.lines().skip(1).collect::<Vec<_>>(),
-            ["! fm:run/zfs-snap/snap/var/lib/cache", "+ pp:run/zfs-snap/snap"]
+            [
+                "! fm:run/zfs-snap/snap/var/lib/cache",
+                "+ pp:run/zfs-snap/snap"
+            ]
         );
     }
 
@@ -315,28 +393,54 @@ mod tests {
     fn root_lines_in_options_and_files_are_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.lst");
-        std::fs::write(&file, "# comment\nP fm\nR /srv\n- /srv/tmp\n+ re:^srv/keep\n").unwrap();
+        std::fs::write(
+            &file,
+            "# comment\nP fm\nR /srv\n- /srv/tmp\n+ re:^srv/keep\n",
+        )
+        .unwrap();
         let file_arg = format!("--patterns-from={}", file.display());
         let args = create(&["create", "--pattern=R /var/lib", &file_arg, "::a"]);
         let sources = Sources::read(&args, dir.path()).unwrap();
-        assert_eq!(sources.roots(), [PathBuf::from("/var/lib"), PathBuf::from("/srv")]);
+        assert_eq!(
+            sources.roots(),
+            [PathBuf::from("/var/lib"), PathBuf::from("/srv")]
+        );
         let mapping = Mapping::new(Path::new("/run/zfs-snap"));
         let plan = plan_for(&sources.roots(), &[true, true], &mapping);
         let out = rewrite(&args, &sources, &plan, &mapping, Path::new("/w"));
         let argv = strings(&out.argv);
         assert_eq!(argv[3], "--pattern=R /run/zfs-snap/snap/./var/lib");
         assert_eq!(argv[4], "--patterns-from=/w/patterns-from-0.lst");
-        let copy = &out.files.iter().find(|(p, _)| p.ends_with("patterns-from-0.lst")).unwrap().1;
-        assert_eq!(copy, "P fm\nR /run/zfs-snap/snap/./srv\n- /srv/tmp\n+ re:^srv/keep\n");
+        let copy = &out
+            .files
+            .iter()
+            .find(|(p, _)| p.ends_with("patterns-from-0.lst"))
+            .unwrap()
+            .1;
+        assert_eq!(
+            copy,
+            "P fm\nR /run/zfs-snap/snap/./srv\n- /srv/tmp\n+ re:^srv/keep\n"
+        );
         let ours = &out.files[0].1;
         assert!(ours.contains("- fm:run/zfs-snap/snap/srv/tmp\n"), "{ours}");
-        assert!(ours.contains("+ re:^run/zfs\\-snap/snap/.*?(?:(?<=^run/zfs\\-snap/snap/)srv/keep)\n"), "{ours}");
+        assert!(
+            ours.contains("+ re:^run/zfs\\-snap/snap/.*?(?:(?<=^run/zfs\\-snap/snap/)srv/keep)\n"),
+            "{ours}"
+        );
     }
 
     #[test]
     fn unreadable_pattern_file_names_the_file() {
-        let args = create(&["create", "--exclude-from", "/nonexistent/ex.txt", "::a", "/x"]);
-        let err = Sources::read(&args, Path::new("/")).unwrap_err().to_string();
+        let args = create(&[
+            "create",
+            "--exclude-from",
+            "/nonexistent/ex.txt",
+            "::a",
+            "/x",
+        ]);
+        let err = Sources::read(&args, Path::new("/"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/ex.txt"), "{err}");
     }
 }

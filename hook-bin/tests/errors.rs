@@ -1,0 +1,170 @@
+//! Bad input: each case gets a clear message and leaves nothing behind.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use support::*;
+
+fn wrap_args(repo: &str, path: &std::path::Path) -> Vec<String> {
+    vec![
+        "wrap".into(),
+        "--".into(),
+        "borg".into(),
+        "create".into(),
+        format!("{repo}::a"),
+        path.display().to_string(),
+    ]
+}
+
+#[test]
+fn missing_source_path_is_named_before_any_snapshot() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let missing = data.join("nope");
+    let out = run(w.cmd().args(wrap_args("/r", &missing)));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(&format!("{} does not exist", missing.display())));
+    assert_eq!(w.snapshot_calls(), 0);
+    w.assert_clean();
+}
+
+#[test]
+fn zfs_command_missing_failing_or_garbled() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let out = run(w
+        .cmd()
+        .args(["--zfs-command", "/nonexistent/zfs"])
+        .args(wrap_args("/r", &data)));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("zfs command `/nonexistent/zfs` was not found"),
+        "{}",
+        stderr(&out)
+    );
+
+    w.edit(|s| s["fail"] = serde_json::json!({"list": "The ZFS modules cannot be auto-loaded."}));
+    let out = run(w.cmd().args(wrap_args("/r", &data)));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("The ZFS modules cannot be auto-loaded."));
+
+    w.edit(|s| {
+        s["fail"] = serde_json::json!({});
+        s["garbage"] = serde_json::json!("tank\tnonsense");
+    });
+    let out = run(w.cmd().args(wrap_args("/r", &data)));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("\"tank\\tnonsense\""),
+        "the line is quoted: {}",
+        stderr(&out)
+    );
+    w.assert_clean();
+}
+
+#[test]
+fn borg_missing_or_too_old() {
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let mut args = wrap_args("/r", &data);
+    args[2] = "/nonexistent/borg".into();
+    let out = run(w.cmd().args(&args));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("borg command `/nonexistent/borg` was not found"),
+        "{}",
+        stderr(&out)
+    );
+
+    let old = w.dir.path().join("old-borg");
+    fs::write(&old, "#!/bin/sh\necho 'borg 1.2.4'\n").unwrap();
+    fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
+    args[2] = old.display().to_string();
+    let out = run(w.cmd().args(&args));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("borg 1.2.4 is too old"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.snapshot_calls(), 0);
+}
+
+#[test]
+fn wrap_needs_a_command_and_create_needs_an_archive() {
+    let w = World::new();
+    let out = run(w.cmd().args(["wrap", "borg", "create", "::a", "/x"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--"), "{}", stderr(&out));
+    let out = run(w.cmd().args(["wrap", "--", "borg", "create", "--stats"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("needs an ARCHIVE"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", "--paths-from-stdin", "::a"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--paths-from-stdin"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unsafe_runtime_roots_are_refused() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let real = w.dir.path().join("real-root");
+    fs::create_dir(&real).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+    let link = w.dir.path().join("link-root");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = run(w
+        .cmd()
+        .arg("--runtime-root")
+        .arg(&link)
+        .args(wrap_args("/r", &data)));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("symlink"), "{}", stderr(&out));
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o770)).unwrap();
+    let out = run(w
+        .cmd()
+        .arg("--runtime-root")
+        .arg(&real)
+        .args(wrap_args("/r", &data)));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("writable by group or others"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.snapshot_calls(), 0);
+}
+
+#[test]
+fn tagging_a_missing_dataset_names_it() {
+    let w = World::new();
+    w.dataset("tank/data", "tank/data");
+    let out = run(w.cmd().args(["tag", "tank/data", "tank/nope"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("dataset tank/nope does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        w.state()["datasets"]["tank/data"]["props"]
+            .get(TAG)
+            .is_none(),
+        "all or nothing"
+    );
+}

@@ -1,0 +1,249 @@
+//! Teardown in every way a run can end, the lock, and recovery of what dead
+//! runs left, against the fake zfs.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn failed_third_mount_tears_down_everything() {
+    let w = World::new();
+    let a = w.dataset("tank/a", "a");
+    let b = w.dataset("tank/b", "b");
+    let c = w.dataset("tank/c", "c");
+    w.edit(|s| s["fail"] = serde_json::json!({"mount_at": 3}));
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", "/nonexistent-repo::a"])
+        .arg(&a)
+        .arg(&b)
+        .arg(&c));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("wrong fs type"),
+        "mount's message shown"
+    );
+    w.assert_clean();
+    let calls = w.calls();
+    assert!(calls.contains("zfs release zfs-snap"), "{calls}");
+    assert!(calls.contains("zfs destroy -r tank@zfs-snap-"), "{calls}");
+    assert_eq!(
+        calls.lines().filter(|l| l.starts_with("umount")).count(),
+        2,
+        "{calls}"
+    );
+}
+
+#[test]
+fn failing_hold_tears_down_the_snapshot() {
+    let w = World::new();
+    let a = w.dataset("tank/a", "a");
+    w.edit(|s| s["fail"] = serde_json::json!({"hold": "cannot hold snapshot 'tank/a@x': pool I/O is currently suspended"}));
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", "/r::a"])
+        .arg(&a));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("pool I/O is currently suspended"));
+    w.assert_clean();
+}
+
+/// A run whose borg blocks on a FIFO (`--read-special`) until killed.
+fn blocked_run(w: &World) -> std::process::Child {
+    let data = w.dataset("tank/data", "tank/data");
+    let fifo = data.join("fifo");
+    nix_mkfifo(&fifo);
+    let repo = w.repo();
+    let child = w
+        .cmd()
+        .args([
+            "wrap",
+            "--",
+            "borg",
+            "create",
+            "--read-special",
+            &format!("{repo}::blocked"),
+        ])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !w.state()["mounts"]
+        .as_array()
+        .is_some_and(|m| !m.is_empty())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the run never mounted"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    // Give borg time to reach the FIFO.
+    sleep(Duration::from_millis(1500));
+    child
+}
+
+fn nix_mkfifo(path: &std::path::Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+fn borg_processes_of(w: &World) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("{}/repo::blocked", w.dir.path().display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn sigterm_reaches_borg_and_teardown_completes() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let child = blocked_run(&w);
+    assert!(borg_processes_of(&w) >= 1, "borg should be running");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", stderr(&out));
+    assert!(!out.status.success());
+    assert_eq!(borg_processes_of(&w), 0, "borg stopped");
+    assert!(
+        stderr(&out).contains("passing signal to borg"),
+        "{}",
+        stderr(&out)
+    );
+    w.assert_clean();
+}
+
+#[test]
+fn second_run_is_refused_with_the_holders_pid_or_waits() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let first = blocked_run(&w);
+    let other = w.dataset("tank/other", "other");
+    w.write(&other.join("f"), "f");
+    let repo = w.repo();
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", &format!("{repo}::second")])
+        .arg(&other));
+    assert_eq!(out.status.code(), Some(75));
+    assert!(
+        stderr(&out).contains(&format!("pid {}", first.id())),
+        "{}",
+        stderr(&out)
+    );
+
+    let waiting = w
+        .cmd()
+        .args([
+            "--wait=60",
+            "wrap",
+            "--",
+            "borg",
+            "create",
+            &format!("{repo}::waited"),
+        ])
+        .arg(&other)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(1000));
+    Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    first.wait_with_output().unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    eprintln!("{}", stderr(&out));
+    assert!(out.status.success());
+    assert!(w
+        .archive_paths("waited")
+        .contains(&archived(&other.join("f"))));
+    w.assert_clean();
+}
+
+#[test]
+fn recovery_removes_only_our_leftovers() {
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("f"), "f");
+    // A dead run: its snapshot held and mounted in the mirror.
+    w.leftover_snapshot("tank/data@zfs-snap-20260101T000000Z-1", true);
+    let mirror = w
+        .runtime_root
+        .join("snap")
+        .join(data.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&mirror).unwrap();
+    w.edit(|s| {
+        s["mounts"] = serde_json::json!([{"source": "tank/data@zfs-snap-20260101T000000Z-1", "target": mirror}])
+    });
+    for foreign in [
+        "tank/data@borgmatic-1234",
+        "tank/data@autosnap_2026-11-26_00:00:01_daily",
+        "tank/data@mine",
+    ] {
+        w.foreign_snapshot(foreign);
+    }
+    // Ours in name, but from another runtime root: not this run's to touch.
+    w.edit(|s| {
+        s["snapshots"]["tank/data@zfs-snap-other"] = serde_json::json!({
+            "props": {OWNER: "20260101T000000Z-2:/run/elsewhere"}, "holds": [], "store": "/nonexistent"
+        })
+    });
+
+    let out = run(w.cmd().args(["cleanup", "--dry-run"]));
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("would destroy tank/data@zfs-snap-20260101T000000Z-1"));
+    assert!(stdout(&out).contains("would unmount"));
+    assert_eq!(w.snapshot_names().len(), 5, "dry run changes nothing");
+
+    let out = run(w.cmd().args(["cleanup"]));
+    assert!(out.status.success());
+    let mut names = w.snapshot_names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "tank/data@autosnap_2026-11-26_00:00:01_daily",
+            "tank/data@borgmatic-1234",
+            "tank/data@mine",
+            "tank/data@zfs-snap-other"
+        ]
+    );
+    w.assert_clean();
+    let out = run(w.cmd().args(["cleanup"]));
+    assert!(stdout(&out).contains("Nothing left behind"));
+}
+
+#[test]
+fn a_new_run_recovers_first() {
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.leftover_snapshot("tank/data@zfs-snap-20260101T000000Z-1", false);
+    w.foreign_snapshot("tank/data@borgmatic-1234");
+    // borg is missing here on purpose: recovery happens after the lock,
+    // before anything else can fail.
+    let out = run(w.cmd().args(["plan"]).arg(&data));
+    assert!(out.status.success());
+    assert_eq!(w.snapshot_names().len(), 2, "plan changes nothing");
+    let Some(_) = borg() else { return };
+    let repo = w.repo();
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
+        .arg(&data));
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("removed what an earlier run left behind"));
+    assert_eq!(w.snapshot_names(), ["tank/data@borgmatic-1234"]);
+    w.assert_clean();
+}

@@ -1,0 +1,356 @@
+//! `zfs-snap wrap` end to end with real borg 1.4 against the fake zfs.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use support::*;
+
+#[test]
+fn archive_has_original_paths_and_the_snapshots_content() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("file.txt"), "before\n");
+    w.write(&data.join("sub/deep.txt"), "deep\n");
+    // Written right after the snapshot, before borg reads: must not show.
+    w.edit(|s| {
+        s["after_snapshot"] = serde_json::json!([
+            [data.join("file.txt"), "after\n"],
+            [data.join("new.txt"), "new\n"]
+        ])
+    });
+    let repo = w.repo();
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", &format!("{repo}::a1")])
+        .arg(&data));
+    assert!(out.status.success());
+    let paths = w.archive_paths("a1");
+    let base = archived(&data);
+    assert_eq!(
+        paths,
+        [
+            base.clone(),
+            format!("{base}/file.txt"),
+            format!("{base}/sub"),
+            format!("{base}/sub/deep.txt")
+        ]
+    );
+    let extracted = w.extract("a1");
+    assert_eq!(
+        fs::read_to_string(extracted.join(&base).join("file.txt")).unwrap(),
+        "before\n"
+    );
+    assert_eq!(
+        fs::read_to_string(data.join("file.txt")).unwrap(),
+        "after\n"
+    );
+    w.assert_clean();
+    // One atomic snapshot call carrying our ownership property, one hold.
+    let calls = w.calls();
+    let snapshots: Vec<&str> = calls
+        .lines()
+        .filter(|l| l.starts_with("zfs snapshot"))
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{calls}");
+    assert!(snapshots[0].contains(&format!("-o {OWNER}=")), "{calls}");
+    assert!(
+        calls.contains("zfs hold zfs-snap tank/data@zfs-snap-"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn nested_children_non_zfs_paths_and_tags_together() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let child = w.dataset("tank/data/child", "tank/data/child");
+    let tagged = w.dataset("tank/tagged", "elsewhere/tagged");
+    w.tag("tank/tagged");
+    w.write(&data.join("a"), "a");
+    w.write(&child.join("b"), "b");
+    w.write(&tagged.join("c"), "c");
+    let plain = w.dir.path().join("plain");
+    w.write(&plain.join("d"), "d");
+    let repo = w.repo();
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
+        .arg(&data)
+        .arg(&plain));
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("is not on ZFS"),
+        "the live path is noted"
+    );
+    let paths = w.archive_paths("a");
+    for expected in [
+        data.join("a"),
+        child.join("b"),
+        tagged.join("c"),
+        plain.join("d"),
+    ] {
+        assert!(
+            paths.contains(&archived(&expected)),
+            "{} missing from {paths:?}",
+            expected.display()
+        );
+    }
+    let snapshot_calls = w
+        .calls()
+        .lines()
+        .filter(|l| l.starts_with("zfs snapshot"))
+        .count();
+    assert_eq!(snapshot_calls, 1, "one pool, one call");
+    w.assert_clean();
+}
+
+/// The archive made through the wrapper lists exactly the paths plain
+/// borg stores over the live tree, for every pattern style, with -x too.
+#[test]
+fn patterns_of_every_style_act_as_on_the_live_tree() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let child = w.dataset("tank/data/child", "tank/data/child");
+    for f in [
+        "keep.txt",
+        "x.pyc",
+        "cache/c1",
+        "cache/sub/c2",
+        "logs/a.log",
+        "logs/keep/b.log",
+        "deep/node_modules/m",
+    ] {
+        w.write(&data.join(f), f);
+    }
+    w.write(&child.join("child.txt"), "c");
+    w.write(&child.join("tmp/t"), "t");
+    let d = archived(&data);
+    let patterns_file = w.dir.path().join("patterns.lst");
+    w.write(
+        &patterns_file,
+        &format!(
+            "# test\nP fm\n+ {d}/logs/keep\n- {d}/logs\nP sh\n! **/node_modules\n- re:child/tmp$\n"
+        ),
+    );
+    let exclude_file = w.dir.path().join("excludes.txt");
+    w.write(&exclude_file, "*.pyc\n# comment\n\n");
+    let repo = w.repo();
+    let common = [
+        "--exclude-from".to_owned(),
+        exclude_file.display().to_string(),
+        "-e".to_owned(),
+        format!("pp:/{d}/cache/sub"),
+        format!("--exclude=re:^{}/cache/c1$", regex_escape(&d)),
+        "--patterns-from".to_owned(),
+        patterns_file.display().to_string(),
+        // A user pattern that would swallow the mirror if applied to it.
+        format!("--exclude=sh:{}/**", archived(&w.runtime_root)),
+    ];
+    // (-x needs real mounts, which the fake does not make: the VM suite
+    // compares it on real ZFS.)
+    let mut plain = vec!["create".to_owned()];
+    plain.extend(common.iter().cloned());
+    plain.push(format!("{repo}::plain1"));
+    plain.push(data.display().to_string());
+    let plain_refs: Vec<&str> = plain.iter().map(String::as_str).collect();
+    w.borg(&plain_refs);
+    let mut wrapped = vec!["wrap".to_owned(), "--".to_owned(), "borg".to_owned()];
+    wrapped.extend(plain.iter().map(|a| a.replace("::plain", "::wrapped")));
+    let out = run(w.cmd().args(&wrapped));
+    assert!(out.status.success());
+    assert_eq!(w.archive_paths("plain1"), w.archive_paths("wrapped1"));
+    w.assert_clean();
+    // The patterns did something.
+    let paths = w.archive_paths("plain1");
+    assert!(paths.contains(&format!("{d}/logs/keep/b.log")));
+    assert!(!paths.iter().any(|p| p.ends_with(".pyc")
+        || p.contains("cache/")
+        || p.contains("node_modules")
+        || p.ends_with("child/tmp")));
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn second_run_finds_files_unchanged_in_borgs_cache() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    for i in 0..5 {
+        let file = data.join(format!("f{i}"));
+        w.write(&file, &"x".repeat(1000 + i));
+        // borg does not cache files modified within the last second.
+        let touched = std::process::Command::new("touch")
+            .args(["-d", "2 minutes ago"])
+            .arg(&file)
+            .status();
+        assert!(touched.unwrap().success());
+    }
+    // borg never caches the file with the newest mtime of a backup.
+    w.write(&data.join("newest"), "n");
+    let repo = w.repo();
+    for archive in ["r1", "r2"] {
+        // The fake mounts by copying, so inodes and ctimes change between
+        // runs; keying the files cache on mtime and size leaves the path as
+        // the thing under test. (Real snapshots keep inodes: the VM suite
+        // checks borg's default mode.)
+        let out = run(w
+            .cmd()
+            .args([
+                "wrap",
+                "--",
+                "borg",
+                "create",
+                "--list",
+                "--files-cache=mtime,size",
+                &format!("{repo}::{archive}"),
+            ])
+            .arg(&data));
+        assert!(out.status.success());
+        if archive == "r2" {
+            let listed = stderr(&out);
+            let files: Vec<&str> = listed.lines().filter(|l| l.contains("/f")).collect();
+            assert_eq!(files.len(), 5, "{listed}");
+            assert!(
+                files.iter().all(|l| l.starts_with("U ")),
+                "not unchanged:\n{listed}"
+            );
+        }
+    }
+    w.assert_clean();
+}
+
+#[test]
+fn borg_failure_comes_back_and_nothing_is_left() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("f"), "f");
+    let missing = w.dir.path().join("no-such-repo");
+    let out = run(w
+        .cmd()
+        .args([
+            "wrap",
+            "--",
+            "borg",
+            "create",
+            &format!("{}::a", missing.display()),
+        ])
+        .arg(&data));
+    assert_eq!(out.status.code(), Some(2));
+    w.assert_clean();
+}
+
+#[test]
+fn other_borg_commands_and_dry_run_pass_through() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("f"), "f");
+    let repo = w.repo();
+    let out = run(w.cmd().args(["wrap", "--", "borg", "list", &repo]));
+    assert!(out.status.success());
+    let out = run(w
+        .cmd()
+        .args([
+            "wrap",
+            "--",
+            "borg",
+            "create",
+            "--dry-run",
+            &format!("{repo}::dry"),
+        ])
+        .arg(&data));
+    assert!(out.status.success());
+    assert_eq!(w.snapshot_calls(), 0, "no snapshot for list or --dry-run");
+}
+
+#[test]
+fn borg_link_acts_as_the_wrapper() {
+    let Some(real) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("f"), "f");
+    let repo = w.repo();
+    let links = w.dir.path().join("links");
+    fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_zfs-snap"), links.join("borg")).unwrap();
+    let path = format!("{}:{}", links.display(), std::env::var("PATH").unwrap());
+    // Real borg found on PATH after the link, which is skipped.
+    let out = run(w
+        .cmd()
+        .env("PATH", &path)
+        .arg0("borg")
+        .args(["create", &format!("{repo}::l1")])
+        .arg(&data));
+    let _ = real;
+    assert!(out.status.success());
+    let mut link = std::process::Command::new(links.join("borg"));
+    for (k, v) in w.cmd().get_envs() {
+        match v {
+            Some(v) => link.env(k, v),
+            None => link.env_remove(k),
+        };
+    }
+    let out = run(link
+        .env("PATH", &path)
+        .current_dir(w.dir.path())
+        .args(["create", &format!("{repo}::l2")])
+        .arg(&data));
+    assert!(out.status.success());
+    assert!(w.archive_paths("l2").contains(&archived(&data.join("f"))));
+    assert_eq!(
+        w.calls()
+            .lines()
+            .filter(|l| l.starts_with("zfs snapshot"))
+            .count(),
+        2
+    );
+    w.assert_clean();
+}
+
+trait Arg0 {
+    fn arg0(&mut self, name: &str) -> &mut Self;
+}
+
+impl Arg0 for std::process::Command {
+    fn arg0(&mut self, name: &str) -> &mut Self {
+        std::os::unix::process::CommandExt::arg0(self, name)
+    }
+}
+
+#[test]
+fn relative_paths_are_stored_relative_like_plain_borg() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("sub/f"), "f");
+    let repo = w.repo();
+    let out = run(w.cmd().current_dir(&data).args([
+        "wrap",
+        "--",
+        "borg",
+        "create",
+        &format!("{repo}::rel"),
+        "sub",
+    ]));
+    assert!(out.status.success());
+    assert_eq!(w.archive_paths("rel"), ["sub", "sub/f"]);
+    let _ = Path::new("");
+    w.assert_clean();
+}
