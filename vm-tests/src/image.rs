@@ -68,7 +68,6 @@ PYTHONPATH=/opt/borgmatic${PYTHONPATH:+:$PYTHONPATH} exec python3 -c 'import sys
 /// What a boot needs.
 #[derive(Debug, Clone)]
 pub struct Image {
-    pub dir: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub key: String,
@@ -99,40 +98,62 @@ struct Resolved {
     pip: BTreeMap<String, String>,
 }
 
-fn apt_show(spec: &str) -> Result<BTreeMap<String, String>> {
-    let text = output(cmd("apt-cache").args(["show", "--no-all-versions", spec]))
+/// `apt-cache show --no-all-versions` of several packages in one call (each call
+/// costs about half a second): Package name -> fields of the candidate's stanza.
+fn apt_show(specs: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let text = output(cmd("apt-cache").args(["show", "--no-all-versions"]).args(specs))
         .with_context(|| {
-            format!("apt-cache knows no `{spec}`: run .ci/vm-image-deps.sh (it enables contrib and bookworm-backports and runs apt-get update)")
+            format!("apt-cache cannot show {specs:?}: run .ci/vm-image-deps.sh (it enables contrib and bookworm-backports and runs apt-get update)")
         })?;
-    let mut fields = BTreeMap::new();
-    let mut last: Option<String> = None;
-    for line in text.lines() {
-        if line.is_empty() {
-            break; // first stanza only
+    let all = parse_stanzas(&text);
+    for spec in specs {
+        let name = spec.split(['/', '=']).next().unwrap();
+        if !all.contains_key(name) {
+            bail!("apt-cache show: no candidate for {spec}");
         }
-        if line.starts_with(' ') {
-            if let Some(k) = &last {
-                let v: &mut String = fields.get_mut(k).unwrap();
-                v.push('\n');
-                v.push_str(line.trim());
+    }
+    Ok(all)
+}
+
+/// Debian control stanzas -> Package -> fields (the first stanza of each package).
+fn parse_stanzas(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut all = BTreeMap::new();
+    for stanza in text.split("\n\n") {
+        let mut fields: BTreeMap<String, String> = BTreeMap::new();
+        let mut last: Option<String> = None;
+        for line in stanza.lines() {
+            if line.starts_with(' ') {
+                if let Some(v) = last.as_ref().and_then(|k| fields.get_mut(k)) {
+                    v.push('\n');
+                    v.push_str(line.trim());
+                }
+                continue;
             }
-            continue;
+            if let Some((k, v)) = line.split_once(':') {
+                fields.insert(k.to_string(), v.trim().to_string());
+                last = Some(k.to_string());
+            }
         }
-        if let Some((k, v)) = line.split_once(':') {
-            fields.insert(k.to_string(), v.trim().to_string());
-            last = Some(k.to_string());
+        if let (Some(p), true) = (fields.get("Package").cloned(), fields.contains_key("Version")) {
+            all.entry(p).or_insert(fields);
         }
     }
-    if !fields.contains_key("Version") {
-        bail!("apt-cache show {spec}: no Version field");
-    }
-    Ok(fields)
+    all
 }
 
 fn resolve() -> Result<Resolved> {
     // The guest kernel: whatever bookworm's (or bookworm-security's) linux-image-amd64
     // depends on right now.
-    let meta = apt_show("linux-image-amd64")?;
+    let mut specs = vec!["linux-image-amd64".to_string(), format!("zfs-dkms/{BACKPORTS_SUITE}")];
+    for p in GUEST_PACKAGES {
+        specs.push(if is_backports_pkg(p) {
+            format!("{p}/{BACKPORTS_SUITE}")
+        } else {
+            p.to_string()
+        });
+    }
+    let shown = apt_show(&specs)?;
+    let meta = &shown["linux-image-amd64"];
     let version = &meta["Version"];
     if version.contains("bpo") {
         bail!("linux-image-amd64 candidate {version} is from backports: vm-tests wants bookworm's kernel (is backports pinned up?)");
@@ -152,28 +173,22 @@ fn resolve() -> Result<Resolved> {
     };
     let kabi = name.trim_start_matches("linux-image-").to_string();
     let kernel_pkg = if ver.is_empty() {
-        apt_show(name)?["Version"].clone()
+        apt_show(&[name.to_string()])?[name]["Version"].clone()
     } else {
         ver
     };
 
-    let zfs = apt_show(&format!("zfs-dkms/{BACKPORTS_SUITE}"))?;
-    let zfs_pkg = zfs["Version"].clone();
+    let zfs_pkg = shown["zfs-dkms"]["Version"].clone();
     let zfs_upstream = zfs_pkg
         .split_once('-')
         .map(|(u, _)| u)
         .unwrap_or(&zfs_pkg)
         .to_string();
 
-    let mut packages = BTreeMap::new();
-    for p in GUEST_PACKAGES {
-        let spec = if is_backports_pkg(p) {
-            format!("{p}/{BACKPORTS_SUITE}")
-        } else {
-            p.to_string()
-        };
-        packages.insert(p.to_string(), apt_show(&spec)?["Version"].clone());
-    }
+    let packages: BTreeMap<String, String> = GUEST_PACKAGES
+        .iter()
+        .map(|p| (p.to_string(), shown[*p]["Version"].clone()))
+        .collect();
 
     let mut pip = BTreeMap::new();
     for p in PIP_PACKAGES {
@@ -198,7 +213,38 @@ fn python() -> String {
     std::env::var("ZFS_SNAP_VM_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// The current release of a PyPI package. The answer is kept for a few hours in the
+/// cache (so a cached run does not wait for PyPI), and a stale answer is used when
+/// PyPI cannot be reached.
 fn pypi_latest(name: &str) -> Result<String> {
+    const FRESH_SECS: u64 = 6 * 3600;
+    let memo = cache_dir().join(format!("pypi-{name}.version"));
+    let age = fs::metadata(&memo)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    let remembered = fs::read_to_string(&memo).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    if let (Some(v), Some(age)) = (&remembered, age) {
+        if age.as_secs() < FRESH_SECS {
+            return Ok(v.clone());
+        }
+    }
+    match pypi_query(name) {
+        Ok(v) => {
+            let _ = fs::write(&memo, format!("{v}\n"));
+            Ok(v)
+        }
+        Err(e) => match remembered {
+            Some(v) => {
+                eprintln!("vm-tests: warning: {e:#}; using the last known {name} {v}");
+                Ok(v)
+            }
+            None => Err(e),
+        },
+    }
+}
+
+fn pypi_query(name: &str) -> Result<String> {
     let text = output(
         cmd(python())
             .args(["-m", "pip", "index", "versions", name])
@@ -236,7 +282,7 @@ fn keys(r: &Resolved) -> Keys {
     let zfs_recipe = sha256_hex(&[RECIPE_VERSION, &ZFS_CONFIGURE.join(" "), "make, strip --strip-debug"]);
     let zfs = format!("zfs-{}-k{}-{}", r.zfs_pkg, r.kernel_pkg, &zfs_recipe[..8]);
     let pip_list: Vec<String> = r.pip.iter().map(|(k, v)| format!("{k}=={v}")).collect();
-    let py_recipe = sha256_hex(&[RECIPE_VERSION, &PIP_OPTS.join(" ")]);
+    let py_recipe = sha256_hex(&[RECIPE_VERSION, &PIP_OPTS.join(" "), "byte-compiled by pip"]);
     let pylib = format!("pylib-{}-{}", pip_list.join("-"), &py_recipe[..8]);
     let pkg_list: Vec<String> = r.packages.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let recipe = sha256_hex(&[
@@ -346,7 +392,6 @@ fn load(dir: &Path, key: &str) -> Result<Image> {
         }
     }
     Ok(Image {
-        dir: dir.to_path_buf(),
         kernel,
         initrd,
         key: key.to_string(),
@@ -508,7 +553,7 @@ fn build_pylib(r: &Resolved, d: &Path) -> Result<()> {
     let site = d.join("site");
     let specs: Vec<String> = r.pip.iter().map(|(k, v)| format!("{k}=={v}")).collect();
     run(cmd(python())
-        .args(["-m", "pip", "install", "--quiet", "--no-compile", "--target"])
+        .args(["-m", "pip", "install", "--quiet", "--target"])
         .arg(&site)
         .args(PIP_OPTS)
         .args(&specs)
@@ -517,6 +562,13 @@ fn build_pylib(r: &Resolved, d: &Path) -> Result<()> {
         .env("PIP_ROOT_USER_ACTION", "ignore"))?;
     // Console scripts carry the host interpreter's path; the image has its own wrapper.
     let _ = fs::remove_dir_all(site.join("bin"));
+    // pip byte-compiled the modules with this machine's python. That is only of use
+    // when it is 3.11 like the guest's (then borgmatic starts ~4 s faster under TCG);
+    // otherwise the .pyc files are ignored by the guest.
+    let v = output(cmd(python()).args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]))?;
+    if v.trim() != "3.11" {
+        eprintln!("vm-tests: warning: host python is {}, not 3.11: borgmatic in the guest is not byte-compiled", v.trim());
+    }
     Ok(())
 }
 
@@ -710,4 +762,61 @@ fn chmod(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stanzas_are_parsed_with_continuation_lines() {
+        let text = "Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\nDescription: x\n more\n\nPackage: zfs-dkms\nVersion: 2.3.2-2~bpo12+2\n";
+        let m = parse_stanzas(text);
+        assert_eq!(m["linux-image-amd64"]["Depends"], "linux-image-6.1.0-56-amd64 (= 6.1.192-2)");
+        assert_eq!(m["linux-image-amd64"]["Description"], "x\nmore");
+        assert_eq!(m["zfs-dkms"]["Version"], "2.3.2-2~bpo12+2");
+    }
+
+    #[test]
+    fn module_names_are_normalised() {
+        assert_eq!(mod_name(Path::new("a/9pnet_virtio.ko")).as_deref(), Some("9pnet_virtio"));
+        assert_eq!(mod_name(Path::new("a/virtio-rng.ko.xz")).as_deref(), Some("virtio_rng"));
+        assert_eq!(mod_name(Path::new("a/readme.txt")), None);
+    }
+
+    fn resolved() -> Resolved {
+        Resolved {
+            kabi: "6.1.0-56-amd64".into(),
+            kernel_pkg: "6.1.192-2".into(),
+            zfs_pkg: "2.3.2-2~bpo12+2".into(),
+            zfs_upstream: "2.3.2".into(),
+            packages: [("borgbackup".to_string(), "1.4.0-4~bpo12+1".to_string())].into(),
+            pip: [("borgmatic".to_string(), "2.1.10".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn every_version_is_part_of_the_image_key() {
+        let base = keys(&resolved()).image;
+        assert_eq!(base, keys(&resolved()).image, "the key is stable");
+        let mut r = resolved();
+        r.kernel_pkg = "6.1.193-1".into();
+        assert_ne!(keys(&r).image, base);
+        let mut r = resolved();
+        r.zfs_pkg = "2.3.3-1~bpo12+1".into();
+        assert_ne!(keys(&r).image, base);
+        let mut r = resolved();
+        r.packages.insert("borgbackup".into(), "1.4.1-1~bpo12+1".into());
+        assert_ne!(keys(&r).image, base);
+        let mut r = resolved();
+        r.pip.insert("borgmatic".into(), "2.1.11".into());
+        assert_ne!(keys(&r).image, base);
+    }
+
+    #[test]
+    fn pin_covers_zfs_and_borg() {
+        let p = pin_file();
+        assert!(p.contains("src:zfs-linux") && p.contains("src:borgbackup"), "{p}");
+        assert!(p.contains("n=bookworm-backports"), "{p}");
+    }
 }

@@ -156,3 +156,26 @@ pub fn sh_quote(s: &str) -> String {
     }
     format!("'{}'", s.replace('\'', "'\\''"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_round_trips_through_sh() {
+        for s in ["plain", "with space", "it's", "", "$HOME", "a\"b", "--test-threads=2"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", sh_quote(s)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), s);
+        }
+    }
+
+    #[test]
+    fn hash_parts_are_length_prefixed() {
+        assert_ne!(sha256_hex(&["ab", "c"]), sha256_hex(&["a", "bc"]));
+        assert_eq!(sha256_hex(&["x"]).len(), 64);
+    }
+}

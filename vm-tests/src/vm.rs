@@ -19,8 +19,6 @@ pub const EXIT_TIMEOUT: i32 = 124;
 pub const EXIT_NO_RESULT: i32 = 125;
 
 pub const SHARE_TAG: &str = "share";
-/// Where the share is mounted in the guest.
-pub const GUEST_SHARE: &str = "/share";
 pub const GUEST_BIN: &str = "/share/bin";
 
 #[derive(Debug, Clone)]
@@ -39,9 +37,21 @@ pub struct Share {
 }
 
 impl Share {
-    /// Creates (empty) `<target>/vm-tests/share`.
+    /// Creates an empty `<target>/vm-tests/share-<pid>` (per process, so that a run
+    /// waiting for the VM lock never disturbs the share of the one running), and
+    /// removes the shares of processes that are gone.
     pub fn new() -> Result<Share> {
-        let dir = target_dir().join("vm-tests/share");
+        let base = target_dir().join("vm-tests");
+        fs::create_dir_all(&base)?;
+        for e in fs::read_dir(&base)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("share-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("share-{}", std::process::id()));
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
         }
@@ -218,7 +228,8 @@ pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
         eprintln!("vm-tests: another guest is running; waiting for it");
         lock.lock()?;
     }
-    let log_path = out_dir.join(format!("serial-{}.log", timestamp()));
+    prune_logs(&out_dir, 30);
+    let log_path = out_dir.join(format!("serial-{}-{}.log", timestamp(), std::process::id()));
     let log = Arc::new(Mutex::new(
         fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?,
     ));
@@ -297,6 +308,26 @@ pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
     }
 }
 
+/// Keeps the newest `keep` serial logs.
+fn prune_logs(dir: &Path, keep: usize) {
+    let mut logs: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("serial-") && n.ends_with(".log"))
+        })
+        .collect();
+    logs.sort(); // names sort by time
+    let n = logs.len().saturating_sub(keep);
+    for p in &logs[..n] {
+        let _ = fs::remove_file(p);
+    }
+}
+
 /// Copies the guest console to our stdout (or stderr) and the log, as it comes.
 fn pump(mut from: Box<dyn Read + Send>, to_stderr: bool, log: &Mutex<fs::File>) {
     let mut buf = [0u8; 8192];
@@ -317,5 +348,39 @@ fn pump(mut from: Box<dyn Read + Send>, to_stderr: bool, log: &Mutex<fs::File>) 
             let _ = o.flush();
         }
         let _ = log.lock().unwrap().write_all(&chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_looks_like_utc_date_time() {
+        let t = timestamp();
+        assert_eq!(t.len(), 15, "{t}");
+        assert_eq!(&t[8..9], "-");
+        assert!(t[..8].chars().all(|c| c.is_ascii_digit()));
+        assert!(t.starts_with("20"));
+    }
+
+    #[test]
+    fn qemu_never_uses_kvm() {
+        let img = Image {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            key: "image-x".into(),
+        };
+        let opts = VmOpts {
+            timeout: Duration::from_secs(1),
+            memory_mb: 2048,
+            vartmp: "1G".into(),
+        };
+        let c = show(&qemu_command(&img, Path::new("/s"), &opts));
+        assert!(c.contains("-accel tcg"), "{c}");
+        assert!(!c.contains("kvm"), "{c}");
+        assert!(c.contains("-no-reboot"), "{c}");
+        assert!(c.contains("security_model=none"), "{c}");
+        assert!(c.contains("vmtests.vartmp=1G"), "{c}");
     }
 }
