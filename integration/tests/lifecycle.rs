@@ -82,7 +82,7 @@ fn sigterm_stops_borg_and_tears_down() {
     let source = fifo_dataset(&fx);
     let (running, borg) = start_blocked(&fx, &fx.repo, "a", &source);
     kill(Pid::from_raw(running.pid()), Signal::SIGTERM).expect("send SIGTERM");
-    let out = running.wait(Duration::from_secs(120));
+    let out = running.wait(Duration::from_secs(60));
     assert!(
         [128 + 15, 2].contains(&out.code()),
         "expected 143 (SIGTERM) or borg's error status 2\n{}",
@@ -194,9 +194,11 @@ fn sigkill_leftovers_are_removed_by_cleanup_and_by_the_next_run() {
     fx.assert_clean();
     assert_foreign_intact(&fx, &foreign);
 
-    let repo = fx.new_repo("repo2");
-    crash(&fx, &repo, "b", &source);
-    // The next run, without --read-special (the FIFO is stored, not read).
+    crash(&fx, &fx.new_repo("repo2"), "b", &source);
+    // The next run, without --read-special (the FIFO is stored, not read),
+    // into another repository: the killed borg's lock stays (in the guest,
+    // PID 1 does not reap the orphan, so borg cannot tell its lock is stale).
+    let repo = fx.new_repo("repo3");
     fx.wrap(
         &[],
         &["create", &repo.at("c"), &source.display().to_string()],
