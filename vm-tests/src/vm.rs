@@ -67,6 +67,8 @@ impl Share {
         s.set_env("RUST_BACKTRACE", "1");
         s.set_env("HOME", "/root");
         s.set_env("TERM", "dumb");
+        // The console is a tty; keep colour codes out of the logs.
+        s.set_env("NO_COLOR", "1");
         s.set_env("TMPDIR", "/tmp");
         Ok(s)
     }

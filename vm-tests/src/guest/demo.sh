@@ -28,4 +28,5 @@ show borg list /var/tmp/repo::demo
 
 say "Nothing is left behind"
 show zfs list -t snapshot
-show sh -c 'grep @ /proc/self/mounts || echo "(no snapshot mounted)"'
+printf '$ grep @ /proc/self/mounts\n'
+grep @ /proc/self/mounts || echo "(no snapshot mounted)"
