@@ -71,18 +71,19 @@ fn subdirectory_of_a_dataset() {
         &format!("echo changed > {}", sh_quote(p.path("data/sub/x.txt"))),
     );
     let source = p.path("data/sub").display().to_string();
-    fx.wrap(
-        &["--mount-command", &mount],
-        &["create", &fx.repo.at("a"), &source],
-    )
-    .success();
+    let out = fx
+        .wrap(
+            &["--mount-command", &mount],
+            &["create", &fx.repo.at("a"), &source],
+        )
+        .success();
 
     let sub = format!("{}/data/sub", p.name);
     let listed = fx.repo.list("a");
     assert_same_paths(
         &listed,
         &paths(&sub, &["", "x.txt", "deeper", "deeper/y.txt"]),
-        "archive",
+        &format!("archive of a subdirectory\n{}", out.dump()),
     );
     fx.repo
         .create_plain(&[&fx.repo.at("plain"), &source])
@@ -138,11 +139,12 @@ fn nested_datasets_are_followed_unless_one_file_system() {
     assert_same_paths(&listed, &fx.repo.list("plain"), "wrapper vs plain borg");
     fx.assert_clean();
 
-    fx.wrap(
-        &[],
-        &["create", "--one-file-system", &fx.repo.at("ax"), &source],
-    )
-    .success();
+    let out = fx
+        .wrap(
+            &[],
+            &["create", "--one-file-system", &fx.repo.at("ax"), &source],
+        )
+        .success();
     fx.repo
         .create_plain(&["--one-file-system", &fx.repo.at("plainx"), &source])
         .success();
@@ -154,7 +156,7 @@ fn nested_datasets_are_followed_unless_one_file_system() {
     assert_same_paths(
         &listed_x,
         &fx.repo.list("plainx"),
-        "wrapper vs plain borg, --one-file-system",
+        &format!("wrapper vs plain borg, --one-file-system\n{}", out.dump()),
     );
     fx.assert_clean();
 }
@@ -269,7 +271,7 @@ fn quiet_pool_archive_equals_plain_borg() {
 
     // Relative source paths store relative archive paths, as with plain borg.
     let mut cmd = fx.wrap_command(&[], &["create", &fx.repo.at("rel"), "a", "c/four.txt"]);
-    run(cmd.current_dir(p.mountpoint())).success();
+    let out = run(cmd.current_dir(p.mountpoint())).success();
     let mut plain = fx.repo.borg();
     plain
         .current_dir(p.mountpoint())
@@ -280,7 +282,7 @@ fn quiet_pool_archive_equals_plain_borg() {
     assert_same_paths(
         &rel,
         &fx.repo.list("relplain"),
-        "wrapper vs plain borg, relative paths",
+        &format!("wrapper vs plain borg, relative paths\n{}", out.dump()),
     );
     fx.assert_clean();
 }
