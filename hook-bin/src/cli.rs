@@ -32,6 +32,18 @@ pub struct Global {
     )]
     pub zfs_command: String,
 
+    /// How snapshots are created and destroyed: `libzetta` (libzfs_core, when built with the
+    /// `libzetta` feature), `command` (the zfs command), or `auto` (libzetta if it opens and --zfs-command is
+    /// the plain `zfs`).
+    #[arg(
+        long,
+        global = true,
+        env = "ZFS_SNAP_BACKEND",
+        default_value = "auto",
+        value_name = "BACKEND"
+    )]
+    pub backend: zfs_snap::zfs::Backend,
+
     /// Mount snapshots with this command (`CMD -t zfs -o ro,... SNAPSHOT DIR`) instead of mount(2) (zfs.mountCommand).
     #[arg(
         long,

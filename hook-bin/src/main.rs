@@ -17,7 +17,7 @@ use zfs_snap::command::CommandLine;
 use zfs_snap::mount::SnapshotMounter;
 use zfs_snap::session::Options;
 use zfs_snap::signals::Signals;
-use zfs_snap::zfs::{Zfs, ZfsCommand};
+use zfs_snap::zfs::Zfs;
 
 use crate::cli::{Cli, Command};
 use crate::exit::Failure;
@@ -72,7 +72,12 @@ fn init_logging(verbosity: i8) {
 
 fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
     let global = &cli.global;
-    let zfs = ZfsCommand::new(CommandLine::parse("zfs", &global.zfs_command)?);
+    let zfs = zfs_snap::zfs::open(
+        global.backend,
+        CommandLine::parse("zfs", &global.zfs_command)?,
+    )?;
+    tracing::debug!(backend = zfs.backend(), "zfs backend");
+    let zfs: &dyn Zfs = &*zfs;
     let mounter = SnapshotMounter {
         mount_command: optional_command("mount", global.mount_command.as_deref())?,
         umount_command: optional_command("umount", global.umount_command.as_deref())?,
@@ -80,7 +85,7 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::Usage(format!("cannot read the current directory: {e}")))?;
     let ctx = Context {
-        zfs: &zfs,
+        zfs,
         mounter: &mounter,
         options: Options {
             runtime_root: global.runtime_root.clone(),

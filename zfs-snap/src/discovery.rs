@@ -120,8 +120,7 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
 
     let selected: BTreeSet<usize> = d.selected.iter().map(|(i, _)| *i).collect();
     let is_selected = |i: usize| selected.contains(&i);
-    let parent_selected =
-        |entry: &MountEntry| parent_of(&visible, entry).is_some_and(&is_selected);
+    let parent_selected = |entry: &MountEntry| parent_of(&visible, entry).is_some_and(&is_selected);
 
     let mut planned_roots = Vec::new();
     let mut snapshot_roots: Vec<(PathBuf, usize)> = Vec::new();

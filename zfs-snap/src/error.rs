@@ -99,6 +99,16 @@ pub enum Error {
     #[error("interrupted by signal {signal} before borg started; nothing was backed up")]
     Interrupted { signal: i32 },
 
+    #[error("ZFS backend: {0}")]
+    Backend(String),
+
+    #[error("libzfs_core {operation} failed for {snapshots}: {reason}")]
+    Libzfs {
+        operation: &'static str,
+        snapshots: String,
+        reason: String,
+    },
+
     #[error("teardown left things behind; run `zfs-snap cleanup` to remove them:\n  {}", .problems.join("\n  "))]
     Teardown { problems: Vec<String> },
 }

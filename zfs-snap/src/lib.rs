@@ -20,6 +20,8 @@ pub mod borg;
 pub mod command;
 pub mod discovery;
 pub mod error;
+#[cfg(feature = "libzetta")]
+pub mod lzc;
 pub mod mapping;
 pub mod mount;
 pub mod mountinfo;

@@ -254,10 +254,7 @@ impl<'a> Session<'a> {
             }
         }
         for (pool, names) in std::mem::take(&mut self.created) {
-            // Our snapshot name is unique to this run, so `-r` on the pool
-            // destroys exactly the snapshots this run created, in one call.
-            let all = format!("{pool}@{}", self.snapshot_name);
-            match self.zfs.destroy(&all, true, false) {
+            match self.zfs.destroy_run(&pool, &self.snapshot_name, &names) {
                 Ok(()) => report.destroyed.extend(names),
                 Err(e) => {
                     tracing::debug!(error = %e, "batched destroy failed; destroying one by one");
@@ -287,9 +284,9 @@ impl Drop for Session<'_> {
 /// Destroys each snapshot; a busy one is marked for deferred destroy.
 fn destroy_each(zfs: &dyn Zfs, names: &[String], report: &mut Report) {
     for name in names {
-        match zfs.destroy(name, false, false) {
+        match zfs.destroy(name, false) {
             Ok(()) => report.destroyed.push(name.clone()),
-            Err(first) => match zfs.destroy(name, false, true) {
+            Err(first) => match zfs.destroy(name, true) {
                 Ok(()) => report.deferred.push(name.clone()),
                 Err(_) => report
                     .problems

@@ -99,6 +99,68 @@ pub struct TagInfo {
     pub source: String,
 }
 
+/// Which implementation of [`Zfs`] creates and destroys snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// libzetta when built in and libzfs_core opens, else the command.
+    Auto,
+    Command,
+    Libzetta,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "command" => Ok(Backend::Command),
+            "libzetta" => Ok(Backend::Libzetta),
+            other => Err(format!(
+                "unknown backend {other:?}: use auto, command or libzetta"
+            )),
+        }
+    }
+}
+
+/// Opens the chosen backend over `command` (used for everything libzetta
+/// does not do, and as the fallback).
+pub fn open(backend: Backend, command: CommandLine) -> Result<Box<dyn Zfs>> {
+    // A configured command (`sudo zfs`, a wrapper) is the user's choice of
+    // how to reach ZFS: `auto` then keeps to it.
+    let custom = command.program() != "zfs" || !command.leading().is_empty();
+    let backend = if backend == Backend::Auto && custom {
+        Backend::Command
+    } else {
+        backend
+    };
+    let command = ZfsCommand::new(command);
+    match backend {
+        Backend::Command => Ok(Box::new(command)),
+        #[cfg(feature = "libzetta")]
+        Backend::Auto | Backend::Libzetta => match crate::lzc::LzcZfs::open(command) {
+            Ok(lzc) => Ok(Box::new(lzc)),
+            Err((command, reason)) if backend == Backend::Auto => {
+                tracing::warn!(
+                    "libzfs_core cannot be opened ({reason}); using the zfs command instead"
+                );
+                Ok(Box::new(command))
+            }
+            Err((_, reason)) => Err(Error::Backend(format!(
+                "libzfs_core cannot be opened: {reason}"
+            ))),
+        },
+        #[cfg(not(feature = "libzetta"))]
+        Backend::Auto => Ok(Box::new(command)),
+        #[cfg(not(feature = "libzetta"))]
+        Backend::Libzetta => Err(Error::Backend(
+            "this zfs-snap was built without libzetta; rebuild with `--features libzetta` \
+             (needs libzfslinux-dev and pkg-config) or use --backend command"
+                .into(),
+        )),
+    }
+}
+
 pub fn pool_of(name: &str) -> &str {
     name.split(['/', '@']).next().unwrap_or(name)
 }
@@ -114,9 +176,13 @@ pub trait Zfs {
     fn release(&self, snapshots: &[String]) -> Result<()>;
     /// `(snapshot, tag)` for every hold on `snapshots`.
     fn holds(&self, snapshots: &[String]) -> Result<Vec<(String, String)>>;
-    /// Destroys one snapshot, or with `recursive` every snapshot of that name
-    /// below the dataset; `defer` marks a busy one for destruction later.
-    fn destroy(&self, snapshot: &str, recursive: bool, defer: bool) -> Result<()>;
+    /// Destroys, in one call, the snapshots one run created in `pool`, all
+    /// called `snapshot_name` (a name unique to that run).
+    fn destroy_run(&self, pool: &str, snapshot_name: &str, snapshots: &[String]) -> Result<()>;
+    /// Destroys one snapshot; `defer` marks a busy one for destruction later.
+    fn destroy(&self, snapshot: &str, defer: bool) -> Result<()>;
+    /// `command` or `libzetta`, for logs.
+    fn backend(&self) -> &'static str;
     fn set_tag(&self, datasets: &[String]) -> Result<()>;
     fn clear_tag(&self, datasets: &[String]) -> Result<()>;
     fn tags(&self) -> Result<Vec<TagInfo>>;
@@ -206,16 +272,24 @@ impl Zfs for ZfsCommand {
         parse_holds(&self.command.display_with(&argv), &stdout)
     }
 
-    fn destroy(&self, snapshot: &str, recursive: bool, defer: bool) -> Result<()> {
+    fn destroy_run(&self, pool: &str, snapshot_name: &str, _: &[String]) -> Result<()> {
+        // `-r` on the pool takes every snapshot of that name below it in one
+        // call; the name is unique to the run, so these are exactly its own.
+        self.run(args(["destroy", "-r", &format!("{pool}@{snapshot_name}")]))
+            .map(drop)
+    }
+
+    fn destroy(&self, snapshot: &str, defer: bool) -> Result<()> {
         let mut argv = args(["destroy"]);
-        if recursive {
-            argv.push("-r".into());
-        }
         if defer {
             argv.push("-d".into());
         }
         argv.push(snapshot.into());
         self.run(argv).map(drop)
+    }
+
+    fn backend(&self) -> &'static str {
+        "command"
     }
 
     fn set_tag(&self, datasets: &[String]) -> Result<()> {
