@@ -82,6 +82,15 @@ pub struct Global {
     #[arg(long, global = true, env = "ZFS_SNAP_VERBOSITY", default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i8).range(-2..=2))]
     pub verbosity: i8,
 
+    /// After `wrap`, write each phase's duration and the number of processes spawned to FILE as JSON.
+    #[arg(
+        long,
+        global = true,
+        env = "ZFS_SNAP_TIMINGS_JSON",
+        value_name = "FILE"
+    )]
+    pub timings_json: Option<PathBuf>,
+
     /// The mount table to read (tests point this at a fake one).
     #[arg(long, global = true, env = "ZFS_SNAP_MOUNTINFO", default_value = zfs_snap::mountinfo::DEFAULT_PATH, hide = true)]
     pub mountinfo: PathBuf,

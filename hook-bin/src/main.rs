@@ -101,6 +101,12 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
         } => {
             let (borg, argv) = borg_program(configured.as_deref(), command)?;
             let outcome = backup::wrap(&ctx, &borg, &argv, signals)?;
+            if let (Some(path), Some(timings)) = (&global.timings_json, &outcome.timings) {
+                let json = serde_json::to_string_pretty(timings).expect("timings always serialise");
+                if let Err(e) = std::fs::write(path, json + "\n") {
+                    tracing::warn!("cannot write timings to {}: {e}", path.display());
+                }
+            }
             Ok(exit::from_outcome(&outcome))
         }
         Command::Plan {

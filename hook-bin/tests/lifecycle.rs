@@ -247,3 +247,78 @@ fn a_new_run_recovers_first() {
     assert_eq!(w.snapshot_names(), ["tank/data@borgmatic-1234"]);
     w.assert_clean();
 }
+
+#[test]
+fn busy_snapshot_is_marked_for_deferred_destroy_and_reported() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("f"), "f");
+    let repo = w.repo();
+    w.edit(|s| s["fail"] = serde_json::json!({"umount": "target is busy."}));
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
+        .arg(&data));
+    // The backup itself worked; what was left behind makes it a warning.
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("target is busy"), "{err}");
+    assert!(err.contains("zfs-snap cleanup"), "{err}");
+    let state = w.state();
+    let snapshot = state["snapshots"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
+    assert_eq!(snapshot["deferred"], true, "{state}");
+    assert_eq!(snapshot["holds"], serde_json::json!([]), "hold released");
+    // Once the mount goes away, cleanup finishes the job.
+    w.edit(|s| s["fail"] = serde_json::json!({}));
+    assert!(run(w.cmd().arg("cleanup")).status.success());
+    w.assert_clean();
+}
+
+#[test]
+fn zfs_calls_do_not_grow_with_the_number_of_datasets() {
+    let Some(_) = borg() else { return };
+    let mut counts = Vec::new();
+    for n in [1, 8] {
+        let w = World::new();
+        let repo = w.repo();
+        let paths: Vec<_> = (0..n)
+            .map(|i| w.dataset(&format!("tank/d{i}"), &format!("d{i}")))
+            .collect();
+        let timings = w.dir.path().join("timings.json");
+        let out = run(w
+            .cmd()
+            .arg("--timings-json")
+            .arg(&timings)
+            .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
+            .args(&paths));
+        assert!(out.status.success());
+        let t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&timings).unwrap()).unwrap();
+        assert_eq!(t["datasets"], n);
+        assert_eq!(t["pools"], 1);
+        assert_eq!(t["backend"], "command");
+        // The fake mounts by command: two processes per dataset on top.
+        assert_eq!(
+            t["processes"].as_u64().unwrap(),
+            counts_zfs(&w) + 1 + 2 * n as u64
+        );
+        counts.push(counts_zfs(&w));
+        w.assert_clean();
+    }
+    assert_eq!(
+        counts[0], counts[1],
+        "zfs calls per run: list, snapshot, hold, release, destroy"
+    );
+    assert_eq!(counts[0], 5);
+}
+
+fn counts_zfs(w: &World) -> u64 {
+    w.calls().lines().filter(|l| l.starts_with("zfs ")).count() as u64
+}

@@ -6,16 +6,17 @@ use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::time::Instant;
 
 use crate::borg::{self, CreateArgs, Invocation, Sources};
-use crate::command::{self, CommandLine};
+use crate::command::CommandLine;
 use crate::discovery::{discover, SourceRoot, World};
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
 use crate::mount::Mounter;
 use crate::mountinfo;
 use crate::plan::Plan;
-use crate::session::{self, Options, Report, Session};
+use crate::session::{self, Options, Report, Session, Timings};
 use crate::signals::Signals;
 use crate::zfs::Zfs;
 
@@ -33,6 +34,8 @@ pub struct Outcome {
     pub status: ExitStatus,
     /// Teardown's report, or what it left behind.
     pub teardown: Result<Report>,
+    /// Phase timings, when snapshots were taken.
+    pub timings: Option<Timings>,
 }
 
 /// Runs `borg ARGV`: `create` from snapshots, anything else untouched.
@@ -63,6 +66,7 @@ pub fn wrap(
     let sources = Sources::read(&args, &ctx.cwd)?;
     let roots = resolve_roots(&sources.roots(), &ctx.cwd)?;
 
+    let started = Instant::now();
     let (mut session, inventory, mounts, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
     let plan = discover(
         &World {
@@ -76,18 +80,35 @@ pub fn wrap(
         args.one_file_system,
     );
     log_plan(&plan);
+    session.timings_mut().discovery_ms = started.elapsed().as_secs_f64() * 1000.0;
     session.freeze(&plan, &|| signals.received())?;
     let argv = write_rewrite(&mut session, &args, &sources, &plan)?;
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
+    let started = Instant::now();
     let status = borg::run(borg, &argv, signals)?;
-    let teardown = session.finish();
-    tracing::debug!(
-        processes = command::spawned(),
-        "processes spawned (borg not counted)"
+    let borg_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (teardown, mut timings) = session.finish_timed();
+    timings.borg_ms = borg_ms;
+    tracing::info!(
+        backend = %timings.backend,
+        datasets = timings.datasets,
+        pools = timings.pools,
+        discovery_ms = timings.discovery_ms.round(),
+        snapshot_ms = timings.snapshot_ms.round(),
+        hold_ms = timings.hold_ms.round(),
+        mount_ms = timings.mount_ms.round(),
+        borg_ms = timings.borg_ms.round(),
+        teardown_ms = timings.teardown_ms.round(),
+        processes = timings.processes,
+        "done"
     );
-    Ok(Outcome { status, teardown })
+    Ok(Outcome {
+        status,
+        teardown,
+        timings: Some(timings),
+    })
 }
 
 fn pass_through(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<Outcome> {
@@ -95,6 +116,7 @@ fn pass_through(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Res
     Ok(Outcome {
         status,
         teardown: Ok(Report::default()),
+        timings: None,
     })
 }
 

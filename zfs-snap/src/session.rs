@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
@@ -67,7 +67,29 @@ pub struct Session<'a> {
     dirs: Vec<PathBuf>,
     work_dir: Option<PathBuf>,
     finished: bool,
+    timings: Timings,
     _lock: Lock,
+}
+
+/// How long each phase of a run took, in milliseconds, and how many
+/// processes zfs-snap spawned (borg's own run not counted).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    pub backend: String,
+    pub pools: usize,
+    pub datasets: usize,
+    /// Lock, recovery, `zfs list`, mount table, discovery.
+    pub discovery_ms: f64,
+    pub snapshot_ms: f64,
+    pub hold_ms: f64,
+    pub mount_ms: f64,
+    pub borg_ms: f64,
+    pub teardown_ms: f64,
+    pub processes: usize,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
 impl<'a> Session<'a> {
@@ -118,6 +140,10 @@ impl<'a> Session<'a> {
             dirs: Vec::new(),
             work_dir: None,
             finished: false,
+            timings: Timings {
+                backend: zfs.backend().to_owned(),
+                ..Timings::default()
+            },
             _lock: lock,
         };
         Ok((session, inventory, mounts, recovered))
@@ -154,17 +180,24 @@ impl<'a> Session<'a> {
                 "datasets span several pools: each pool's snapshot is atomic, but ZFS cannot make them atomic across pools"
             );
         }
+        self.timings.pools = by_pool.len();
+        self.timings.datasets = plan.mounts.len();
+        let started = Instant::now();
         for (pool, names) in &by_pool {
             check()?;
             self.zfs.snapshot(names, &self.owner)?;
             self.created.insert(pool.clone(), names.clone());
             tracing::info!(pool, snapshots = names.len(), name = %self.snapshot_name, "snapshot taken");
         }
+        self.timings.snapshot_ms = ms(started);
+        let started = Instant::now();
         for (pool, names) in &by_pool {
             check()?;
             self.zfs.hold(names)?;
             self.held.insert(pool.clone(), names.clone());
         }
+        self.timings.hold_ms = ms(started);
+        let started = Instant::now();
         for planned in &plan.mounts {
             check()?;
             let target = &planned.snapshot_mountpoint;
@@ -181,7 +214,24 @@ impl<'a> Session<'a> {
             self.mounted.push(target.clone());
             tracing::debug!(snapshot, target = %target.display(), "mounted");
         }
+        self.timings.mount_ms = ms(started);
         check()
+    }
+
+    /// Phase timings so far; the caller adds discovery and borg.
+    pub fn timings_mut(&mut self) -> &mut Timings {
+        &mut self.timings
+    }
+
+    /// Tears down and reports, with the finished timings.
+    pub fn finish_timed(mut self) -> (Result<Report>, Timings) {
+        let started = Instant::now();
+        self.finished = true;
+        let report = self.teardown().into_result();
+        let mut timings = std::mem::take(&mut self.timings);
+        timings.teardown_ms = ms(started);
+        timings.processes = crate::command::spawned();
+        (report, timings)
     }
 
     /// A private directory for files borg reads (rewritten patterns).

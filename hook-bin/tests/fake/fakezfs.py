@@ -14,7 +14,8 @@ $FAKE_ZFS_STATE:
               ZFS_SNAP_MOUNTINFO)
   log:        every call is appended here, one line, argv joined by spaces
   fail:       {"<verb>": "message"} makes that zfs verb fail with the message;
-              {"mount_at": N} makes the Nth mount fail
+              {"mount_at": N} makes the Nth mount fail; {"umount": "message"}
+              makes every unmount fail
   after_snapshot: [[path, content]] files written right after a snapshot
   garbage:    a line `zfs list` prints first (malformed output)
 
@@ -315,6 +316,8 @@ def mount(state, args):
 
 def umount(state, args):
     target = [a for a in args if not a.startswith("-")][0]
+    if state.get("fail", {}).get("umount"):
+        die("umount: %s: %s" % (target, state["fail"]["umount"]), 32)
     mounts = state.get("mounts", [])
     found = [m for m in mounts if m["target"] == target]
     if not found:
