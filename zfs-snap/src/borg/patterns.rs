@@ -330,3 +330,79 @@ mod tests {
         );
     }
 }
+
+/// The regex twin checked against Python's `re`, the engine borg uses: for
+/// every pattern and path, `re.search(twin, prefix/path)` must equal
+/// `re.search(pattern, path)`.
+#[cfg(test)]
+mod python_equivalence {
+    use super::*;
+    use std::process::Command;
+
+    const PREFIX: &str = "run/zfs-snap/snap";
+
+    #[test]
+    fn regex_twins_match_exactly_what_the_originals_match() {
+        let available = Command::new("python3")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !available {
+            eprintln!(
+                "SKIPPED regex_twins_match_exactly_what_the_originals_match: python3 not found"
+            );
+            return;
+        }
+        let patterns = [
+            r"^var/cache",
+            r"\.pyc$",
+            r"cache",
+            r"^(var|srv)/tmp/",
+            r"^var/lib/[^/]+/\.cache$",
+            r"(?i)^HOME/.*/Downloads",
+            r"\Avar",
+            r"^etc$|^srv/x",
+            r"[\^]x",
+            r"snap/var",
+            r"^$",
+        ];
+        let paths = [
+            "var/cache",
+            "var/cache/apt/x",
+            "var/lib/a/.cache",
+            "var/lib/a/b/.cache",
+            "srv/tmp/f",
+            "srv/x",
+            "etc",
+            "etc/passwd",
+            "home/u/downloads/f",
+            "x.pyc",
+            "a^x",
+            "tmp/snap/var",
+            "var",
+        ];
+        let mut script = String::from("import re, json, sys\nbad = []\n");
+        for p in patterns {
+            let twin = prefixed_regex(p, PREFIX);
+            for path in paths {
+                script.push_str(&format!(
+                    "o = bool(re.search({p:?}, {path:?})); t = bool(re.search({twin:?}, {full:?}))\n\
+                     if o != t: bad.append(({p:?}, {path:?}, o, t))\n",
+                    full = format!("{PREFIX}/{path}"),
+                ));
+            }
+        }
+        script.push_str("print(json.dumps(bad)); sys.exit(1 if bad else 0)\n");
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "twins disagree (pattern, path, original, twin): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
