@@ -62,7 +62,8 @@ pub fn wrap(
     for option in &args.unknown_options {
         tracing::warn!(option, "unknown borg option, assumed to take no value");
     }
-    borg::check_version(borg)?;
+    let runtime_root = crate::runtime::prepare(&ctx.options.runtime_root)?;
+    borg::check_version_cached(borg, &runtime_root)?;
     let sources = Sources::read(&args, &ctx.cwd)?;
     let roots = resolve_roots(&sources.roots(), &ctx.cwd)?;
 

@@ -6,6 +6,7 @@ pub mod patterns;
 pub mod rewrite;
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Instant;
 
@@ -16,8 +17,60 @@ use crate::signals::Signals;
 pub use args::{parse, CreateArgs, Invocation};
 pub use rewrite::{rewrite, Rewritten, Sources};
 
+/// [`check_version`], remembering a good answer in `cache_dir` keyed on the
+/// borg program's identity (path, inode, size, times), so a nightly run does
+/// not pay a Python start-up just to learn the version again.
+pub fn check_version_cached(borg: &CommandLine, cache_dir: &Path) -> Result<(u32, u32, u32)> {
+    let cache = cache_dir.join("borg-version");
+    let key = program_identity(borg);
+    if let (Some(key), Ok(text)) = (&key, std::fs::read_to_string(&cache)) {
+        if let Some((cached_key, version)) = text.split_once('\n') {
+            if cached_key == key {
+                if let Some(v) = args::parse_version(version) {
+                    return Ok(v);
+                }
+            }
+        }
+    }
+    let (version, text) = check_version_text(borg)?;
+    if let Some(key) = key {
+        let _ = std::fs::write(&cache, format!("{key}\n{text}\n"));
+    }
+    Ok(version)
+}
+
+fn program_identity(borg: &CommandLine) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let program = Path::new(borg.program());
+    let path = if program.components().count() > 1 {
+        program.to_path_buf()
+    } else {
+        let search = std::env::var_os("PATH")?;
+        std::env::split_paths(&search)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())?
+    };
+    let real = path.canonicalize().ok()?;
+    let meta = std::fs::metadata(&real).ok()?;
+    Some(format!(
+        "{} {} {} {} {}.{} {}.{}",
+        borg,
+        real.display(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    ))
+}
+
 /// Checks that `borg` is 1.4 or newer (the `/./` marker needs it).
 pub fn check_version(borg: &CommandLine) -> Result<(u32, u32, u32)> {
+    check_version_text(borg).map(|(v, _)| v)
+}
+
+fn check_version_text(borg: &CommandLine) -> Result<((u32, u32, u32), String)> {
     let argv = vec![OsString::from("--version")];
     let output = borg.run(&argv)?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -31,7 +84,7 @@ pub fn check_version(borg: &CommandLine) -> Result<(u32, u32, u32)> {
             found: text.trim().to_owned(),
         });
     }
-    Ok(version)
+    Ok((version, text.trim().to_owned()))
 }
 
 /// Runs borg with our stdio and environment, passing signals on; returns
