@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+/// The context for a command that could not be started.
+pub fn cannot_start(cmd: &Command, e: &std::io::Error) -> String {
+    let hint = if e.kind() == std::io::ErrorKind::NotFound {
+        " (not installed? `sudo bash .ci/vm-image-deps.sh` installs what vm-tests needs)"
+    } else {
+        ""
+    };
+    format!("cannot start `{}`: {e}{hint}", show(cmd))
+}
+
 /// Renders a command line for messages.
 pub fn show(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
@@ -26,9 +36,10 @@ pub fn show(cmd: &Command) -> String {
 
 /// Runs a command with inherited stdout/stderr; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start `{}`", show(cmd)))?;
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) => bail!(cannot_start(cmd, &e)),
+    };
     if !status.success() {
         bail!("`{}` failed: {status}", show(cmd));
     }
@@ -46,12 +57,15 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
         .with_context(|| format!("cannot open {}", log.display()))?;
     writeln!(f, "+ {}", show(cmd))?;
     let out = f.try_clone()?;
-    let status = cmd
+    let status = match cmd
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(f))
         .status()
-        .with_context(|| format!("cannot start `{}`", show(cmd)))?;
+    {
+        Ok(s) => s,
+        Err(e) => bail!(cannot_start(cmd, &e)),
+    };
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -67,11 +81,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
 
 /// Runs a command and returns its stdout as text; fails unless it exits 0.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("cannot start `{}`", show(cmd)))?;
+    let out = match cmd.stdin(Stdio::null()).stderr(Stdio::piped()).output() {
+        Ok(o) => o,
+        Err(e) => bail!(cannot_start(cmd, &e)),
+    };
     if !out.status.success() {
         bail!(
             "`{}` failed: {}\n{}",

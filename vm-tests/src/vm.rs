@@ -246,12 +246,15 @@ pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
         log_path.display()
     );
     let t0 = Instant::now();
-    let mut child = cmd
+    let mut child = match cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {}", show(&cmd)))?;
+    {
+        Ok(c) => c,
+        Err(e) => bail!(crate::util::cannot_start(&cmd, &e)),
+    };
 
     let mut pumps = Vec::new();
     for (stream, to_stderr) in [
