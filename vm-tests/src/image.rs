@@ -134,7 +134,10 @@ fn parse_stanzas(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
                 last = Some(k.to_string());
             }
         }
-        if let (Some(p), true) = (fields.get("Package").cloned(), fields.contains_key("Version")) {
+        if let (Some(p), true) = (
+            fields.get("Package").cloned(),
+            fields.contains_key("Version"),
+        ) {
             all.entry(p).or_insert(fields);
         }
     }
@@ -144,7 +147,10 @@ fn parse_stanzas(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
 fn resolve() -> Result<Resolved> {
     // The guest kernel: whatever bookworm's (or bookworm-security's) linux-image-amd64
     // depends on right now.
-    let mut specs = vec!["linux-image-amd64".to_string(), format!("zfs-dkms/{BACKPORTS_SUITE}")];
+    let mut specs = vec![
+        "linux-image-amd64".to_string(),
+        format!("zfs-dkms/{BACKPORTS_SUITE}"),
+    ];
     for p in GUEST_PACKAGES {
         specs.push(if is_backports_pkg(p) {
             format!("{p}/{BACKPORTS_SUITE}")
@@ -167,7 +173,8 @@ fn resolve() -> Result<Resolved> {
     let (name, ver) = match dep.split_once(' ') {
         Some((n, v)) => (
             n,
-            v.trim_matches(|c| c == '(' || c == ')' || c == '=' || c == ' ').to_string(),
+            v.trim_matches(|c| c == '(' || c == ')' || c == '=' || c == ' ')
+                .to_string(),
         ),
         None => (dep, String::new()),
     };
@@ -223,7 +230,10 @@ fn pypi_latest(name: &str) -> Result<String> {
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok());
-    let remembered = fs::read_to_string(&memo).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let remembered = fs::read_to_string(&memo)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
     if let (Some(v), Some(age)) = (&remembered, age) {
         if age.as_secs() < FRESH_SECS {
             return Ok(v.clone());
@@ -277,9 +287,16 @@ struct Keys {
 }
 
 fn keys(r: &Resolved) -> Keys {
-    let kernel_recipe = sha256_hex(&[RECIPE_VERSION, "kernel: apt-get download, dpkg-deb -x, extract vmlinux"]);
+    let kernel_recipe = sha256_hex(&[
+        RECIPE_VERSION,
+        "kernel: apt-get download, dpkg-deb -x, extract vmlinux",
+    ]);
     let kernel = format!("kernel-{}-{}", r.kernel_pkg, &kernel_recipe[..8]);
-    let zfs_recipe = sha256_hex(&[RECIPE_VERSION, &ZFS_CONFIGURE.join(" "), "make, strip --strip-debug"]);
+    let zfs_recipe = sha256_hex(&[
+        RECIPE_VERSION,
+        &ZFS_CONFIGURE.join(" "),
+        "make, strip --strip-debug",
+    ]);
     let zfs = format!("zfs-{}-k{}-{}", r.zfs_pkg, r.kernel_pkg, &zfs_recipe[..8]);
     let pip_list: Vec<String> = r.pip.iter().map(|(k, v)| format!("{k}=={v}")).collect();
     let py_recipe = sha256_hex(&[RECIPE_VERSION, &PIP_OPTS.join(" "), "byte-compiled by pip"]);
@@ -316,7 +333,10 @@ fn keys(r: &Resolved) -> Keys {
 }
 
 fn pin_file() -> String {
-    let sources: Vec<String> = BACKPORTS_SOURCES.iter().map(|s| format!("src:{s}")).collect();
+    let sources: Vec<String> = BACKPORTS_SOURCES
+        .iter()
+        .map(|s| format!("src:{s}"))
+        .collect();
     format!(
         "Package: {}\nPin: release n={BACKPORTS_SUITE}\nPin-Priority: 990\n",
         sources.join(" ")
@@ -325,7 +345,12 @@ fn pin_file() -> String {
 
 /// Builds a stage into `<cache>/<name>.tmp` and renames it into place; reuses a
 /// complete one.
-fn stage(cache: &Path, name: &str, what: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+fn stage(
+    cache: &Path,
+    name: &str,
+    what: &str,
+    build: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let dir = cache.join(name);
     if dir.join(".done").exists() {
         eprintln!("vm-tests: {what}: cached ({})", dir.display());
@@ -349,11 +374,18 @@ fn stage(cache: &Path, name: &str, what: &str, build: impl FnOnce(&Path) -> Resu
 pub fn ensure(force: bool) -> Result<Image> {
     let t0 = Instant::now();
     let cache = cache_dir();
-    fs::create_dir_all(&cache)
-        .with_context(|| format!("cannot create the image cache {} (set ZFS_SNAP_VM_CACHE to use another directory)", cache.display()))?;
+    fs::create_dir_all(&cache).with_context(|| {
+        format!(
+            "cannot create the image cache {} (set ZFS_SNAP_VM_CACHE to use another directory)",
+            cache.display()
+        )
+    })?;
     let lock = fs::File::create(cache.join(".lock"))?;
     if lock.try_lock().is_err() {
-        eprintln!("vm-tests: another build holds {}; waiting", cache.join(".lock").display());
+        eprintln!(
+            "vm-tests: another build holds {}; waiting",
+            cache.join(".lock").display()
+        );
         lock.lock()?;
     }
 
@@ -371,7 +403,9 @@ pub fn ensure(force: bool) -> Result<Image> {
     }
     if !image_dir.join(".done").exists() {
         let kernel_dir = stage(&cache, &k.kernel, "guest kernel", |d| build_kernel(&r, d))?;
-        let zfs_dir = stage(&cache, &k.zfs, "OpenZFS kernel modules", |d| build_zfs(&r, d))?;
+        let zfs_dir = stage(&cache, &k.zfs, "OpenZFS kernel modules", |d| {
+            build_zfs(&r, d)
+        })?;
         let py_dir = stage(&cache, &k.pylib, "borgmatic (pip)", |d| build_pylib(&r, d))?;
         stage(&cache, &k.image, "guest rootfs + initramfs", |d| {
             build_image(&r, &k, &kernel_dir, &zfs_dir, &py_dir, d)
@@ -388,7 +422,11 @@ fn load(dir: &Path, key: &str) -> Result<Image> {
     let initrd = dir.join("initramfs.cpio");
     for p in [&kernel, &initrd] {
         if !p.exists() {
-            bail!("{} is missing: remove {} and build again", p.display(), dir.display());
+            bail!(
+                "{} is missing: remove {} and build again",
+                p.display(),
+                dir.display()
+            );
         }
     }
     Ok(Image {
@@ -401,7 +439,10 @@ fn load(dir: &Path, key: &str) -> Result<Image> {
 fn apt_download(dir: &Path, spec: &str) -> Result<PathBuf> {
     fs::create_dir_all(dir)?;
     // apt's sandbox user cannot write into a root-owned 0700 cache; let it.
-    let _ = cmd("chown").args(["_apt", &dir.to_string_lossy()]).stderr(Stdio::null()).status();
+    let _ = cmd("chown")
+        .args(["_apt", &dir.to_string_lossy()])
+        .stderr(Stdio::null())
+        .status();
     run(cmd("apt-get")
         .args(["download", "-q", spec])
         .current_dir(dir)
@@ -418,10 +459,16 @@ fn apt_download(dir: &Path, spec: &str) -> Result<PathBuf> {
 }
 
 fn build_kernel(r: &Resolved, d: &Path) -> Result<()> {
-    let deb = apt_download(&d.join("debs"), &format!("linux-image-{}={}", r.kabi, r.kernel_pkg))?;
+    let deb = apt_download(
+        &d.join("debs"),
+        &format!("linux-image-{}={}", r.kabi, r.kernel_pkg),
+    )?;
     let root = d.join("root");
     run(cmd("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    fs::rename(root.join(format!("boot/vmlinuz-{}", r.kabi)), d.join("vmlinuz"))?;
+    fs::rename(
+        root.join(format!("boot/vmlinuz-{}", r.kabi)),
+        d.join("vmlinuz"),
+    )?;
     let moddir = root.join(format!("lib/modules/{}", r.kabi));
     let moddir = if moddir.exists() {
         moddir
@@ -517,7 +564,12 @@ fn build_zfs(r: &Resolved, d: &Path) -> Result<()> {
         bail!("{} has no configure script", src.display());
     }
     let log = d.join("build.log");
-    eprintln!("vm-tests: building OpenZFS {} for {} (log: {})", r.zfs_upstream, r.kabi, log.display());
+    eprintln!(
+        "vm-tests: building OpenZFS {} for {} (log: {})",
+        r.zfs_upstream,
+        r.kabi,
+        log.display()
+    );
     run_logged(
         cmd("./configure")
             .args(ZFS_CONFIGURE)
@@ -526,7 +578,9 @@ fn build_zfs(r: &Resolved, d: &Path) -> Result<()> {
             .current_dir(&src),
         &log,
     )?;
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     run_logged(cmd("make").arg(format!("-j{jobs}")).current_dir(&src), &log)?;
     let ko_dir = d.join("ko");
     fs::create_dir_all(&ko_dir)?;
@@ -565,7 +619,8 @@ fn build_pylib(r: &Resolved, d: &Path) -> Result<()> {
     // pip byte-compiled the modules with this machine's python. That is only of use
     // when it is 3.11 like the guest's (then borgmatic starts ~4 s faster under TCG);
     // otherwise the .pyc files are ignored by the guest.
-    let v = output(cmd(python()).args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]))?;
+    let v =
+        output(cmd(python()).args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]))?;
     if v.trim() != "3.11" {
         eprintln!("vm-tests: warning: host python is {}, not 3.11: borgmatic in the guest is not byte-compiled", v.trim());
     }
@@ -618,7 +673,11 @@ fn module_closure(moddir: &Path, zfs_ko: &Path) -> Result<Vec<(PathBuf, PathBuf)
         .filter_map(|l| mod_name(Path::new(l)))
         .collect();
 
-    let mut queue: VecDeque<String> = MODULES.iter().chain(["spl", "zfs"].iter()).map(|s| s.to_string()).collect();
+    let mut queue: VecDeque<String> = MODULES
+        .iter()
+        .chain(["spl", "zfs"].iter())
+        .map(|s| s.to_string())
+        .collect();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     while let Some(name) = queue.pop_front() {
@@ -627,7 +686,12 @@ fn module_closure(moddir: &Path, zfs_ko: &Path) -> Result<Vec<(PathBuf, PathBuf)
         }
         let (src, rel) = index
             .get(&name)
-            .ok_or_else(|| anyhow!("kernel module {name} is neither built in nor in {}", moddir.display()))?
+            .ok_or_else(|| {
+                anyhow!(
+                    "kernel module {name} is neither built in nor in {}",
+                    moddir.display()
+                )
+            })?
             .clone();
         let deps = output(cmd("modinfo").args(["-F", "depends"]).arg(&src))?;
         for dep in deps.trim().split(',').filter(|s| !s.is_empty()) {
@@ -638,7 +702,14 @@ fn module_closure(moddir: &Path, zfs_ko: &Path) -> Result<Vec<(PathBuf, PathBuf)
     Ok(out)
 }
 
-fn build_image(r: &Resolved, k: &Keys, kernel_dir: &Path, zfs_dir: &Path, py_dir: &Path, d: &Path) -> Result<()> {
+fn build_image(
+    r: &Resolved,
+    k: &Keys,
+    kernel_dir: &Path,
+    zfs_dir: &Path,
+    py_dir: &Path,
+    d: &Path,
+) -> Result<()> {
     let rootfs = d.join("rootfs");
     let log = d.join("mmdebstrap.log");
 
@@ -652,10 +723,15 @@ fn build_image(r: &Resolved, k: &Keys, kernel_dir: &Path, zfs_dir: &Path, py_dir
             mirrors.push(f.into());
         }
     }
-    if !mirrors.iter().any(|m| m.ends_with("debian.sources")) && Path::new("/etc/apt/sources.list").exists() {
+    if !mirrors.iter().any(|m| m.ends_with("debian.sources"))
+        && Path::new("/etc/apt/sources.list").exists()
+    {
         mirrors.insert(0, "/etc/apt/sources.list".into());
     }
-    if !mirrors.iter().any(|m| m.ends_with("zfs-snap-extra.sources")) {
+    if !mirrors
+        .iter()
+        .any(|m| m.ends_with("zfs-snap-extra.sources"))
+    {
         bail!("bookworm-backports/contrib are not enabled: run .ci/vm-image-deps.sh first");
     }
     let pin = pin_file();
@@ -691,7 +767,10 @@ fn build_image(r: &Resolved, k: &Keys, kernel_dir: &Path, zfs_dir: &Path, py_dir
 
     // borgmatic from PyPI.
     let t = Instant::now();
-    run(cmd("cp").arg("-a").arg(py_dir.join("site")).arg(rootfs.join("opt/borgmatic")))?;
+    run(cmd("cp")
+        .arg("-a")
+        .arg(py_dir.join("site"))
+        .arg(rootfs.join("opt/borgmatic")))?;
     let wrapper = rootfs.join("usr/local/bin/borgmatic");
     fs::create_dir_all(wrapper.parent().unwrap())?;
     fs::write(&wrapper, BORGMATIC_WRAPPER)?;
@@ -706,7 +785,11 @@ fn build_image(r: &Resolved, k: &Keys, kernel_dir: &Path, zfs_dir: &Path, py_dir
         fs::create_dir_all(dst.parent().unwrap())?;
         fs::copy(src, &dst)?;
     }
-    for f in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
         if moddir.join(f).exists() {
             fs::copy(moddir.join(f), modroot.join(f))?;
         }
@@ -754,7 +837,10 @@ fn build_image(r: &Resolved, k: &Keys, kernel_dir: &Path, zfs_dir: &Path, py_dir
     manifest["kernel_file"] = serde_json::json!(kernel_src.file_name().unwrap().to_string_lossy());
     manifest["modules"] = serde_json::json!(names);
     manifest["initramfs_bytes"] = serde_json::json!(size);
-    fs::write(d.join("manifest.json"), serde_json::to_string_pretty(&manifest)? + "\n")?;
+    fs::write(
+        d.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
     Ok(())
 }
 
@@ -772,15 +858,24 @@ mod tests {
     fn stanzas_are_parsed_with_continuation_lines() {
         let text = "Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\nDescription: x\n more\n\nPackage: zfs-dkms\nVersion: 2.3.2-2~bpo12+2\n";
         let m = parse_stanzas(text);
-        assert_eq!(m["linux-image-amd64"]["Depends"], "linux-image-6.1.0-56-amd64 (= 6.1.192-2)");
+        assert_eq!(
+            m["linux-image-amd64"]["Depends"],
+            "linux-image-6.1.0-56-amd64 (= 6.1.192-2)"
+        );
         assert_eq!(m["linux-image-amd64"]["Description"], "x\nmore");
         assert_eq!(m["zfs-dkms"]["Version"], "2.3.2-2~bpo12+2");
     }
 
     #[test]
     fn module_names_are_normalised() {
-        assert_eq!(mod_name(Path::new("a/9pnet_virtio.ko")).as_deref(), Some("9pnet_virtio"));
-        assert_eq!(mod_name(Path::new("a/virtio-rng.ko.xz")).as_deref(), Some("virtio_rng"));
+        assert_eq!(
+            mod_name(Path::new("a/9pnet_virtio.ko")).as_deref(),
+            Some("9pnet_virtio")
+        );
+        assert_eq!(
+            mod_name(Path::new("a/virtio-rng.ko.xz")).as_deref(),
+            Some("virtio_rng")
+        );
         assert_eq!(mod_name(Path::new("a/readme.txt")), None);
     }
 
@@ -806,7 +901,8 @@ mod tests {
         r.zfs_pkg = "2.3.3-1~bpo12+1".into();
         assert_ne!(keys(&r).image, base);
         let mut r = resolved();
-        r.packages.insert("borgbackup".into(), "1.4.1-1~bpo12+1".into());
+        r.packages
+            .insert("borgbackup".into(), "1.4.1-1~bpo12+1".into());
         assert_ne!(keys(&r).image, base);
         let mut r = resolved();
         r.pip.insert("borgmatic".into(), "2.1.11".into());
@@ -816,7 +912,10 @@ mod tests {
     #[test]
     fn pin_covers_zfs_and_borg() {
         let p = pin_file();
-        assert!(p.contains("src:zfs-linux") && p.contains("src:borgbackup"), "{p}");
+        assert!(
+            p.contains("src:zfs-linux") && p.contains("src:borgbackup"),
+            "{p}"
+        );
         assert!(p.contains("n=bookworm-backports"), "{p}");
     }
 }

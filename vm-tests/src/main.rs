@@ -19,7 +19,10 @@ const SMOKE_SH: &str = include_str!("guest/smoke.sh");
 const DEMO_SH: &str = include_str!("guest/demo.sh");
 
 #[derive(Parser)]
-#[command(name = "vm-tests", about = "Real-ZFS tests for zfs-snap in a QEMU guest")]
+#[command(
+    name = "vm-tests",
+    about = "Real-ZFS tests for zfs-snap in a QEMU guest"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -136,7 +139,9 @@ fn real_main(cli: Cli) -> Result<i32> {
                 share.add_zfs_snap(&p)?;
             }
             for kv in &env {
-                let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
                 share.set_env(k, v);
             }
             let mut argv = command;
@@ -179,7 +184,8 @@ fn real_main(cli: Cli) -> Result<i32> {
 }
 
 fn cargo() -> std::process::Command {
-    let mut c = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut c =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
     c
 }
@@ -191,7 +197,10 @@ fn build_zfs_snap() -> Result<PathBuf> {
     })?;
     let bin = util::target_dir().join("debug/zfs-snap");
     if !bin.is_file() {
-        bail!("{} was not built (is hook-bin's binary called zfs-snap?)", bin.display());
+        bail!(
+            "{} was not built (is hook-bin's binary called zfs-snap?)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -200,10 +209,18 @@ fn build_zfs_snap() -> Result<PathBuf> {
 fn build_tests(package: &str) -> Result<Vec<PathBuf>> {
     util::step(&format!("cargo test -p {package} --no-run"), || {
         let mut c = cargo();
-        c.args(["test", "-p", package, "--no-run", "--message-format=json-render-diagnostics"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let out = c.output().with_context(|| format!("cannot run {}", show(&c)))?;
+        c.args([
+            "test",
+            "-p",
+            package,
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let out = c
+            .output()
+            .with_context(|| format!("cannot run {}", show(&c)))?;
         if !out.status.success() {
             bail!("`{}` failed: {}", show(&c), out.status);
         }
@@ -246,11 +263,22 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
     let results = share.results();
     eprintln!("vm-tests: summary:");
     for (rc, label) in &results {
-        eprintln!("vm-tests:   {} {label}{}", if *rc == 0 { "PASS" } else { "FAIL" }, if *rc == 0 { String::new() } else { format!(" (exit {rc})") });
+        eprintln!(
+            "vm-tests:   {} {label}{}",
+            if *rc == 0 { "PASS" } else { "FAIL" },
+            if *rc == 0 {
+                String::new()
+            } else {
+                format!(" (exit {rc})")
+            }
+        );
     }
     let expected = exes.len() + usize::from(!no_smoke);
     if results.len() < expected && code == 0 {
-        eprintln!("vm-tests: only {} of {expected} executables reported a result", results.len());
+        eprintln!(
+            "vm-tests: only {} of {expected} executables reported a result",
+            results.len()
+        );
         return Ok(vm::EXIT_NO_RESULT);
     }
     Ok(code)

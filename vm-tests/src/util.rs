@@ -176,7 +176,15 @@ mod tests {
 
     #[test]
     fn shell_quoting_round_trips_through_sh() {
-        for s in ["plain", "with space", "it's", "", "$HOME", "a\"b", "--test-threads=2"] {
+        for s in [
+            "plain",
+            "with space",
+            "it's",
+            "",
+            "$HOME",
+            "a\"b",
+            "--test-threads=2",
+        ] {
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!("printf %s {}", sh_quote(s)))

@@ -62,7 +62,10 @@ impl Share {
             env: Vec::new(),
             commands: Vec::new(),
         };
-        s.set_env("PATH", &format!("{GUEST_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+        s.set_env(
+            "PATH",
+            &format!("{GUEST_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        );
         s.set_env("ZFS_SNAP_REQUIRE_ZFS", "1");
         s.set_env("RUST_BACKTRACE", "1");
         s.set_env("HOME", "/root");
@@ -168,7 +171,10 @@ vm_run() {
 }
 
 fn timestamp() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil from days (Howard Hinnant's algorithm).
     let z = days + 719468;
@@ -189,7 +195,9 @@ fn timestamp() -> String {
 }
 
 pub fn qemu_command(image: &Image, share: &Path, opts: &VmOpts) -> Command {
-    let mut c = Command::new(std::env::var("ZFS_SNAP_VM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()));
+    let mut c = Command::new(
+        std::env::var("ZFS_SNAP_VM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
+    );
     let append = [
         "console=ttyS0",
         "quiet",
@@ -203,7 +211,13 @@ pub fn qemu_command(image: &Image, share: &Path, opts: &VmOpts) -> Command {
     .join(" ");
     c.args(["-accel", "tcg", "-smp", "2", "-m"])
         .arg(opts.memory_mb.to_string())
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .args(["-serial", "stdio", "-monitor", "none"])
         .arg("-kernel")
         .arg(&image.kernel)
@@ -233,7 +247,8 @@ pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
     prune_logs(&out_dir, 30);
     let log_path = out_dir.join(format!("serial-{}-{}.log", timestamp(), std::process::id()));
     let log = Arc::new(Mutex::new(
-        fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?,
+        fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?,
     ));
 
     let mut cmd = qemu_command(image, &share.dir, opts);
@@ -258,8 +273,14 @@ pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
 
     let mut pumps = Vec::new();
     for (stream, to_stderr) in [
-        (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, false),
-        (Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, true),
+        (
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            false,
+        ),
+        (
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            true,
+        ),
     ] {
         let log = Arc::clone(&log);
         pumps.push(std::thread::spawn(move || pump(stream, to_stderr, &log)));
@@ -296,7 +317,10 @@ pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
         .and_then(|s| s.trim().parse::<i32>().ok());
     match code {
         Some(c) => {
-            eprintln!("vm-tests: guest finished in {} with exit code {c}", fmt_dur(elapsed));
+            eprintln!(
+                "vm-tests: guest finished in {} with exit code {c}",
+                fmt_dur(elapsed)
+            );
             if c != 0 {
                 eprintln!("vm-tests: serial log: {}", log_path.display());
             }
