@@ -243,29 +243,43 @@ fn second_run_is_refused_or_waits() {
         .expect_code(75);
     refused.expect_stderr(&first.pid().to_string());
 
-    let mut waiting =
-        fx.spawn(fx.wrap_command(&["--wait=600"], &["create", &fx.repo.at("three"), &source]));
+    // Three waiters: `--wait=SECS`, a bare `--wait` right before the
+    // subcommand, and ZFS_SNAP_WAIT from the environment.
+    let mut waiters = vec![
+        fx.spawn(fx.wrap_command(&["--wait=600"], &["create", &fx.repo.at("w1"), &source])),
+        fx.spawn(fx.wrap_command(&["--wait"], &["create", &fx.repo.at("w2"), &source])),
+    ];
+    let mut env_wait = fx.wrap_command(&[], &["create", &fx.repo.at("w3"), &source]);
+    env_wait.env("ZFS_SNAP_WAIT", "600");
+    waiters.push(fx.spawn(env_wait));
     sleep(Duration::from_secs(3));
-    assert!(
-        waiting.alive(),
-        "the --wait run did not wait:\n{}",
-        waiting.stderr_so_far()
-    );
+    for waiter in &mut waiters {
+        assert!(
+            waiter.alive(),
+            "`{}` did not wait:\n{}",
+            waiter.command,
+            waiter.stderr_so_far()
+        );
+    }
     assert_eq!(
         fx.owned_snapshots().len(),
         1,
-        "the waiting run snapshotted while the first held the lock"
+        "a waiting run snapshotted while the first held the lock"
     );
     std::fs::write(&go, "").unwrap();
     first.wait(LONG).success();
-    waiting.wait(LONG).success();
+    for waiter in waiters {
+        waiter.wait(LONG).success();
+    }
     let mut archives = fx.repo.archives();
     archives.sort();
-    assert_eq!(archives, vec!["one".to_owned(), "three".to_owned()]);
-    assert!(fx
-        .repo
-        .list("three")
-        .contains(&format!("{}/a.txt", p.ds("data"))));
+    assert_eq!(archives, ["one", "w1", "w2", "w3"]);
+    for archive in ["w1", "w2", "w3"] {
+        assert!(fx
+            .repo
+            .list(archive)
+            .contains(&format!("{}/a.txt", p.ds("data"))));
+    }
     fx.assert_clean();
 }
 

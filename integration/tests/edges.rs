@@ -1,0 +1,229 @@
+//! Edges of the contract: live paths next to snapshotted ones, errors before
+//! and during the freeze, borg calls that are not rewritten, `plan`.
+
+use std::os::unix::fs::symlink;
+
+use integration::*;
+
+/// A `zfs` wrapper that logs each call's arguments; returns (command, log).
+fn zfs_logger(fx: &Fixture) -> (String, std::path::PathBuf) {
+    let log = fx.work.join("zfs.log");
+    let script = fx.script(
+        "zfs-log",
+        &format!(
+            "printf '%s\\n' \"$*\" >> {}\nexec zfs \"$@\"",
+            sh_quote(&log)
+        ),
+    );
+    (script.display().to_string(), log)
+}
+
+#[track_caller]
+fn assert_no_snapshot_call(log: &std::path::Path, out: &Out) {
+    let text = read_log(log);
+    assert!(
+        !text.lines().any(|l| l.starts_with("snapshot")),
+        "a snapshot was taken:\n{text}\n{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn paths_off_zfs_are_read_live_next_to_snapshots() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/d.txt", "d\n");
+    let live = fx.work.join("live");
+    write_file(&live.join("l.txt"), "l\n");
+    let live_s = live.display().to_string();
+    let data = p.path("data").display().to_string();
+
+    let out = fx
+        .wrap(&[], &["create", &fx.repo.at("a"), &live_s, &data])
+        .success();
+    out.expect_stderr(&live_s);
+    fx.repo
+        .create_plain(&[&fx.repo.at("plain"), &live_s, &data])
+        .success();
+    let listed = fx.repo.list("a");
+    let l = format!("{}/l.txt", live_s.trim_start_matches('/'));
+    assert!(listed.contains(&l), "{l} missing: {listed:?}");
+    assert_same_paths(
+        &listed,
+        &fx.repo.list("plain"),
+        &format!("wrapper vs plain borg\n{}", out.dump()),
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn missing_source_fails_before_any_snapshot() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    let (zfs_cmd, log) = zfs_logger(&fx);
+    let missing = p.path("data/no-such-dir").display().to_string();
+    let out = fx
+        .wrap(
+            &["--zfs-command", &zfs_cmd],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p.path("data").display().to_string(),
+                &missing,
+            ],
+        )
+        .expect_code(2);
+    out.expect_stderr(&missing);
+    assert_no_snapshot_call(&log, &out);
+    assert!(fx.repo.archives().is_empty());
+    fx.assert_clean();
+}
+
+#[test]
+fn failing_mount_is_torn_down_with_our_error() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data/kid", &[]);
+    p.write("data/kid/k.txt", "k\n");
+    let count = fx.work.join("mount.count");
+    // The first mount works, the second (the child) fails.
+    let mount = fx.script(
+        "mount-once",
+        &format!(
+            "if [ -e {c} ]; then echo 'mount: simulated failure' >&2; exit 32; fi\ntouch {c}\nexec mount \"$@\"",
+            c = sh_quote(&count)
+        ),
+    );
+    let out = fx
+        .wrap(
+            &["--mount-command", &mount.display().to_string()],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p.path("data").display().to_string(),
+            ],
+        )
+        .expect_code(2);
+    assert!(count.exists(), "the first mount never ran\n{}", out.dump());
+    out.expect_stderr("simulated failure");
+    assert!(fx.repo.archives().is_empty());
+    fx.assert_clean();
+}
+
+#[test]
+fn other_borg_commands_and_dry_run_pass_through() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/d.txt", "d\n");
+    let data = p.path("data").display().to_string();
+    fx.repo
+        .create_plain(&[&fx.repo.at("made-by-plain-borg"), &data])
+        .success();
+    let (zfs_cmd, log) = zfs_logger(&fx);
+
+    let out = fx
+        .wrap(
+            &["--zfs-command", &zfs_cmd],
+            &["list", &fx.repo.path.display().to_string()],
+        )
+        .success();
+    assert!(
+        out.stdout.contains("made-by-plain-borg"),
+        "borg list output lost\n{}",
+        out.dump()
+    );
+    assert_no_snapshot_call(&log, &out);
+
+    let out = fx
+        .wrap(
+            &["--zfs-command", &zfs_cmd],
+            &["create", "--dry-run", &fx.repo.at("dry"), &data],
+        )
+        .success();
+    assert_no_snapshot_call(&log, &out);
+    assert_eq!(fx.repo.archives(), vec!["made-by-plain-borg".to_owned()]);
+    fx.assert_clean();
+}
+
+#[test]
+fn runtime_root_through_a_symlink_is_refused() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    let real = fx.work.join("real-root");
+    std::fs::create_dir_all(&real).unwrap();
+    let link = fx.work.join("root-link");
+    symlink(&real, &link).unwrap();
+    let link_s = link.display().to_string();
+    let mut cmd = fx.wrap_command(
+        &["--runtime-root", &link_s],
+        &[
+            "create",
+            &fx.repo.at("a"),
+            &p.path("data").display().to_string(),
+        ],
+    );
+    let out = run(&mut cmd).expect_code(2);
+    out.expect_stderr(&link_s);
+    assert!(
+        p.snapshots().is_empty(),
+        "snapshots taken: {:?}\n{}",
+        p.snapshots(),
+        out.dump()
+    );
+    assert!(
+        mounts_under(&real).is_empty(),
+        "something mounted in {}",
+        real.display()
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn plan_json_on_a_real_pool_changes_nothing() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data/kid", &[]);
+    let data = p.path("data").display().to_string();
+    let out = run(fx.zfs_snap().args(["plan", "--json", &data])).success();
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("plan --json is not JSON: {e}\n{}", out.dump()));
+    let mounts: Vec<(String, String)> = plan["mounts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no mounts array\n{}", out.dump()))
+        .iter()
+        .map(|m| {
+            (
+                m["dataset"].as_str().unwrap_or_default().to_owned(),
+                m["snapshot_mountpoint"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let expect = |rel: &str| {
+        (
+            p.ds(rel),
+            fx.snapshot_path(&p.path(rel)).display().to_string(),
+        )
+    };
+    assert_eq!(
+        mounts,
+        vec![expect("data"), expect("data/kid")],
+        "{}",
+        out.dump()
+    );
+    assert_eq!(
+        plan["roots"][0]["borg_path"].as_str(),
+        Some(format!("{}/snap/./{}", fx.root.display(), p.ds("data")).as_str()),
+        "{}",
+        out.dump()
+    );
+    assert!(p.snapshots().is_empty(), "plan took a snapshot");
+    assert!(!fx.root.join("lock").exists(), "plan took the lock");
+    fx.assert_clean();
+}
