@@ -158,14 +158,12 @@ fn runtime_root_through_a_symlink_is_refused() {
     let link = fx.work.join("root-link");
     symlink(&real, &link).unwrap();
     let link_s = link.display().to_string();
-    let mut cmd = fx.wrap_command(
-        &["--runtime-root", &link_s],
-        &[
-            "create",
-            &fx.repo.at("a"),
-            &p.path("data").display().to_string(),
-        ],
-    );
+    // Not fx.zfs_snap(): that one sets the fixture's own runtime root.
+    let mut cmd = std::process::Command::new(zfs_snap_bin());
+    borg_env(&mut cmd, &fx.work.join("borg-base"));
+    cmd.args(["--runtime-root", &link_s, "wrap", "--", "borg", "create"])
+        .arg(fx.repo.at("a"))
+        .arg(p.path("data"));
     let out = run(&mut cmd).expect_code(2);
     out.expect_stderr(&link_s);
     assert!(
