@@ -46,7 +46,7 @@ pub fn plan(plan: &Plan, json: bool) {
     }
     for path in &plan.boundaries {
         println!(
-            "Not stored (--one-file-system boundary): {}",
+            "Stored as a directory, not descended into (--one-file-system): {}",
             path.display()
         );
     }

@@ -196,9 +196,10 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         }
     }
 
-    // Other file systems below snapshotted roots: with -x borg does not store
-    // their mountpoints, so neither may the mirror; without -x their content
-    // is not in any snapshot, which the user must hear about.
+    // Other file systems below snapshotted roots: with -x borg stores their
+    // mountpoints as directories and does not descend, as it does in the
+    // mirror; without -x their content is not in any snapshot, which the
+    // user must hear about.
     let mut boundaries = Vec::new();
     let mut unfrozen = BTreeSet::new();
     for (index, entry) in visible.iter().enumerate() {

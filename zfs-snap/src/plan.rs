@@ -24,8 +24,9 @@ pub struct Plan {
     /// as an extra root instead.
     pub live_exclusions: Vec<PathBuf>,
     /// With `--one-file-system`: mirror paths of other file systems'
-    /// mountpoints below snapshotted roots, excluded so the archive matches
-    /// what plain borg stores (it does not store such mountpoints).
+    /// mountpoints below snapshotted roots. borg 1.4 stores such a
+    /// mountpoint as a directory without descending, and so it does from
+    /// the snapshot, where it is the (empty) directory underneath.
     pub boundaries: Vec<PathBuf>,
     /// Things the user should know that do not stop the run.
     pub notes: Vec<String>,

@@ -159,14 +159,11 @@ pub fn rewrite(
     let mut files = Vec::new();
     let mut replace: Vec<(usize, OsString)> = Vec::new();
 
-    // Our own patterns, first: boundaries and live exclusions (pf, which
+    // Our own patterns, first: live exclusions (pf, which
     // borg checks before anything else), the user's rules' twins for the
     // mirror, then a guard that includes the rest of the mirror so no user
     // rule meant for live paths reaches it.
     let mut ours: Vec<String> = Vec::new();
-    for boundary in &plan.boundaries {
-        ours.push(format!("! pf:{}", strip_slash(boundary)));
-    }
     for live in &plan.live_exclusions {
         ours.push(format!("! pf:{}", strip_slash(live)));
     }
