@@ -225,3 +225,120 @@ fn plan_json_on_a_real_pool_changes_nothing() {
     assert!(!fx.root.join("lock").exists(), "plan took the lock");
     fx.assert_clean();
 }
+
+/// `zfs-snap wrap -- PROGRAM ARGS...` with the fixture's runtime root.
+fn wrap_with(fx: &Fixture, program: &std::path::Path, args: &[&str]) -> Out {
+    let mut cmd = fx.zfs_snap();
+    cmd.args(["wrap", "--"]).arg(program).args(args);
+    run(&mut cmd)
+}
+
+#[test]
+fn borg_older_than_1_4_is_refused_before_any_snapshot() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    let old = fx.script(
+        "old-borg",
+        "if [ \"$1\" = --version ]; then echo 'borg 1.2.8'; exit 0; fi\nexec borg \"$@\"",
+    );
+    let data = p.path("data").display().to_string();
+    let out = wrap_with(&fx, &old, &["create", &fx.repo.at("a"), &data]).expect_code(2);
+    out.expect_stderr("1.2.8");
+    assert!(p.snapshots().is_empty(), "snapshot taken\n{}", out.dump());
+    assert!(fx.repo.archives().is_empty());
+    fx.assert_clean();
+}
+
+#[test]
+fn borg_warning_and_signal_statuses_come_back() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/a.txt", "a\n");
+    let data = p.path("data").display().to_string();
+    for (name, ending, code) in [("warns", "exit 1", 1), ("killed", "kill -KILL $$", 128 + 9)] {
+        // Real borg does the work, then the script ends as borg might.
+        let borg = fx.script(
+            &format!("borg-{name}"),
+            &format!(
+                "if [ \"$1\" = --version ]; then exec borg \"$@\"; fi\nborg \"$@\" || exit $?\n{ending}"
+            ),
+        );
+        let out = wrap_with(&fx, &borg, &["create", &fx.repo.at(name), &data]);
+        assert_eq!(out.code(), code, "borg {name}: status lost\n{}", out.dump());
+        assert!(
+            fx.repo.archives().contains(&name.to_owned()),
+            "{}",
+            out.dump()
+        );
+        fx.assert_clean();
+    }
+}
+
+#[test]
+fn borg_link_wraps_and_finds_the_real_borg() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    let a = p.write("data/a.txt", "before\n");
+    let bin = fx.work.join("bin");
+    let link = bin.join("borg");
+    symlink(zfs_snap_bin(), &link).expect("symlink borg -> zfs-snap");
+    let mount = fx.script(
+        "mount-after-change",
+        &format!("echo after > {}\nexec mount \"$@\"", sh_quote(&a)),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let link_command = || {
+        let mut cmd = std::process::Command::new(&link);
+        borg_env(&mut cmd, &fx.work.join("borg-base"));
+        cmd.env("PATH", &path)
+            .env("ZFS_SNAP_RUNTIME_ROOT", &fx.root)
+            .env("ZFS_SNAP_MOUNT_COMMAND", &mount);
+        cmd
+    };
+    let data = p.path("data").display().to_string();
+
+    // The link itself is first on PATH: it must find the real borg behind it.
+    let version = run(link_command().arg("--version")).success();
+    assert!(version.stdout.starts_with("borg 1."), "{}", version.dump());
+    let out = run(link_command().args(["create", &fx.repo.at("a"), &data])).success();
+    let x = fx.work.join("x");
+    fx.repo.extract("a", &x);
+    assert_eq!(
+        read_file(&x.join(p.ds("data")).join("a.txt")),
+        "before\n",
+        "the link did not read the snapshot\n{}",
+        out.dump()
+    );
+    fx.assert_clean();
+
+    // ZFS_SNAP_BORG names the real borg explicitly.
+    let log = fx.work.join("borg.log");
+    let logged = fx.script(
+        "logged-borg",
+        &format!(
+            "printf '%s\\n' \"$*\" >> {}\nexec borg \"$@\"",
+            sh_quote(&log)
+        ),
+    );
+    let out =
+        run(link_command()
+            .env("ZFS_SNAP_BORG", &logged)
+            .args(["create", &fx.repo.at("b"), &data]))
+        .success();
+    let text = read_log(&log);
+    let mirror = format!("{}/snap/./{}", fx.root.display(), p.ds("data"));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("create ") && l.contains(&mirror)),
+        "ZFS_SNAP_BORG was not used for create (log: {text:?})\n{}",
+        out.dump()
+    );
+    fx.assert_clean();
+}

@@ -76,22 +76,77 @@ fn start_blocked(fx: &Fixture, repo: &Repo, archive: &str, source: &Path) -> (Ru
     (running, borg)
 }
 
-#[test]
-fn sigterm_stops_borg_and_tears_down() {
+/// Sends `signal` to the wrapper while borg is blocked: borg must stop and
+/// the wrapper must tear down and exit with 128+N or borg's error status.
+fn signal_while_borg_runs(signal: Signal) {
     let fx = require_zfs!();
     let source = fifo_dataset(&fx);
     let (running, borg) = start_blocked(&fx, &fx.repo, "a", &source);
-    kill(Pid::from_raw(running.pid()), Signal::SIGTERM).expect("send SIGTERM");
+    kill(Pid::from_raw(running.pid()), signal).expect("send the signal");
     let out = running.wait(Duration::from_secs(60));
+    let by_signal = 128 + signal as i32;
     assert!(
-        [128 + 15, 2].contains(&out.code()),
-        "expected 143 (SIGTERM) or borg's error status 2\n{}",
+        [by_signal, 2].contains(&out.code()),
+        "expected {by_signal} ({signal}) or borg's error status 2\n{}",
         out.dump()
     );
     assert!(
         !process_alive(borg),
         "borg ({borg}) still runs after the wrapper exited"
     );
+    fx.assert_clean();
+}
+
+#[test]
+fn sigterm_stops_borg_and_tears_down() {
+    signal_while_borg_runs(Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_borg_and_tears_down() {
+    signal_while_borg_runs(Signal::SIGINT);
+}
+
+#[test]
+fn sighup_stops_borg_and_tears_down() {
+    signal_while_borg_runs(Signal::SIGHUP);
+}
+
+#[test]
+fn signal_before_borg_starts_stops_the_run() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/a.txt", "a\n");
+    let started = fx.work.join("started");
+    let go = fx.work.join("go");
+    let mount = fx.script(
+        "mount-when-told",
+        &format!(
+            "touch {}\nwhile [ ! -e {} ]; do sleep 0.1; done\nexec mount \"$@\"",
+            sh_quote(&started),
+            sh_quote(&go)
+        ),
+    );
+    let running = fx.spawn(fx.wrap_command(
+        &["--mount-command", &mount.display().to_string()],
+        &[
+            "create",
+            &fx.repo.at("a"),
+            &p.path("data").display().to_string(),
+        ],
+    ));
+    wait_until(LONG, "the run to reach its mount", || started.exists());
+    kill(Pid::from_raw(running.pid()), Signal::SIGTERM).expect("send SIGTERM");
+    sleep(Duration::from_millis(500));
+    std::fs::write(&go, "").unwrap();
+    let out = running.wait(LONG).expect_code(128 + 15);
+    assert!(
+        !out.stderr.contains("running borg"),
+        "borg ran after SIGTERM\n{}",
+        out.dump()
+    );
+    assert!(fx.repo.archives().is_empty());
     fx.assert_clean();
 }
 
