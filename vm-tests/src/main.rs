@@ -86,9 +86,10 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct VmArgs {
-    /// Overall limit for the guest, boot included; qemu is killed after it.
-    #[arg(long, value_name = "SECS", default_value_t = 900)]
-    timeout: u64,
+    /// Overall limit for the guest, boot included; qemu is killed after it
+    /// [default: 1800 for test, 600 otherwise].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
     /// Guest memory.
     #[arg(long, value_name = "MB", default_value_t = 3072)]
     memory: u32,
@@ -98,9 +99,9 @@ struct VmArgs {
 }
 
 impl VmArgs {
-    fn opts(&self) -> VmOpts {
+    fn opts(&self, default_timeout: u64) -> VmOpts {
         VmOpts {
-            timeout: Duration::from_secs(self.timeout),
+            timeout: Duration::from_secs(self.timeout.unwrap_or(default_timeout)),
             memory_mb: self.memory,
             vartmp: self.vartmp.clone(),
         }
@@ -151,7 +152,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             }
             let label = argv[0].clone();
             share.add_command(&label, argv);
-            vm::boot(&img, &share, &vm.opts())?
+            vm::boot(&img, &share, &vm.opts(600))?
         }
         Cmd::Test {
             vm,
@@ -164,7 +165,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             let mut share = Share::new()?;
             let s = share.add_text("smoke.sh", SMOKE_SH, true)?;
             share.add_command("smoke", vec![s]);
-            vm::boot(&img, &share, &vm.opts())?
+            vm::boot(&img, &share, &vm.opts(600))?
         }
         Cmd::Demo { vm, zfs_snap } => {
             let img = image::ensure(false)?;
@@ -176,7 +177,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             share.add_zfs_snap(&bin)?;
             let s = share.add_text("demo.sh", DEMO_SH, true)?;
             share.add_command("demo", vec![s]);
-            vm::boot(&img, &share, &vm.opts())?
+            vm::boot(&img, &share, &vm.opts(600))?
         }
     };
     eprintln!("vm-tests: total {}", fmt_dur(t0.elapsed()));
@@ -259,7 +260,7 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
         let label = exe.file_name().unwrap().to_string_lossy().into_owned();
         share.add_command(&label, argv);
     }
-    let code = vm::boot(&img, &share, &vm.opts())?;
+    let code = vm::boot(&img, &share, &vm.opts(1800))?;
     let results = share.results();
     eprintln!("vm-tests: summary:");
     for (rc, label) in &results {
