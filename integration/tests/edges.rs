@@ -323,8 +323,9 @@ fn borg_link_wraps_and_finds_the_real_borg() {
     let logged = fx.script(
         "logged-borg",
         &format!(
-            "printf '%s\\n' \"$*\" >> {}\nexec borg \"$@\"",
-            sh_quote(&log)
+            "printf '%s\\n' \"$*\" >> {}\nexec {} \"$@\"",
+            sh_quote(&log),
+            sh_quote(&real_borg)
         ),
     );
     let out =
