@@ -318,7 +318,9 @@ fn borg_link_wraps_and_finds_the_real_borg() {
     );
     fx.assert_clean();
 
-    // ZFS_SNAP_BORG names the real borg explicitly.
+    // ZFS_SNAP_BORG names the real borg explicitly (by its full path: a
+    // plain `borg` in the script would find the link first on PATH).
+    let real_borg = which("borg").expect("borg on PATH");
     let log = fx.work.join("borg.log");
     let logged = fx.script(
         "logged-borg",
