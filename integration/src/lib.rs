@@ -202,22 +202,45 @@ pub fn show(cmd: &Command) -> String {
     words.join(" ")
 }
 
-/// Runs `cmd` to completion, capturing its output. Never panics on a
-/// non-zero exit; see [`Out::success`].
+/// How long any one command may take before the test kills it and fails
+/// (a hang must not eat the whole VM's time limit).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to completion, capturing its output (in files, so that no
+/// pipe a stray grandchild keeps open can hang the test). Never panics on a
+/// non-zero exit (see [`Out::success`]); panics, after killing it, when it
+/// runs longer than [`COMMAND_TIMEOUT`].
 #[track_caller]
 pub fn run(cmd: &mut Command) -> Out {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, Ordering::SeqCst);
+    let base = std::env::temp_dir().join(format!("zst-run-{}-{n}", std::process::id()));
+    let running = start(
+        cmd,
+        base.with_extension("out"),
+        base.with_extension("err"),
+        true,
+    );
+    running.wait(COMMAND_TIMEOUT)
+}
+
+/// Starts `cmd` with stdout and stderr going to `out` and `err`.
+#[track_caller]
+fn start(cmd: &mut Command, out: PathBuf, err: PathBuf, remove_files: bool) -> Running {
     let command = show(cmd);
-    let started = Instant::now();
-    let output = cmd
+    let child = cmd
         .stdin(Stdio::null())
-        .output()
+        .stdout(File::create(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display())))
+        .stderr(File::create(&err).unwrap_or_else(|e| panic!("create {}: {e}", err.display())))
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run `{command}`: {e}"));
-    Out {
+    Running {
+        child,
         command,
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        elapsed: started.elapsed(),
+        out,
+        err,
+        started: Instant::now(),
+        remove_files,
     }
 }
 
@@ -239,6 +262,7 @@ pub struct Running {
     out: PathBuf,
     err: PathBuf,
     started: Instant,
+    remove_files: bool,
 }
 
 impl Running {
@@ -309,6 +333,10 @@ impl Drop for Running {
                 );
             }
             let _ = self.child.wait();
+        }
+        if self.remove_files {
+            let _ = fs::remove_file(&self.out);
+            let _ = fs::remove_file(&self.err);
         }
     }
 }
@@ -967,20 +995,7 @@ impl Fixture {
         let n = SPAWNED.fetch_add(1, Ordering::SeqCst);
         let out = self.work.join(format!("spawn{n}.out"));
         let err = self.work.join(format!("spawn{n}.err"));
-        let command = show(&cmd);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).expect("create stdout file"))
-            .stderr(File::create(&err).expect("create stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
-        Running {
-            child,
-            command,
-            out,
-            err,
-            started: Instant::now(),
-        }
+        start(&mut cmd, out, err, false)
     }
 
     /// An executable script in the work directory.
