@@ -305,8 +305,13 @@ pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
     let _ = log.lock().unwrap().flush();
 
     if timed_out {
+        let running = share
+            .commands
+            .get(share.results().len())
+            .map(|(label, _)| format!(" while running `{label}`"))
+            .unwrap_or_default();
         eprintln!(
-            "vm-tests: TIMEOUT: the guest did not finish within {}s; qemu was killed.\nvm-tests: serial log: {}",
+            "vm-tests: TIMEOUT: the guest did not finish within {}s{running}; qemu was killed.\nvm-tests: serial log: {}",
             opts.timeout.as_secs(),
             log_path.display()
         );
