@@ -1,6 +1,7 @@
 //! vm-tests: runs zfs-snap against real OpenZFS in a QEMU guest (TCG), on machines
 //! that have no ZFS of their own. See docs/vm-tests.md.
 
+mod bench;
 mod image;
 mod util;
 mod vm;
@@ -82,6 +83,9 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         zfs_snap: Option<PathBuf>,
     },
+    /// Measure zfs-snap against borgmatic's ZFS hook and the floor in one guest;
+    /// writes docs/benchmarks.md (docs/benchmarks.md says what is measured and how).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -179,6 +183,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             share.add_command("demo", vec![s]);
             vm::boot(&img, &share, &vm.opts(600))?
         }
+        Cmd::Bench(args) => bench::bench(&args)?,
     };
     eprintln!("vm-tests: total {}", fmt_dur(t0.elapsed()));
     Ok(code)
