@@ -196,10 +196,11 @@ fn cargo() -> std::process::Command {
     c
 }
 
-/// `cargo build -p hook-bin`; returns target/debug/zfs-snap.
+/// `cargo build -p hook-bin --features libzetta` (so the guest can run both
+/// backends); returns target/debug/zfs-snap.
 fn build_zfs_snap() -> Result<PathBuf> {
-    util::step("cargo build -p hook-bin", || {
-        util::run(cargo().args(["build", "-p", "hook-bin"]))
+    util::step("cargo build -p hook-bin --features libzetta", || {
+        util::run(cargo().args(["build", "-p", "hook-bin", "--features", "libzetta"]))
     })?;
     let bin = util::target_dir().join("debug/zfs-snap");
     if !bin.is_file() {
@@ -245,6 +246,17 @@ fn build_tests(package: &str) -> Result<Vec<PathBuf>> {
     })
 }
 
+/// Scenarios 1, 3, 4, 12, 13 and 14 of the "Real OpenZFS" suite, run on
+/// both backends (test-name filters; an executable without them runs none).
+const COMMAND_BACKEND_TESTS: &[&str] = &[
+    "data_changed_after_the_snapshot_is_not_archived",
+    "nested_datasets_are_followed_unless_one_file_system",
+    "tagged_datasets_are_backed_up_whole_inherited_tags_count",
+    "borg_failure_status_comes_back_and_nothing_is_left",
+    "sigterm_stops_borg_and_tears_down",
+    "sigkill_leftovers_are_removed_by_cleanup_and_by_the_next_run",
+];
+
 fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Result<i32> {
     let img = image::ensure(false)?;
     let bin = build_zfs_snap()?;
@@ -258,12 +270,29 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
         let s = share.add_text("smoke.sh", SMOKE_SH, true)?;
         share.add_command("smoke", vec!["env".into(), "SMOKE_QUICK=1".into(), s]);
     }
+    let mut second_pass = Vec::new();
     for exe in &exes {
         let g = share.add_file(exe, None)?;
         let mut argv = vec![g.clone(), "--test-threads=2".to_string()];
         argv.extend(test_args.iter().cloned());
         let label = exe.file_name().unwrap().to_string_lossy().into_owned();
         share.add_command(&label, argv);
+        second_pass.push((g, label));
+    }
+    // The first pass runs with the default backend, which in the guest is
+    // libzetta (plain `zfs`, libzfs_core opens); the core scenarios run once
+    // more on the zfs command backend.
+    if test_args.is_empty() {
+        for (g, label) in second_pass {
+            let mut argv = vec![
+                "env".to_string(),
+                "ZFS_SNAP_BACKEND=command".to_string(),
+                g,
+                "--test-threads=2".to_string(),
+            ];
+            argv.extend(COMMAND_BACKEND_TESTS.iter().map(|t| t.to_string()));
+            share.add_command(&format!("{label} (command backend)"), argv);
+        }
     }
     let code = vm::boot(&img, &share, &vm.opts(1800))?;
     let results = share.results();
@@ -279,7 +308,8 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
             }
         );
     }
-    let expected = exes.len() + usize::from(!no_smoke);
+    let passes = if test_args.is_empty() { 2 } else { 1 };
+    let expected = passes * exes.len() + usize::from(!no_smoke);
     if results.len() < expected && code == 0 {
         eprintln!(
             "vm-tests: only {} of {expected} executables reported a result",
