@@ -1,7 +1,8 @@
 //! Signals during a run. SIGINT, SIGTERM and SIGHUP are blocked in every
 //! thread and taken by one thread with sigwaitinfo(2): before borg starts
 //! they stop the run (teardown still happens); while borg runs they are
-//! passed on to borg, and teardown happens when borg exits.
+//! passed on to borg (a second SIGINT as SIGTERM), and teardown happens
+//! when borg exits.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -37,21 +38,34 @@ impl Signals {
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("signals".into())
-            .spawn(move || loop {
-                let Some((signal, from_terminal)) = wait_for(&set) else {
-                    continue;
-                };
-                thread_shared
-                    .received
-                    .store(signal as i32, Ordering::SeqCst);
-                let child = thread_shared.child.load(Ordering::SeqCst);
-                // The terminal already delivered ^C to borg (same process group).
-                let already_delivered = from_terminal && signal == Signal::SIGINT;
-                if child > 0 && !already_delivered {
-                    tracing::info!(signal = %signal, pid = child, "passing signal to borg");
-                    let _ = kill(Pid::from_raw(child), signal);
-                } else if child == 0 {
-                    tracing::warn!(signal = %signal, "signal received: stopping after cleanup");
+            .spawn(move || {
+                let mut interrupts = 0;
+                loop {
+                    let Some((signal, from_terminal)) = wait_for(&set) else {
+                        continue;
+                    };
+                    thread_shared
+                        .received
+                        .store(signal as i32, Ordering::SeqCst);
+                    let child = thread_shared.child.load(Ordering::SeqCst);
+                    if signal == Signal::SIGINT {
+                        interrupts += 1;
+                    }
+                    // borg takes SIGINT as "stop after the current file", which
+                    // never comes if that file blocks; a second one insists.
+                    let (signal, already_delivered) = if signal == Signal::SIGINT && interrupts > 1
+                    {
+                        (Signal::SIGTERM, false)
+                    } else {
+                        // The terminal already delivered ^C to borg (same process group).
+                        (signal, from_terminal && signal == Signal::SIGINT)
+                    };
+                    if child > 0 && !already_delivered {
+                        tracing::info!(signal = %signal, pid = child, "passing signal to borg");
+                        let _ = kill(Pid::from_raw(child), signal);
+                    } else if child == 0 {
+                        tracing::warn!(signal = %signal, "signal received: stopping after cleanup");
+                    }
                 }
             })?;
         Ok(Signals { shared })
