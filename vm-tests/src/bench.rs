@@ -293,11 +293,22 @@ impl Data {
         let text = read(&self.dir, name).ok()?;
         let mut m = BTreeMap::new();
         for l in text.lines() {
-            let mut c = l.chars();
-            if let (Some(s), Some(' ')) = (c.next(), c.next()) {
-                if "AMUE".contains(s) {
-                    *m.entry(s).or_insert(0) += 1;
+            // Plain `A path`, or borgmatic's --log-json `{"type": "file_status", "status": "A", ...}`.
+            let status = match serde_json::from_str::<serde_json::Value>(l) {
+                Ok(v) if v["type"] == "file_status" => {
+                    v["status"].as_str().and_then(|s| s.chars().next())
                 }
+                Ok(_) => None,
+                Err(_) => {
+                    let mut c = l.chars();
+                    match (c.next(), c.next()) {
+                        (Some(s), Some(' ')) => Some(s),
+                        _ => None,
+                    }
+                }
+            };
+            if let Some(s) = status.filter(|s| "AMUE".contains(*s)) {
+                *m.entry(s).or_insert(0) += 1;
             }
         }
         Some(m)
@@ -740,7 +751,11 @@ pub fn render(dir: &Path, date: &str) -> Result<String> {
                 r.id,
                 m.rc,
                 secs(m.wall_ms),
-                secs(m.borg_ms),
+                if r.id.contains("floor") {
+                    "–".into()
+                } else {
+                    secs(m.borg_ms)
+                },
                 secs(m.overhead_ms),
                 m.processes.map(|p| p.to_string()).unwrap_or("–".into())
             )?;
