@@ -398,7 +398,7 @@ pub fn render(dir: &Path, date: &str) -> Result<String> {
     writeln!(w, "# Benchmarks\n")?;
     writeln!(
         w,
-        "Measured {date} in the vm-tests guest, in one boot, by `{COMMAND}` (written by it; \
+        "Measured (run ended) {date} in the vm-tests guest, in one boot, by `{COMMAND}` (written by it; \
          figures as measured, nothing here is asserted by a test). Reproduce with:\n\n\
          ```sh\nsudo bash .ci/vm-image-deps.sh   # once\n{COMMAND}\n```\n"
     )?;
@@ -851,7 +851,24 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
             (raw, code)
         }
     };
-    let doc = render(&raw, &utc_now("+%Y-%m-%d %H:%M UTC"))?;
+    // The raw data's directory is named for the end of the run: bench-YYYYMMDD-HHMMSS.
+    let date = raw
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("bench-"))
+        .filter(|t| t.len() == 15 && t.as_bytes()[8] == b'-')
+        .map(|t| {
+            format!(
+                "{}-{}-{} {}:{} UTC",
+                &t[..4],
+                &t[4..6],
+                &t[6..8],
+                &t[9..11],
+                &t[11..13]
+            )
+        })
+        .unwrap_or_else(|| utc_now("+%Y-%m-%d %H:%M UTC"));
+    let doc = render(&raw, &date)?;
     write_doc(&doc, &out)?;
     eprintln!("vm-tests: wrote {}", out.display());
     Ok(code)
