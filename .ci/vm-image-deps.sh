@@ -35,5 +35,8 @@ apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 # qemu-system-x86 must come from bookworm-backports: bookworm's 7.2 conflicts with
 # newer qemu-utils that some machine images carry.
 apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+# `vm-tests bench` builds zfs-snap with its libzetta backend: libzfs_core headers (OpenZFS 2.3,
+# contrib, backports like the guest's zfsutils) and pkg-config to find them.
+apt-get install -y -qq --no-install-recommends -t bookworm-backports libzfslinux-dev pkg-config >/dev/null
 
 echo "vm-image-deps.sh: $(qemu-system-x86_64 --version | head -n1); mmdebstrap $(mmdebstrap --version | awk '{print $2}')"
