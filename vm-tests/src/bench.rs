@@ -43,8 +43,11 @@ struct BorgCall {
 }
 
 impl BorgCall {
+    /// The real `borg create`; borgmatic's `create --dry-run --list` (its search for
+    /// special files) is borgmatic's own work, counted as overhead.
     fn is_create(&self) -> bool {
-        self.args.split_whitespace().any(|a| a == "create")
+        let mut words = self.args.split_whitespace();
+        words.clone().any(|a| a == "create") && !words.any(|a| a == "--dry-run")
     }
 }
 
@@ -441,7 +444,7 @@ pub fn render(dir: &Path, date: &str) -> Result<String> {
          ro,nosuid,nodev,noexec), umount2(2) of each, one `zfs destroy -r bench@name`. No discovery, no holds, no borg.\n\
          - **borg's own time**: every tool runs borg through the same wrapper (`bash`, `$EPOCHREALTIME` \
          around the real borg); **overhead = wall time of the tool − borg create's own time** \
-         (borgmatic's `borg --version` call is overhead: it is a process borgmatic spawns).\n\
+         (borgmatic's `borg --version` and its `borg create --dry-run --list` pass, which looks for special files, are overhead: processes borgmatic spawns for itself).\n\
          - **processes**: BSD process accounting (acct(2); one record per process with pid and parent pid) \
          while the tools run; counted: every descendant of the tool, minus borg create itself and the \
          timing wrapper. Nothing is shimmed, so counting costs the tools nothing.\n\
