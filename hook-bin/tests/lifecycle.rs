@@ -29,7 +29,10 @@ fn failed_third_mount_tears_down_everything() {
     );
     w.assert_clean();
     let calls = w.calls();
-    assert!(calls.contains("zfs release zfs-snap"), "{calls}");
+    assert!(
+        calls.contains("zfs release -r zfs-snap tank@zfs-snap-"),
+        "{calls}"
+    );
     assert!(calls.contains("zfs destroy -r tank@zfs-snap-"), "{calls}");
     assert_eq!(
         calls.lines().filter(|l| l.starts_with("umount")).count(),

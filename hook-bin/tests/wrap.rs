@@ -57,7 +57,7 @@ fn archive_has_original_paths_and_the_snapshots_content() {
     assert_eq!(snapshots.len(), 1, "{calls}");
     assert!(snapshots[0].contains(&format!("-o {OWNER}=")), "{calls}");
     assert!(
-        calls.contains("zfs hold zfs-snap tank/data@zfs-snap-"),
+        calls.contains("zfs hold -r zfs-snap tank@zfs-snap-"),
         "{calls}"
     );
 }

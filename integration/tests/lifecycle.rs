@@ -425,8 +425,8 @@ fn configured_commands_are_the_ones_used() {
         for verb in [
             "list",
             &format!("snapshot -o {OWNER_PROPERTY}="),
-            "hold zfs-snap",
-            "release zfs-snap",
+            "hold -r zfs-snap",
+            "release -r zfs-snap",
             "destroy",
         ] {
             assert!(

@@ -51,8 +51,12 @@ impl Zfs for LzcZfs {
             .map_err(|e| failure("snapshot", names, e))
     }
 
-    fn hold(&self, snapshots: &[String]) -> Result<()> {
-        self.command.hold(snapshots)
+    fn hold_run(&self, pool: &str, snapshot_name: &str) -> Result<()> {
+        self.command.hold_run(pool, snapshot_name)
+    }
+
+    fn release_run(&self, pool: &str, snapshot_name: &str) -> Result<()> {
+        self.command.release_run(pool, snapshot_name)
     }
 
     fn release(&self, snapshots: &[String]) -> Result<()> {

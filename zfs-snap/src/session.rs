@@ -193,7 +193,7 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         for (pool, names) in &by_pool {
             check()?;
-            self.zfs.hold(names)?;
+            self.zfs.hold_run(pool, &self.snapshot_name)?;
             self.held.insert(pool.clone(), names.clone());
         }
         self.timings.hold_ms = ms(started);
@@ -298,8 +298,8 @@ impl<'a> Session<'a> {
                     .push(format!("cannot remove {}: {e}", dir.display()));
             }
         }
-        for names in std::mem::take(&mut self.held).values() {
-            if let Err(e) = self.zfs.release(names) {
+        for pool in std::mem::take(&mut self.held).keys() {
+            if let Err(e) = self.zfs.release_run(pool, &self.snapshot_name) {
                 report.problems.push(format!("releasing holds: {e}"));
             }
         }

@@ -186,8 +186,23 @@ def need_snapshot(state, name, verb):
     return state["snapshots"][name]
 
 
+def recursive_names(state, args, verb):
+    """`-r TAG ds@name`: every snapshot called `name` at or below `ds`."""
+    tag, target = args[1], args[2]
+    ds, snapname = target.split("@")
+    names = [n for n in state["snapshots"]
+             if n.split("@")[1] == snapname
+             and (n.split("@")[0] == ds or n.split("@")[0].startswith(ds + "/"))]
+    if not names:
+        die("cannot %s '%s': dataset does not exist" % (verb, target))
+    return tag, names
+
+
 def zfs_hold(state, args):
-    tag, names = args[0], args[1:]
+    if args[0] == "-r":
+        tag, names = recursive_names(state, args, "hold snapshot")
+    else:
+        tag, names = args[0], args[1:]
     for n in names:
         if tag in need_snapshot(state, n, "hold snapshot")["holds"]:
             die("cannot hold snapshot '%s': tag already exists on this dataset" % n)
@@ -196,7 +211,10 @@ def zfs_hold(state, args):
 
 
 def zfs_release(state, args):
-    tag, names = args[0], args[1:]
+    if args[0] == "-r":
+        tag, names = recursive_names(state, args, "release hold from snapshot")
+    else:
+        tag, names = args[0], args[1:]
     for n in names:
         if tag not in need_snapshot(state, n, "release hold from snapshot")["holds"]:
             die("cannot release hold from snapshot '%s': no such tag on this dataset" % n)
