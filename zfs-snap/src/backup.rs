@@ -12,7 +12,6 @@ use crate::borg::{self, CreateArgs, Invocation, Sources};
 use crate::command::CommandLine;
 use crate::discovery::{discover, SourceRoot, World};
 use crate::error::{Error, Result};
-use crate::mapping::Mapping;
 use crate::mount::Mounter;
 use crate::mountinfo;
 use crate::plan::Plan;
@@ -90,7 +89,7 @@ pub fn wrap(
     let started = Instant::now();
     let status = borg::run(borg, &argv, signals)?;
     let borg_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (teardown, mut timings) = session.finish_timed();
+    let (teardown, mut timings) = session.finish();
     timings.borg_ms = borg_ms;
     tracing::info!(
         backend = %timings.backend,
@@ -192,9 +191,4 @@ pub fn cleanup(ctx: &Context<'_>, dry_run: bool) -> Result<Report> {
             problems: report.problems,
         })
     }
-}
-
-/// The mapping a runtime root gives, for `plan` output.
-pub fn mapping_for(runtime_root: &Path) -> Mapping {
-    Mapping::new(runtime_root)
 }

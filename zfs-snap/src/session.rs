@@ -223,8 +223,9 @@ impl<'a> Session<'a> {
         &mut self.timings
     }
 
-    /// Tears down and reports, with the finished timings.
-    pub fn finish_timed(mut self) -> (Result<Report>, Timings) {
+    /// Tears down and reports (an error lists what was left behind), with
+    /// the finished timings.
+    pub fn finish(mut self) -> (Result<Report>, Timings) {
         let started = Instant::now();
         self.finished = true;
         let report = self.teardown().into_result();
@@ -268,12 +269,6 @@ impl<'a> Session<'a> {
             self.dirs.push(dir);
         }
         Ok(())
-    }
-
-    /// Tears down and reports; an error lists what was left behind.
-    pub fn finish(mut self) -> Result<Report> {
-        self.finished = true;
-        self.teardown().into_result()
     }
 
     fn teardown(&mut self) -> Report {
