@@ -94,20 +94,42 @@ struct VmArgs {
     /// [default: 1800 for test, 600 otherwise].
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
-    /// Guest memory.
-    #[arg(long, value_name = "MB", default_value_t = 3072)]
-    memory: u32,
-    /// Size limit of the guest's /var/tmp tmpfs (file vdevs go there).
-    #[arg(long, value_name = "SIZE", default_value = "2G")]
-    vartmp: String,
+    /// Guest memory [default: 6144 for bench, 3072 otherwise].
+    #[arg(long, value_name = "MB")]
+    memory: Option<u32>,
+    /// Size limit of the guest's /var/tmp tmpfs, where file vdevs and borg
+    /// repositories live [default: 5G for bench, 2G otherwise].
+    #[arg(long, value_name = "SIZE")]
+    vartmp: Option<String>,
+}
+
+/// What a command gives its guest unless told otherwise.
+struct VmDefaults {
+    timeout_secs: u64,
+    memory_mb: u32,
+    vartmp: &'static str,
+}
+
+impl VmDefaults {
+    const fn with_timeout(timeout_secs: u64) -> Self {
+        VmDefaults {
+            timeout_secs,
+            memory_mb: 3072,
+            vartmp: "2G",
+        }
+    }
 }
 
 impl VmArgs {
     fn opts(&self, default_timeout: u64) -> VmOpts {
+        self.opts_with(VmDefaults::with_timeout(default_timeout))
+    }
+
+    fn opts_with(&self, defaults: VmDefaults) -> VmOpts {
         VmOpts {
-            timeout: Duration::from_secs(self.timeout.unwrap_or(default_timeout)),
-            memory_mb: self.memory,
-            vartmp: self.vartmp.clone(),
+            timeout: Duration::from_secs(self.timeout.unwrap_or(defaults.timeout_secs)),
+            memory_mb: self.memory.unwrap_or(defaults.memory_mb),
+            vartmp: self.vartmp.clone().unwrap_or(defaults.vartmp.into()),
         }
     }
 }

@@ -1,16 +1,24 @@
 //! The libzetta backend: snapshots are created (one atomic call per pool,
-//! with our ownership property) and destroyed (batched) through
-//! libzfs_core, without a process each; everything else goes through the
-//! `zfs` command. libzetta's property reader panics on values it does not
-//! know (e.g. `compression=zstd`), so it is never used.
+//! with our ownership property), held, released and destroyed (each one
+//! call for all of a run's snapshots in a pool) through libzfs_core,
+//! without a process each; everything else goes through the `zfs` command.
+//! libzetta's property reader panics on values it does not know (e.g.
+//! `compression=zstd`), so it is never used. libzetta wraps no hold calls:
+//! those go to `lzc_hold`/`lzc_release` directly, with nvlists built by
+//! libnv, the crate libzetta builds its own with.
 
 use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::raw::c_int;
 use std::path::PathBuf;
+use std::ptr::null_mut;
 
+use libnv::nvpair::NvList;
 use libzetta::zfs::{DestroyTiming, ZfsEngine, ZfsLzc};
+use libzetta_zfs_core_sys as lzc_sys;
 
 use crate::error::{Error, Result};
-use crate::zfs::{Inventory, Owner, TagInfo, Zfs, ZfsCommand, OWNER_PROPERTY};
+use crate::zfs::{Inventory, Owner, TagInfo, Zfs, ZfsCommand, HOLD_TAG, OWNER_PROPERTY};
 
 pub struct LzcZfs {
     lzc: ZfsLzc,
@@ -39,6 +47,89 @@ fn failure(operation: &'static str, names: &[String], e: libzetta::zfs::Error) -
     }
 }
 
+fn nv_failure(operation: &'static str, names: &[String], e: libnv::NvError) -> Error {
+    Error::Libzfs {
+        operation,
+        snapshots: names.join(" "),
+        reason: format!("building the request: {e:?}"),
+    }
+}
+
+/// Turns an lzc call's errno and error list (snapshot -> errno) into our
+/// error, naming each snapshot that failed and why.
+fn lzc_result(
+    operation: &'static str,
+    names: &[String],
+    errno: c_int,
+    errors: *mut lzc_sys::nvlist_t,
+) -> Result<()> {
+    let mut details = Vec::new();
+    if !errors.is_null() {
+        // SAFETY: lzc_* hand over an allocated nvlist (or leave it null);
+        // NvList frees it.
+        let errors = unsafe { NvList::from_ptr(errors) };
+        for (name, value) in errors.into_hashmap() {
+            details.push(format!("{name}: {value:?}"));
+        }
+    }
+    if errno == 0 && details.is_empty() {
+        return Ok(());
+    }
+    details.sort();
+    let reason = std::io::Error::from_raw_os_error(errno).to_string();
+    Err(Error::Libzfs {
+        operation,
+        snapshots: names.join(" "),
+        reason: if details.is_empty() {
+            reason
+        } else {
+            format!("{reason} ({})", details.join(", "))
+        },
+    })
+}
+
+/// `lzc_hold`: one user hold tagged [`HOLD_TAG`] on each snapshot, all in
+/// one pool, in one ioctl (one txg sync).
+fn lzc_hold(snapshots: &[String]) -> Result<()> {
+    let mut holds = NvList::default();
+    for name in snapshots {
+        holds
+            .insert_string(name.as_str(), HOLD_TAG)
+            .map_err(|e| nv_failure("hold", snapshots, e))?;
+    }
+    let mut errors = null_mut();
+    // SAFETY: a valid nvlist; -1: no cleanup fd, the hold outlives us
+    // (recovery releases what a killed run held).
+    let errno = unsafe { lzc_sys::lzc_hold(holds.as_ptr(), -1, &mut errors) };
+    lzc_result("hold", snapshots, errno, errors)
+}
+
+/// `lzc_release`: the [`HOLD_TAG`] hold of each snapshot, one ioctl.
+fn lzc_release(snapshots: &[String]) -> Result<()> {
+    let mut tags = NvList::default();
+    tags.insert_boolean(HOLD_TAG)
+        .map_err(|e| nv_failure("release", snapshots, e))?;
+    let releases = NvList::default();
+    for name in snapshots {
+        let key = CString::new(name.as_str()).map_err(|_| Error::Libzfs {
+            operation: "release",
+            snapshots: name.clone(),
+            reason: "the name contains a NUL byte".into(),
+        })?;
+        // SAFETY: both lists are valid; nvlist_add_nvlist copies `tags`.
+        let errno = unsafe {
+            nvpair_sys::nvlist_add_nvlist(releases.as_ptr(), key.as_ptr(), tags.as_ptr())
+        };
+        if errno != 0 {
+            return lzc_result("release", snapshots, errno, null_mut());
+        }
+    }
+    let mut errors = null_mut();
+    // SAFETY: a valid nvlist of snapshot -> {tag: boolean}.
+    let errno = unsafe { lzc_sys::lzc_release(releases.as_ptr(), &mut errors) };
+    lzc_result("release", snapshots, errno, errors)
+}
+
 impl Zfs for LzcZfs {
     fn inventory(&self) -> Result<Inventory> {
         self.command.inventory()
@@ -51,16 +142,17 @@ impl Zfs for LzcZfs {
             .map_err(|e| failure("snapshot", names, e))
     }
 
-    fn hold_run(&self, pool: &str, snapshot_name: &str) -> Result<()> {
-        self.command.hold_run(pool, snapshot_name)
+    fn hold_run(&self, _pool: &str, _snapshot_name: &str, snapshots: &[String]) -> Result<()> {
+        lzc_hold(snapshots)
     }
 
-    fn release_run(&self, pool: &str, snapshot_name: &str) -> Result<()> {
-        self.command.release_run(pool, snapshot_name)
+    fn release_run(&self, _pool: &str, _snapshot_name: &str, snapshots: &[String]) -> Result<()> {
+        lzc_release(snapshots)
     }
 
     fn release(&self, snapshots: &[String]) -> Result<()> {
-        self.command.release(snapshots)
+        // Recovery hands one pool's snapshots at a time, as lzc requires.
+        lzc_release(snapshots)
     }
 
     fn holds(&self, snapshots: &[String]) -> Result<Vec<(String, String)>> {

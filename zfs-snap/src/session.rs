@@ -193,7 +193,7 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         for (pool, names) in &by_pool {
             check()?;
-            self.zfs.hold_run(pool, &self.snapshot_name)?;
+            self.zfs.hold_run(pool, &self.snapshot_name, names)?;
             self.held.insert(pool.clone(), names.clone());
         }
         self.timings.hold_ms = ms(started);
@@ -293,8 +293,8 @@ impl<'a> Session<'a> {
                     .push(format!("cannot remove {}: {e}", dir.display()));
             }
         }
-        for pool in std::mem::take(&mut self.held).keys() {
-            if let Err(e) = self.zfs.release_run(pool, &self.snapshot_name) {
+        for (pool, names) in std::mem::take(&mut self.held) {
+            if let Err(e) = self.zfs.release_run(&pool, &self.snapshot_name, &names) {
                 report.problems.push(format!("releasing holds: {e}"));
             }
         }

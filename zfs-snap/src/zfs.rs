@@ -172,11 +172,11 @@ pub trait Zfs {
     /// Creates `names` (all in one pool) in one atomic call, each carrying
     /// [`OWNER_PROPERTY`]` = owner`.
     fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()>;
-    /// Holds, in one call, the snapshots one run created in `pool`, all
-    /// called `snapshot_name`.
-    fn hold_run(&self, pool: &str, snapshot_name: &str) -> Result<()>;
+    /// Holds, in one call, the snapshots one run created in `pool`
+    /// (`snapshots`, all called `snapshot_name`).
+    fn hold_run(&self, pool: &str, snapshot_name: &str, snapshots: &[String]) -> Result<()>;
     /// Releases what [`Zfs::hold_run`] held, in one call.
-    fn release_run(&self, pool: &str, snapshot_name: &str) -> Result<()>;
+    fn release_run(&self, pool: &str, snapshot_name: &str, snapshots: &[String]) -> Result<()>;
     fn release(&self, snapshots: &[String]) -> Result<()>;
     /// `(snapshot, tag)` for every hold on `snapshots`.
     fn holds(&self, snapshots: &[String]) -> Result<Vec<(String, String)>>;
@@ -257,7 +257,7 @@ impl Zfs for ZfsCommand {
         self.run(argv).map(drop)
     }
 
-    fn hold_run(&self, pool: &str, snapshot_name: &str) -> Result<()> {
+    fn hold_run(&self, pool: &str, snapshot_name: &str, _: &[String]) -> Result<()> {
         // With explicit names zfs makes one ioctl (and one txg sync) per
         // snapshot; `-r` on the pool gathers them into one. The name is
         // unique to the run, so these are exactly its snapshots.
@@ -265,7 +265,7 @@ impl Zfs for ZfsCommand {
         self.run(args(["hold", "-r", HOLD_TAG, &all])).map(drop)
     }
 
-    fn release_run(&self, pool: &str, snapshot_name: &str) -> Result<()> {
+    fn release_run(&self, pool: &str, snapshot_name: &str, _: &[String]) -> Result<()> {
         let all = format!("{pool}@{snapshot_name}");
         self.run(args(["release", "-r", HOLD_TAG, &all])).map(drop)
     }

@@ -242,26 +242,51 @@ zpool destroy bench
 rm -f /var/tmp/bench.img /var/tmp/repo-* -r
 
 # --- second backup of unchanged files ----------------------------------------
-log "second-backup test: $SECOND files"
-truncate -s 1G /var/tmp/bench2.img
+# Two data sets of $SECOND files each, in their own datasets:
+#   tiny:  one line per file (borg's per-file work is all there is to do);
+#   mixed: sizes 1 KiB, 2 KiB, ... 1 MiB in turn (random, incompressible content),
+#          where reading a file again costs something, as on a real host.
+# Each tool backs a set up, nothing changes, it backs it up again; plain borg over the
+# live path is the reference (what borg alone does, no snapshot at all).
+log "second-backup test: $SECOND files per set"
+truncate -s 2G /var/tmp/bench2.img
 zpool create -f -o cachefile=none -O atime=off bench2 /var/tmp/bench2.img
-zfs create bench2/files
-for ((i = 0; i < SECOND; i++)); do
-    d=/bench2/files/dir$((i / 100))
-    [ -d "$d" ] || mkdir "$d"
-    echo "small file $i" >"$d/f$i.txt"
-done
+zfs create bench2/tiny
+zfs create bench2/mixed
+python3 - "$SECOND" <<'PY'
+import os, sys
+n = int(sys.argv[1])
+for i in range(n):
+    for s in ("tiny", "mixed"):
+        d = f"/bench2/{s}/dir{i // 100}"
+        os.makedirs(d, exist_ok=True)
+        with open(f"{d}/f{i}", "wb") as f:
+            f.write(f"small file {i}\n".encode() if s == "tiny" else os.urandom(1024 << (i % 11)))
+PY
+du -sb /bench2/tiny /bench2/mixed | tee "$w/second-sizes.tsv"
 # borg does not remember files whose timestamps are as new as the newest it saw.
 sleep 2
-for r in zs-command zs-libzetta bm; do new_repo "/var/tmp/repo2-$r"; done
-bm_config "$w/bm2.yaml" /var/tmp/repo2-bm yes /bench2/files
-for run in 1 2; do
-    BENCH_LIST="$w/list-second-zs-command-$run.txt" zs_run command "second-zs-command-$run" /var/tmp/repo2-zs-command /bench2/files
-    BENCH_LIST="$w/list-second-zs-libzetta-$run.txt" zs_run libzetta "second-zs-libzetta-$run" /var/tmp/repo2-zs-libzetta /bench2/files
-    BENCH_LIST="$w/list-second-bm-$run.txt" bm_run "second-bm-$run" "$w/bm2.yaml"
+plain_run() { # id repo source...: borg alone, through the same timing wrapper
+    local id=$1 repo=$2
+    shift 2
+    # `; exit` keeps bash from exec'ing, so the wrapper's parent is the measured pid.
+    measure "$id" bash -c '"$@"; exit $?' _ "$w/borg-timed" create "$repo::$id" "$@"
+}
+for set in tiny mixed; do
+    for r in zs-command zs-libzetta bm borg; do new_repo "/var/tmp/repo2-$set-$r"; done
+    bm_config "$w/bm2-$set.yaml" "/var/tmp/repo2-$set-bm" yes "/bench2/$set"
+    for run in 1 2; do
+        for t in zs-command zs-libzetta; do
+            BENCH_LIST="$w/list-second-$set-$t-$run.txt" zs_run "${t#zs-}" "second-$set-$t-$run" "/var/tmp/repo2-$set-$t" "/bench2/$set"
+        done
+        BENCH_LIST="$w/list-second-$set-bm-$run.txt" bm_run "second-$set-bm-$run" "$w/bm2-$set.yaml"
+        BENCH_LIST="$w/list-second-$set-borg-$run.txt" plain_run "second-$set-borg-$run" "/var/tmp/repo2-$set-borg" "/bench2/$set"
+    done
+    leftovers "second-backup test ($set)"
+    rm -rf /var/tmp/repo2-"$set"-*
 done
-leftovers "second-backup test"
 zpool destroy bench2
+rm -f /var/tmp/bench2.img
 
 python3 -c 'import ctypes; ctypes.CDLL(None).acct(None)'
 cp -r "$w"/. "$out"/
