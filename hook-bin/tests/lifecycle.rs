@@ -175,6 +175,77 @@ fn second_run_is_refused_with_the_holders_pid_or_waits() {
     w.assert_clean();
 }
 
+/// After a clean run, the next one in the same boot does not list snapshots,
+/// unless a pool it has not seen appears (or one is re-created under the same
+/// name); `cleanup` always looks.
+#[test]
+fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let repo = w.repo();
+    w.dataset("tank", "tank");
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("f"), "f");
+    let wrap = |archive: &str| {
+        let out = run(w
+            .cmd()
+            .args([
+                "wrap",
+                "--",
+                "borg",
+                "create",
+                &format!("{repo}::{archive}"),
+            ])
+            .arg(&data));
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let lists = || {
+        w.calls()
+            .lines()
+            .filter(|l| l.starts_with("zfs list -H -t snapshot"))
+            .count()
+    };
+    wrap("first");
+    assert_eq!(lists(), 1, "no mark yet: the first run looks");
+    assert!(w.runtime_root.join("clean").exists());
+
+    // A leftover in a pool the last run saw, in this boot: trusted away
+    // until `cleanup` (what a clean mark means).
+    let known = "tank/data@zfs-snap-20260101T000000Z-1";
+    w.leftover_snapshot(known, true);
+    wrap("second");
+    assert_eq!(lists(), 1, "the mark was trusted");
+    assert!(w.snapshot_names().contains(&known.to_owned()));
+
+    // A pool imported since (with a dead run's snapshot): the next run looks,
+    // and recovers both.
+    w.dataset("usb", "usb");
+    let imported = "usb@zfs-snap-20260101T000000Z-2";
+    w.leftover_snapshot(imported, true);
+    let out = wrap("third");
+    assert_eq!(lists(), 2, "a new pool: looked again");
+    assert!(
+        stderr(&out).contains("removed what an earlier run left behind"),
+        "{}",
+        stderr(&out)
+    );
+    w.assert_clean();
+
+    // The same pool name with another guid (re-created): looks again.
+    wrap("fourth");
+    assert_eq!(lists(), 2);
+    w.edit(|s| s["datasets"]["usb"]["guid"] = serde_json::json!("7"));
+    wrap("fifth");
+    assert_eq!(lists(), 3, "a re-created pool: looked again");
+
+    // cleanup always looks.
+    w.leftover_snapshot(known, false);
+    assert!(run(w.cmd().arg("cleanup")).status.success());
+    assert_eq!(lists(), 4);
+    w.assert_clean();
+}
+
 #[test]
 fn recovery_removes_only_our_leftovers() {
     let w = World::new();
@@ -287,6 +358,8 @@ fn busy_snapshot_is_marked_for_deferred_destroy_and_reported() {
 #[test]
 fn zfs_calls_do_not_grow_with_the_number_of_datasets() {
     let Some(_) = borg() else { return };
+    // (first run, second run) per n: the first finds no clean mark and lists
+    // snapshots to find leftovers; the second trusts the first's mark.
     let mut counts = Vec::new();
     for n in [1, 8] {
         let w = World::new();
@@ -295,31 +368,56 @@ fn zfs_calls_do_not_grow_with_the_number_of_datasets() {
             .map(|i| w.dataset(&format!("tank/d{i}"), &format!("d{i}")))
             .collect();
         let timings = w.dir.path().join("timings.json");
-        let out = run(w
-            .cmd()
-            .arg("--timings-json")
-            .arg(&timings)
-            .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
-            .args(&paths));
-        assert!(out.status.success());
-        let t: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&timings).unwrap()).unwrap();
-        assert_eq!(t["datasets"], n);
-        assert_eq!(t["pools"], 1);
-        assert_eq!(t["backend"], "command");
-        // The fake mounts by command: two processes per dataset on top.
+        let mut per_run = Vec::new();
+        for archive in ["a", "b"] {
+            let before = counts_zfs(&w);
+            let out = run(w
+                .cmd()
+                .arg("--timings-json")
+                .arg(&timings)
+                .args([
+                    "wrap",
+                    "--",
+                    "borg",
+                    "create",
+                    &format!("{repo}::{archive}"),
+                ])
+                .args(&paths));
+            assert!(out.status.success());
+            let t: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&timings).unwrap()).unwrap();
+            assert_eq!(t["datasets"], n);
+            assert_eq!(t["pools"], 1);
+            assert_eq!(t["backend"], "command");
+            let zfs = counts_zfs(&w) - before;
+            // The fake mounts by command: two processes per dataset on top;
+            // `borg --version` on the first run only (then cached).
+            let version = u64::from(archive == "a");
+            assert_eq!(
+                t["processes"].as_u64().unwrap(),
+                zfs + version + 2 * n as u64
+            );
+            per_run.push(zfs);
+            w.assert_clean();
+        }
+        let snapshot_lists = w
+            .calls()
+            .lines()
+            .filter(|l| l.starts_with("zfs list -H -t snapshot"))
+            .count();
         assert_eq!(
-            t["processes"].as_u64().unwrap(),
-            counts_zfs(&w) + 1 + 2 * n as u64
+            snapshot_lists,
+            1,
+            "only the first run lists snapshots:\n{}",
+            w.calls()
         );
-        counts.push(counts_zfs(&w));
-        w.assert_clean();
+        counts.push(per_run);
     }
     assert_eq!(
         counts[0], counts[1],
-        "zfs calls per run: list, snapshot, hold, release, destroy"
+        "zfs calls per run: list filesystems, [list snapshots,] snapshot, hold, release, destroy"
     );
-    assert_eq!(counts[0], 5);
+    assert_eq!(counts[0], [6, 5]);
 }
 
 fn counts_zfs(w: &World) -> u64 {

@@ -533,3 +533,96 @@ fn a_hundred_datasets_in_one_run() {
     assert_eq!(read_file(&x.join(p.ds("many/d42/f.txt"))), "42\n");
     fx.assert_clean();
 }
+
+/// A dead run's snapshot, made the way a run makes it: our property naming
+/// this test's runtime root, and our hold.
+fn plant_leftover(fx: &Fixture, snapshot: &str) {
+    let owner = format!("{OWNER_PROPERTY}=20260101T000000Z-1:{}", fx.root.display());
+    zfs(&["snapshot", "-o", &owner, snapshot]);
+    zfs(&["hold", HOLD_TAG, snapshot]);
+}
+
+/// After a clean run, the next one in the same boot does not list snapshots
+/// (seconds on hosts with thousands of other tools' snapshots), unless a pool
+/// it has not seen appears or one is re-created under the same name;
+/// `cleanup` always looks.
+#[test]
+fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
+    // Alone: other tests' pools coming and going would count as new pools.
+    let mut fx = require_zfs!(exclusive);
+    fx.pool.dataset("data", &[]);
+    fx.pool.write("data/a.txt", "a\n");
+    let source = fx.pool.path("data").display().to_string();
+    let log = fx.work.join("zfs.log");
+    let zfs_cmd = fx.script(
+        "zfs-logged",
+        &format!(
+            "printf '%s\\n' \"$*\" >> {}\nexec zfs \"$@\"",
+            sh_quote(&log)
+        ),
+    );
+    let zfs_cmd = zfs_cmd.display().to_string();
+    let wrap = |fx: &Fixture, archive: &str| {
+        fx.wrap(
+            &["--zfs-command", &zfs_cmd],
+            &["create", &fx.repo.at(archive), &source],
+        )
+        .success()
+    };
+    let lists = || {
+        read_log(&log)
+            .lines()
+            .filter(|l| l.starts_with("list -H -t snapshot"))
+            .count()
+    };
+
+    wrap(&fx, "first");
+    assert_eq!(lists(), 1, "no mark yet: the first run looks");
+    assert!(fx.root.join("clean").exists(), "no clean mark written");
+
+    // A leftover in a pool the last run saw, in this boot: trusted away
+    // until `cleanup` (what the mark means).
+    let known = format!("{}@zfs-snap-20260101T000000Z-1", fx.pool.ds("data"));
+    plant_leftover(&fx, &known);
+    wrap(&fx, "second");
+    assert_eq!(lists(), 1, "the mark was trusted");
+    assert_eq!(fx.owned_snapshots(), vec![known.clone()]);
+
+    // A pool imported since, with a dead run's snapshot: the next run looks
+    // and removes both.
+    let imported = format!("{}@zfs-snap-20260101T000000Z-2", fx.add_pool().name);
+    plant_leftover(&fx, &imported);
+    let out = wrap(&fx, "third");
+    assert_eq!(lists(), 2, "a new pool: looked again");
+    out.expect_stderr("removed what an earlier run left behind");
+    fx.assert_clean();
+
+    // The same pool name on a re-created pool (another guid): looks again.
+    wrap(&fx, "fourth");
+    assert_eq!(lists(), 2);
+    let again = fx.extra_pool(0);
+    let (name, vdev) = (again.name.clone(), again.vdev.display().to_string());
+    must("zpool", &["destroy", &name]);
+    must(
+        "zpool",
+        &[
+            "create",
+            "-f",
+            "-o",
+            "cachefile=none",
+            "-O",
+            &format!("mountpoint=/{name}"),
+            &name,
+            &vdev,
+        ],
+    );
+    wrap(&fx, "fifth");
+    assert_eq!(lists(), 3, "a re-created pool: looked again");
+
+    // cleanup always looks.
+    plant_leftover(&fx, &known);
+    let out = run(fx.zfs_snap().args(["--zfs-command", &zfs_cmd, "cleanup"])).success();
+    assert_eq!(lists(), 4);
+    assert!(out.stdout.contains(&known), "{}", out.dump());
+    fx.assert_clean();
+}

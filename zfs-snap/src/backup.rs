@@ -67,10 +67,10 @@ pub fn wrap(
     let roots = resolve_roots(&sources.roots(), &ctx.cwd)?;
 
     let started = Instant::now();
-    let (mut session, inventory, mounts, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
+    let (mut session, filesystems, mounts, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
     let plan = discover(
         &World {
-            filesystems: &inventory.filesystems,
+            filesystems: &filesystems,
             mounts: &mounts,
             runtime_root: session.runtime_root(),
             cwd: &ctx.cwd,
@@ -160,12 +160,12 @@ fn log_plan(plan: &Plan) {
 /// What a run for `roots` would do; changes nothing.
 pub fn plan(ctx: &Context<'_>, roots: &[PathBuf], one_file_system: bool) -> Result<Plan> {
     let roots = resolve_roots(roots, &ctx.cwd)?;
-    let inventory = ctx.zfs.inventory()?;
+    let filesystems = ctx.zfs.filesystems()?;
     let mounts = mountinfo::read(&ctx.options.mountinfo)?;
     let runtime_root = &ctx.options.runtime_root;
     Ok(discover(
         &World {
-            filesystems: &inventory.filesystems,
+            filesystems: &filesystems,
             mounts: &mounts,
             runtime_root,
             cwd: &ctx.cwd,
@@ -181,9 +181,10 @@ pub fn plan(ctx: &Context<'_>, roots: &[PathBuf], one_file_system: bool) -> Resu
 pub fn cleanup(ctx: &Context<'_>, dry_run: bool) -> Result<Report> {
     let root = crate::runtime::prepare(&ctx.options.runtime_root)?;
     let _lock = crate::runtime::lock(&root, ctx.options.wait)?;
-    let inventory = ctx.zfs.inventory()?;
+    // Always a full look: cleanup is what a user runs when something is off.
+    let snapshots = ctx.zfs.our_snapshots()?;
     let mounts = mountinfo::read(&ctx.options.mountinfo)?;
-    let report = session::recover(ctx.zfs, ctx.mounter, &root, &inventory, &mounts, dry_run);
+    let report = session::recover(ctx.zfs, ctx.mounter, &root, &snapshots, &mounts, dry_run);
     if report.problems.is_empty() {
         Ok(report)
     } else {

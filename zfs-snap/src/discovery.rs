@@ -401,6 +401,7 @@ mod tests {
             mounted: true,
             keystatus: None,
             tag: tag.then(|| "auto".to_owned()),
+            guid: "1".into(),
         }
     }
 

@@ -18,7 +18,7 @@ use libzetta::zfs::{DestroyTiming, ZfsEngine, ZfsLzc};
 use libzetta_zfs_core_sys as lzc_sys;
 
 use crate::error::{Error, Result};
-use crate::zfs::{Inventory, Owner, TagInfo, Zfs, ZfsCommand, HOLD_TAG, OWNER_PROPERTY};
+use crate::zfs::{Filesystem, Owner, Snapshot, TagInfo, Zfs, ZfsCommand, HOLD_TAG, OWNER_PROPERTY};
 
 pub struct LzcZfs {
     lzc: ZfsLzc,
@@ -131,8 +131,12 @@ fn lzc_release(snapshots: &[String]) -> Result<()> {
 }
 
 impl Zfs for LzcZfs {
-    fn inventory(&self) -> Result<Inventory> {
-        self.command.inventory()
+    fn filesystems(&self) -> Result<Vec<Filesystem>> {
+        self.command.filesystems()
+    }
+
+    fn our_snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.command.our_snapshots()
     }
 
     fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()> {

@@ -119,6 +119,63 @@ pub fn lock(root: &Path, wait: Option<Duration>) -> Result<Lock> {
     }
 }
 
+/// `<root>/clean`: written by a run whose teardown left nothing behind,
+/// holding the boot it ran in and the pools (name, guid) it saw. A run that
+/// finds a mark for this boot and no pool it has not seen knows no snapshot
+/// of ours is left, and need not list every snapshot on the host.
+const CLEAN_MARK: &str = "clean";
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// This boot's id; `None` where the kernel does not say.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string(BOOT_ID)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn mark_text(boot_id: &str, pools: &[(String, String)]) -> String {
+    let mut text = format!("{boot_id}\n");
+    for (name, guid) in pools {
+        text.push_str(&format!("{name}\t{guid}\n"));
+    }
+    text
+}
+
+/// Reads and removes the clean mark (a crash from here on must find it
+/// gone). True only if it was written in boot `boot_id` over a set of pools
+/// that includes every one of `pools`, and removing it worked.
+pub fn take_clean_mark(root: &Path, boot_id: Option<&str>, pools: &[(String, String)]) -> bool {
+    let path = root.join(CLEAN_MARK);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return false;
+    };
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the clean mark");
+        return false;
+    }
+    let mut lines = text.lines();
+    let (Some(boot_id), Some(marked)) = (boot_id, lines.next()) else {
+        return false;
+    };
+    let seen: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once('\t')).collect();
+    marked == boot_id
+        && pools
+            .iter()
+            .all(|(name, guid)| seen.contains(&(name.as_str(), guid.as_str())))
+}
+
+/// Writes the clean mark (atomically: a torn one would read as not clean).
+pub fn write_clean_mark(
+    root: &Path,
+    boot_id: &str,
+    pools: &[(String, String)],
+) -> std::io::Result<()> {
+    let tmp = root.join(format!("{CLEAN_MARK}.tmp"));
+    std::fs::write(&tmp, mark_text(boot_id, pools))?;
+    std::fs::rename(&tmp, root.join(CLEAN_MARK))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +218,53 @@ mod tests {
         let started = Instant::now();
         assert!(lock(dir.path(), Some(Duration::from_millis(300))).is_err());
         assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn clean_mark_holds_for_this_boot_and_known_pools_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let pools = vec![
+            ("tank".to_owned(), "11".to_owned()),
+            ("rpool".to_owned(), "22".to_owned()),
+        ];
+        assert!(
+            !take_clean_mark(root, Some("boot-a"), &pools),
+            "no mark yet"
+        );
+
+        write_clean_mark(root, "boot-a", &pools).unwrap();
+        assert!(take_clean_mark(root, Some("boot-a"), &pools));
+        assert!(
+            !take_clean_mark(root, Some("boot-a"), &pools),
+            "taking removes it"
+        );
+
+        type Case<'a> = (Option<&'a str>, &'a [(String, String)], bool);
+        let cases: [Case; 5] = [
+            (Some("boot-a"), &pools[..1], true),
+            (Some("boot-b"), &pools, false),
+            (None, &pools, false),
+            (
+                Some("boot-a"),
+                &[("tank".to_owned(), "99".to_owned())],
+                false,
+            ),
+            (
+                Some("boot-a"),
+                &[("usb".to_owned(), "33".to_owned())],
+                false,
+            ),
+        ];
+        for (boot, now, expected) in cases {
+            write_clean_mark(root, "boot-a", &pools).unwrap();
+            assert_eq!(
+                take_clean_mark(root, boot, now),
+                expected,
+                "{boot:?} {now:?}"
+            );
+            assert!(!root.join(CLEAN_MARK).exists());
+        }
     }
 
     #[test]

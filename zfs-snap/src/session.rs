@@ -15,7 +15,7 @@ use crate::mount::{unmount_patiently, Mounter};
 use crate::mountinfo::{self, MountEntry};
 use crate::plan::Plan;
 use crate::runtime::{self, Lock};
-use crate::zfs::{pool_of, Inventory, Owner, Zfs, HOLD_TAG};
+use crate::zfs::{pool_of, Filesystem, Owner, Snapshot, Zfs, HOLD_TAG, SNAPSHOT_PREFIX};
 
 pub struct Options {
     pub runtime_root: PathBuf,
@@ -66,6 +66,10 @@ pub struct Session<'a> {
     /// Directories we created, in the order created.
     dirs: Vec<PathBuf>,
     work_dir: Option<PathBuf>,
+    /// The pools (name, guid) seen at the start, for the clean mark.
+    pools: Vec<(String, String)>,
+    /// Recovery left busy snapshots to a deferred destroy: not clean.
+    leftovers_deferred: bool,
     finished: bool,
     timings: Timings,
     _lock: Lock,
@@ -94,13 +98,18 @@ fn ms(since: Instant) -> f64 {
 
 impl<'a> Session<'a> {
     /// Prepares the runtime root, takes its lock and removes what dead runs
-    /// left behind. Returns the session with a fresh look at ZFS and the
-    /// mount table, taken after that recovery.
+    /// left behind. Returns the session with a fresh look at ZFS's
+    /// filesystems and the mount table, taken after that recovery.
+    ///
+    /// Finding leftovers means listing every snapshot on the host, which
+    /// costs seconds where other tools keep thousands; it is skipped when
+    /// the last run of this runtime root, in this boot, left nothing behind
+    /// (its clean mark) and no pool it did not see has appeared.
     pub fn begin(
         zfs: &'a dyn Zfs,
         mounter: &'a dyn Mounter,
         options: &Options,
-    ) -> Result<(Session<'a>, Inventory, Vec<MountEntry>, Report)> {
+    ) -> Result<(Session<'a>, Vec<Filesystem>, Vec<MountEntry>, Report)> {
         let root = runtime::prepare(&options.runtime_root)?;
         let lock = runtime::lock(&root, options.wait)?;
         let run_id = new_run_id();
@@ -108,9 +117,18 @@ impl<'a> Session<'a> {
             run_id: run_id.clone(),
             runtime_root: root.display().to_string(),
         };
-        let mut inventory = zfs.inventory()?;
+        let filesystems = zfs.filesystems()?;
+        let pools = pools_of(&filesystems);
         let mut mounts = mountinfo::read(&options.mountinfo)?;
-        let recovered = recover(zfs, mounter, &root, &inventory, &mounts, false);
+        let clean = runtime::take_clean_mark(&root, runtime::boot_id().as_deref(), &pools)
+            && !mounts.iter().any(|m| is_below(&m.mount_point, &root));
+        let snapshots = if clean {
+            tracing::debug!("the last run left nothing behind: not listing snapshots");
+            Vec::new()
+        } else {
+            zfs.our_snapshots()?
+        };
+        let recovered = recover(zfs, mounter, &root, &snapshots, &mounts, false);
         if !recovered.is_empty() {
             tracing::warn!(
                 unmounted = recovered.unmounted.len(),
@@ -118,12 +136,6 @@ impl<'a> Session<'a> {
                 "removed what an earlier run left behind"
             );
             mounts = mountinfo::read(&options.mountinfo)?;
-            let gone: Vec<&String> = recovered
-                .destroyed
-                .iter()
-                .chain(&recovered.deferred)
-                .collect();
-            inventory.snapshots.retain(|s| !gone.contains(&&s.name));
         }
         let recovered = recovered.into_result()?;
         let session = Session {
@@ -132,13 +144,15 @@ impl<'a> Session<'a> {
             mapping: Mapping::new(&root),
             root,
             mountinfo_path: options.mountinfo.clone(),
-            snapshot_name: format!("zfs-snap-{run_id}"),
+            snapshot_name: format!("{SNAPSHOT_PREFIX}{run_id}"),
             owner,
             created: BTreeMap::new(),
             held: BTreeMap::new(),
             mounted: Vec::new(),
             dirs: Vec::new(),
             work_dir: None,
+            pools,
+            leftovers_deferred: !recovered.deferred.is_empty(),
             finished: false,
             timings: Timings {
                 backend: zfs.backend().to_owned(),
@@ -146,7 +160,7 @@ impl<'a> Session<'a> {
             },
             _lock: lock,
         };
-        Ok((session, inventory, mounts, recovered))
+        Ok((session, filesystems, mounts, recovered))
     }
 
     pub fn mapping(&self) -> &Mapping {
@@ -310,6 +324,14 @@ impl<'a> Session<'a> {
         if !report.deferred.is_empty() {
             tracing::warn!(snapshots = ?report.deferred, "busy snapshots marked for deferred destroy");
         }
+        let clean = report.problems.is_empty() && report.deferred.is_empty();
+        if clean && !self.leftovers_deferred {
+            if let Some(boot_id) = runtime::boot_id() {
+                if let Err(e) = runtime::write_clean_mark(&self.root, &boot_id, &self.pools) {
+                    tracing::debug!(error = %e, "cannot write the clean mark; the next run lists snapshots");
+                }
+            }
+        }
         report
     }
 }
@@ -349,14 +371,14 @@ pub fn recover(
     zfs: &dyn Zfs,
     mounter: &dyn Mounter,
     root: &Path,
-    inventory: &Inventory,
+    snapshots: &[Snapshot],
     mounts: &[MountEntry],
     dry_run: bool,
 ) -> Report {
     let mut report = Report::default();
     let mut stale: Vec<&MountEntry> = mounts
         .iter()
-        .filter(|m| m.mount_point != root && m.mount_point.starts_with(root))
+        .filter(|m| is_below(&m.mount_point, root))
         .collect();
     stale.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
     for entry in stale {
@@ -375,8 +397,7 @@ pub fn recover(
     }
 
     let root_text = root.display().to_string();
-    let ours: Vec<&String> = inventory
-        .snapshots
+    let ours: Vec<&String> = snapshots
         .iter()
         .filter(|s| {
             s.owner
@@ -413,6 +434,19 @@ pub fn recover(
     }
     destroy_each(zfs, &ours, &mut report);
     report
+}
+
+fn is_below(path: &Path, root: &Path) -> bool {
+    path != root && path.starts_with(root)
+}
+
+/// Each pool's (name, guid), from its root filesystem.
+fn pools_of(filesystems: &[Filesystem]) -> Vec<(String, String)> {
+    filesystems
+        .iter()
+        .filter(|f| !f.name.contains('/'))
+        .map(|f| (f.name.clone(), f.guid.clone()))
+        .collect()
 }
 
 /// Removes empty directories below and including `dir`, deepest first;

@@ -105,6 +105,9 @@ def column(state, name, col):
         return "yes" if ds.get("mounted") else "no"
     if col == "keystatus":
         return ds.get("keystatus", "-")
+    if col == "guid":
+        # Stable per name unless a test sets one (a pool re-created).
+        return str(ds.get("guid", sum(ord(c) * 31**i for i, c in enumerate(name)) % 2**63))
     if ":" in col:
         return user_prop(state, name, col)[0]
     die("bad property list: invalid property '%s'" % col, 2)
@@ -288,10 +291,29 @@ def zfs_inherit(state, args):
 
 
 def zfs_get(state, args):
-    prop = args[-1]
-    for name in sorted(state["datasets"]):
+    """`get -H -p [-t filesystem] -o COLS PROP [NAME...]` (no names: every filesystem)."""
+    cols, names, i = ["name", "property", "value", "source"], [], 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-H", "-p"):
+            i += 1
+        elif a in ("-t", "-o"):
+            if a == "-o":
+                cols = args[i + 1].split(",")
+            i += 2
+        elif a.startswith("-"):
+            die("invalid option '%s'" % a, 2)
+        else:
+            names.append(a)
+            i += 1
+    prop, names = names[0], names[1:]
+    for name in names:
+        if name not in state["datasets"] and name not in state["snapshots"]:
+            die("cannot open '%s': dataset does not exist" % name)
+    for name in names or sorted(state["datasets"]):
         value, source = user_prop(state, name, prop)
-        print("%s\t%s\t%s" % (name, value, source))
+        row = {"name": name, "property": prop, "value": value, "source": source}
+        print("\t".join(row[c] for c in cols))
 
 
 def write_mountinfo(state):
