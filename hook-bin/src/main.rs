@@ -38,6 +38,16 @@ fn main() -> ExitCode {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let cli = if invoked_as == "borg" {
+        if let Some(pid) = std::env::var_os(zfs_snap::borg::RUNNING_ENV) {
+            eprintln!(
+                "zfs-snap: error: zfs-snap's `borg` link was started by the borg that zfs-snap \
+                 (pid {}) runs: a `borg` script on PATH calls `borg`, which finds this link \
+                 again. Make that script call the real borg by its full path, or set \
+                 ZFS_SNAP_BORG to the real borg.",
+                pid.to_string_lossy()
+            );
+            return ExitCode::from(exit::ERROR);
+        }
         Cli::as_borg_link(args.into_iter().skip(1).collect())
     } else {
         Cli::parse_from(args)
@@ -172,7 +182,8 @@ fn borg_program(
         None if is_self => find_real_borg()?,
         None => named,
     };
-    Ok((CommandLine::parse("borg", &program)?, command))
+    let borg = zfs_snap::borg::for_borg(CommandLine::parse("borg", &program)?);
+    Ok((borg, command))
 }
 
 fn resolve_on_path(name: &str) -> Option<PathBuf> {

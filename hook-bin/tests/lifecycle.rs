@@ -203,7 +203,7 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     let lists = || {
         w.calls()
             .lines()
-            .filter(|l| l.starts_with("zfs list -H -t snapshot"))
+            .filter(|l| l.starts_with("zfs list") && l.contains("-t snapshot"))
             .count()
     };
     wrap("first");
@@ -243,6 +243,89 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     w.leftover_snapshot(known, false);
     assert!(run(w.cmd().arg("cleanup")).status.success());
     assert_eq!(lists(), 4);
+    w.assert_clean();
+}
+
+/// A snapshot call that fails after ZFS made the snapshots (`zfs` killed by
+/// a signal, say): the run fails, vouches for nothing, and the next run
+/// finds and removes them.
+#[test]
+fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let repo = w.repo();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("f"), "f");
+    let wrap = |archive: &str| {
+        run(w
+            .cmd()
+            .args([
+                "wrap",
+                "--",
+                "borg",
+                "create",
+                &format!("{repo}::{archive}"),
+            ])
+            .arg(&data))
+    };
+    assert!(wrap("a").status.success());
+    assert!(w.runtime_root.join("clean").exists());
+
+    w.edit(|s| s["fail_after"] = serde_json::json!({"snapshot": "zfs: killed"}));
+    let out = wrap("b");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        !w.runtime_root.join("clean").exists(),
+        "a failed snapshot call must not leave a clean mark"
+    );
+    assert_eq!(w.snapshot_names().len(), 1, "the fake made the snapshot");
+
+    w.edit(|s| s["fail_after"] = serde_json::json!({}));
+    let out = wrap("c");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("removed what an earlier run left behind"));
+    w.assert_clean();
+}
+
+/// Recovery goes on when a candidate vanishes between the listing and the
+/// property lookup (another runtime root's run tearing down); `cleanup`
+/// finds ours by property whatever the name.
+#[test]
+fn recovery_tolerates_vanishing_candidates_and_cleanup_finds_renamed_ones() {
+    let w = World::new();
+    w.dataset("tank/data", "tank/data");
+    let ours = "tank/data@zfs-snap-20260101T000000Z-1";
+    w.leftover_snapshot(ours, true);
+    let elsewhere = "tank/data@zfs-snap-20260101T000000Z-9";
+    w.edit(|s| {
+        s["snapshots"][elsewhere] = serde_json::json!({
+            "props": {OWNER: "20260101T000000Z-9:/run/elsewhere"}, "holds": [], "store": "/nonexistent"
+        });
+        s["vanish_on_get"] = serde_json::json!([elsewhere]);
+    });
+    // wrap's recovery: `zfs get` reports the vanished one and goes on (borg
+    // then fails on the missing repository; recovery came first).
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", "/nonexistent-repo::a"])
+        .arg(w.live.join("tank/data")));
+    assert!(
+        stderr(&out).contains("removed what an earlier run left behind"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !w.snapshot_names().contains(&ours.to_owned()),
+        "our leftover was not recovered: {}",
+        stderr(&out)
+    );
+
+    // Renamed by hand, still carrying our property: cleanup finds it.
+    let renamed = "tank/data@kept";
+    w.leftover_snapshot(renamed, false);
+    let out = run(w.cmd().arg("cleanup"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(renamed), "{}", stdout(&out));
     w.assert_clean();
 }
 
@@ -403,7 +486,7 @@ fn zfs_calls_do_not_grow_with_the_number_of_datasets() {
         let snapshot_lists = w
             .calls()
             .lines()
-            .filter(|l| l.starts_with("zfs list -H -t snapshot"))
+            .filter(|l| l.starts_with("zfs list") && l.contains("-t snapshot"))
             .count();
         assert_eq!(
             snapshot_lists,

@@ -312,6 +312,40 @@ fn borg_link_acts_as_the_wrapper() {
     w.assert_clean();
 }
 
+/// A `borg` script on PATH that calls `borg` finds our link again: the
+/// loop is refused with a message, not run until the machine gives out.
+#[test]
+fn borg_script_calling_borg_through_the_link_is_refused() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let links = w.dir.path().join("links");
+    let shims = w.dir.path().join("shims");
+    fs::create_dir_all(&links).unwrap();
+    fs::create_dir_all(&shims).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_zfs-snap"), links.join("borg")).unwrap();
+    let shim = shims.join("borg");
+    fs::write(&shim, "#!/bin/sh\nexec borg \"$@\"\n").unwrap();
+    fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}:{}",
+        links.display(),
+        shims.display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = run(w
+        .cmd()
+        .env("PATH", &path)
+        .env_remove("ZFS_SNAP_BORG")
+        .arg0("borg")
+        .arg("--version"));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a `borg` script on PATH calls `borg`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn relative_paths_are_stored_relative_like_plain_borg() {
     let Some(_) = borg() else { return };

@@ -572,7 +572,7 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     let lists = || {
         read_log(&log)
             .lines()
-            .filter(|l| l.starts_with("list -H -t snapshot"))
+            .filter(|l| l.starts_with("list") && l.contains("-t snapshot"))
             .count()
     };
 
@@ -624,5 +624,99 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     let out = run(fx.zfs_snap().args(["--zfs-command", &zfs_cmd, "cleanup"])).success();
     assert_eq!(lists(), 4);
     assert!(out.stdout.contains(&known), "{}", out.dump());
+    fx.assert_clean();
+}
+
+/// A snapshot call that fails after ZFS made the snapshots (here a zfs
+/// command that exits 1 after a successful `zfs snapshot`, as when `zfs` is
+/// killed by a signal after the ioctl): the run fails, leaves no clean mark,
+/// and the next run finds and removes the snapshot.
+#[test]
+fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
+    let fx = require_zfs!();
+    fx.pool.dataset("data", &[]);
+    fx.pool.write("data/a.txt", "a\n");
+    let source = fx.pool.path("data").display().to_string();
+    let flag = fx.work.join("fail-after-snapshot");
+    let zfs_cmd = fx.script(
+        "zfs-fails-after-snapshot",
+        &format!(
+            "zfs \"$@\"; rc=$?\nif [ \"$1\" = snapshot ] && [ -e {} ]; then echo 'zfs: killed' >&2; exit 1; fi\nexit $rc",
+            sh_quote(&flag)
+        ),
+    );
+    let zfs_cmd = zfs_cmd.display().to_string();
+    let wrap = |archive: &str| {
+        fx.wrap(
+            &["--zfs-command", &zfs_cmd],
+            &["create", &fx.repo.at(archive), &source],
+        )
+    };
+    wrap("a").success();
+    assert!(fx.root.join("clean").exists(), "no clean mark written");
+
+    write_file(&flag, "");
+    let out = wrap("b").expect_code(2);
+    assert!(
+        !fx.root.join("clean").exists(),
+        "a failed snapshot call left a clean mark\n{}",
+        out.dump()
+    );
+    assert_eq!(fx.owned_snapshots().len(), 1, "ZFS made the snapshot");
+
+    std::fs::remove_file(&flag).unwrap();
+    let out = wrap("c").success();
+    out.expect_stderr("removed what an earlier run left behind");
+    fx.assert_clean();
+}
+
+/// Recovery goes on when a candidate vanishes between the listing of names
+/// and the property lookup (another runtime root's run tearing down, here a
+/// zfs command that destroys it just before `zfs get`); `cleanup` finds ours
+/// by property whatever the name.
+#[test]
+fn recovery_tolerates_vanishing_candidates_and_cleanup_finds_renamed_ones() {
+    let fx = require_zfs!();
+    fx.pool.dataset("data", &[]);
+    fx.pool.write("data/a.txt", "a\n");
+    let source = fx.pool.path("data").display().to_string();
+    let ours = format!("{}@zfs-snap-20260101T000000Z-1", fx.pool.ds("data"));
+    plant_leftover(&fx, &ours);
+    let elsewhere = format!("{}@zfs-snap-20260101T000000Z-9", fx.pool.ds("data"));
+    zfs(&[
+        "snapshot",
+        "-o",
+        &format!("{OWNER_PROPERTY}=20260101T000000Z-9:/run/elsewhere"),
+        &elsewhere,
+    ]);
+    let flag = fx.work.join("vanish");
+    write_file(&flag, "");
+    let zfs_cmd = fx.script(
+        "zfs-vanishing",
+        &format!(
+            "if [ \"$1\" = get ] && [ -e {flag} ]; then rm {flag}; zfs destroy {gone}; fi\nexec zfs \"$@\"",
+            flag = sh_quote(&flag),
+            gone = sh_quote(&elsewhere)
+        ),
+    );
+    let out = fx
+        .wrap(
+            &["--zfs-command", &zfs_cmd.display().to_string()],
+            &["create", &fx.repo.at("a"), &source],
+        )
+        .success();
+    assert!(
+        !flag.exists(),
+        "the zfs get hook did not run\n{}",
+        out.dump()
+    );
+    out.expect_stderr("removed what an earlier run left behind");
+    fx.assert_clean();
+
+    // Renamed by hand, still carrying our property: cleanup finds it.
+    let renamed = format!("{}@kept", fx.pool.ds("data"));
+    plant_leftover(&fx, &renamed);
+    let out = run(fx.zfs_snap().arg("cleanup")).success();
+    assert!(out.stdout.contains(&renamed), "{}", out.dump());
     fx.assert_clean();
 }

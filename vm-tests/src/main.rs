@@ -91,7 +91,7 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct VmArgs {
     /// Overall limit for the guest, boot included; qemu is killed after it
-    /// [default: 1800 for test, 600 otherwise].
+    /// [default: 1800 for test, 3600 for bench, 600 otherwise].
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
     /// Guest memory [default: 6144 for bench, 3072 otherwise].

@@ -17,7 +17,7 @@ use crate::mountinfo;
 use crate::plan::Plan;
 use crate::session::{self, Options, Report, Session, Timings};
 use crate::signals::Signals;
-use crate::zfs::Zfs;
+use crate::zfs::{Search, Zfs};
 
 /// What a run works with.
 pub struct Context<'a> {
@@ -181,8 +181,12 @@ pub fn plan(ctx: &Context<'_>, roots: &[PathBuf], one_file_system: bool) -> Resu
 pub fn cleanup(ctx: &Context<'_>, dry_run: bool) -> Result<Report> {
     let root = crate::runtime::prepare(&ctx.options.runtime_root)?;
     let _lock = crate::runtime::lock(&root, ctx.options.wait)?;
-    // Always a full look: cleanup is what a user runs when something is off.
-    let snapshots = ctx.zfs.our_snapshots()?;
+    // Always a full look, whatever the names: cleanup is what a user runs
+    // when something is off. The next run looks again too.
+    if !dry_run {
+        crate::runtime::forget_clean_mark(&root);
+    }
+    let snapshots = ctx.zfs.our_snapshots(Search::Everywhere)?;
     let mounts = mountinfo::read(&ctx.options.mountinfo)?;
     let report = session::recover(ctx.zfs, ctx.mounter, &root, &snapshots, &mounts, dry_run);
     if report.problems.is_empty() {

@@ -25,6 +25,8 @@ pub struct CommandLine {
     what: &'static str,
     program: OsString,
     leading: Vec<OsString>,
+    /// Set in every call's environment, on top of ours.
+    env: Vec<(OsString, OsString)>,
 }
 
 impl CommandLine {
@@ -41,7 +43,14 @@ impl CommandLine {
             what,
             program,
             leading: words.collect(),
+            env: Vec::new(),
         })
+    }
+
+    /// The same command, with `key=value` in every call's environment.
+    pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     pub fn program(&self) -> &OsStr {
@@ -61,7 +70,10 @@ impl CommandLine {
     /// [`unblock_signals_in_child`]).
     pub fn command(&self, args: &[OsString]) -> Command {
         let mut command = Command::new(&self.program);
-        command.args(&self.leading).args(args);
+        command
+            .args(&self.leading)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         unblock_signals_in_child(&mut command);
         command
     }

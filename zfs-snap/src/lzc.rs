@@ -18,7 +18,9 @@ use libzetta::zfs::{DestroyTiming, ZfsEngine, ZfsLzc};
 use libzetta_zfs_core_sys as lzc_sys;
 
 use crate::error::{Error, Result};
-use crate::zfs::{Filesystem, Owner, Snapshot, TagInfo, Zfs, ZfsCommand, HOLD_TAG, OWNER_PROPERTY};
+use crate::zfs::{
+    Filesystem, Owner, Search, Snapshot, TagInfo, Zfs, ZfsCommand, HOLD_TAG, OWNER_PROPERTY,
+};
 
 pub struct LzcZfs {
     lzc: ZfsLzc,
@@ -69,14 +71,22 @@ fn lzc_result(
         // NvList frees it.
         let errors = unsafe { NvList::from_ptr(errors) };
         for (name, value) in errors.into_hashmap() {
-            details.push(format!("{name}: {value:?}"));
+            let why = match value {
+                libnv::nvpair::Value::Int32(e) => errno_text(e),
+                other => format!("{other:?}"),
+            };
+            details.push(format!("{name}: {why}"));
         }
     }
     if errno == 0 && details.is_empty() {
         return Ok(());
     }
     details.sort();
-    let reason = std::io::Error::from_raw_os_error(errno).to_string();
+    let reason = if errno == 0 {
+        "failed for some snapshots".to_owned()
+    } else {
+        errno_text(errno)
+    };
     Err(Error::Libzfs {
         operation,
         snapshots: names.join(" "),
@@ -86,6 +96,14 @@ fn lzc_result(
             format!("{reason} ({})", details.join(", "))
         },
     })
+}
+
+/// The OS's text for an errno; ZFS's own codes (from 1024) by name.
+fn errno_text(errno: c_int) -> String {
+    match errno {
+        0..=1023 => std::io::Error::from_raw_os_error(errno).to_string(),
+        _ => format!("ZFS error {errno} (see zfs_errno_t in libzfs_core)"),
+    }
 }
 
 /// `lzc_hold`: one user hold tagged [`HOLD_TAG`] on each snapshot, all in
@@ -135,8 +153,8 @@ impl Zfs for LzcZfs {
         self.command.filesystems()
     }
 
-    fn our_snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.command.our_snapshots()
+    fn our_snapshots(&self, search: Search) -> Result<Vec<Snapshot>> {
+        self.command.our_snapshots(search)
     }
 
     fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()> {

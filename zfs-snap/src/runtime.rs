@@ -165,6 +165,11 @@ pub fn take_clean_mark(root: &Path, boot_id: Option<&str>, pools: &[(String, Str
             .all(|(name, guid)| seen.contains(&(name.as_str(), guid.as_str())))
 }
 
+/// Removes the clean mark, if any: the next run looks for leftovers.
+pub fn forget_clean_mark(root: &Path) {
+    let _ = std::fs::remove_file(root.join(CLEAN_MARK));
+}
+
 /// Writes the clean mark (atomically: a torn one would read as not clean).
 pub fn write_clean_mark(
     root: &Path,

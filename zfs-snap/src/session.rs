@@ -15,7 +15,7 @@ use crate::mount::{unmount_patiently, Mounter};
 use crate::mountinfo::{self, MountEntry};
 use crate::plan::Plan;
 use crate::runtime::{self, Lock};
-use crate::zfs::{pool_of, Filesystem, Owner, Snapshot, Zfs, HOLD_TAG, SNAPSHOT_PREFIX};
+use crate::zfs::{pool_of, Filesystem, Owner, Search, Snapshot, Zfs, HOLD_TAG, SNAPSHOT_PREFIX};
 
 pub struct Options {
     pub runtime_root: PathBuf,
@@ -68,8 +68,10 @@ pub struct Session<'a> {
     work_dir: Option<PathBuf>,
     /// The pools (name, guid) seen at the start, for the clean mark.
     pools: Vec<(String, String)>,
-    /// Recovery left busy snapshots to a deferred destroy: not clean.
-    leftovers_deferred: bool,
+    /// Something may exist that teardown does not know of: recovery left
+    /// busy snapshots to a deferred destroy, or a snapshot call failed
+    /// (killed by a signal after the kernel made them, say). No clean mark.
+    uncertain: bool,
     finished: bool,
     timings: Timings,
     _lock: Lock,
@@ -126,7 +128,7 @@ impl<'a> Session<'a> {
             tracing::debug!("the last run left nothing behind: not listing snapshots");
             Vec::new()
         } else {
-            zfs.our_snapshots()?
+            zfs.our_snapshots(Search::Named)?
         };
         let recovered = recover(zfs, mounter, &root, &snapshots, &mounts, false);
         if !recovered.is_empty() {
@@ -152,7 +154,7 @@ impl<'a> Session<'a> {
             dirs: Vec::new(),
             work_dir: None,
             pools,
-            leftovers_deferred: !recovered.deferred.is_empty(),
+            uncertain: !recovered.deferred.is_empty(),
             finished: false,
             timings: Timings {
                 backend: zfs.backend().to_owned(),
@@ -199,7 +201,12 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         for (pool, names) in &by_pool {
             check()?;
+            // Until the call returns, it may have made the snapshots (a
+            // signal can kill `zfs` after the kernel did): while in doubt,
+            // teardown must not vouch for a clean state.
+            let in_doubt = std::mem::replace(&mut self.uncertain, true);
             self.zfs.snapshot(names, &self.owner)?;
+            self.uncertain = in_doubt;
             self.created.insert(pool.clone(), names.clone());
             tracing::info!(pool, snapshots = names.len(), name = %self.snapshot_name, "snapshot taken");
         }
@@ -325,7 +332,7 @@ impl<'a> Session<'a> {
             tracing::warn!(snapshots = ?report.deferred, "busy snapshots marked for deferred destroy");
         }
         let clean = report.problems.is_empty() && report.deferred.is_empty();
-        if clean && !self.leftovers_deferred {
+        if clean && !self.uncertain {
             if let Some(boot_id) = runtime::boot_id() {
                 if let Err(e) = runtime::write_clean_mark(&self.root, &boot_id, &self.pools) {
                     tracing::debug!(error = %e, "cannot write the clean mark; the next run lists snapshots");

@@ -89,6 +89,15 @@ impl Owner {
 /// The part after `@` every snapshot of ours starts with.
 pub const SNAPSHOT_PREFIX: &str = "zfs-snap-";
 
+/// How hard [`Zfs::our_snapshots`] looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Search {
+    /// Snapshots named `*@zfs-snap-*`: what every run of ours creates.
+    Named,
+    /// Every snapshot, whatever its name.
+    Everywhere,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TagInfo {
     pub dataset: String,
@@ -168,11 +177,12 @@ pub fn pool_of(name: &str) -> &str {
 pub trait Zfs {
     /// Every filesystem, with what discovery needs, from one `zfs list`.
     fn filesystems(&self) -> Result<Vec<Filesystem>>;
-    /// Snapshots named like ours ([`SNAPSHOT_PREFIX`]), with their
-    /// [`OWNER_PROPERTY`]. Lists every snapshot's name (costly on hosts with
-    /// thousands of other tools' snapshots), so a run asks only when an
-    /// earlier one may have left some behind.
-    fn our_snapshots(&self) -> Result<Vec<Snapshot>>;
+    /// Snapshots that may be ours, with their [`OWNER_PROPERTY`]: with
+    /// `Search::Named`, those named like ours ([`SNAPSHOT_PREFIX`]) from a
+    /// listing of names only; with `Search::Everywhere`, every snapshot
+    /// (also one of ours renamed since), from one listing with the property,
+    /// which on hosts with thousands of other tools' snapshots costs seconds.
+    fn our_snapshots(&self, search: Search) -> Result<Vec<Snapshot>>;
     /// Creates `names` (all in one pool) in one atomic call, each carrying
     /// [`OWNER_PROPERTY`]` = owner`.
     fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()>;
@@ -256,7 +266,14 @@ impl Zfs for ZfsCommand {
         parse_filesystems(&self.command.display_with(&argv), &stdout)
     }
 
-    fn our_snapshots(&self) -> Result<Vec<Snapshot>> {
+    fn our_snapshots(&self, search: Search) -> Result<Vec<Snapshot>> {
+        if search == Search::Everywhere {
+            let argv = args(["list", "-H", "-p", "-t", "snapshot", "-o"]);
+            let mut argv = argv;
+            argv.push(format!("name,{OWNER_PROPERTY}").into());
+            let stdout = self.run(argv.clone())?;
+            return parse_owners(&self.command.display_with(&argv), &stdout);
+        }
         // Names only: zfs then reads no properties of the (many) snapshots
         // of other tools, about 4x faster than asking for ours with them.
         let stdout = self.run(args(["list", "-H", "-t", "snapshot", "-o", "name"]))?;
@@ -271,7 +288,18 @@ impl Zfs for ZfsCommand {
         for chunk in candidates.chunks(NAMES_PER_CALL) {
             let mut argv = args(["get", "-H", "-p", "-o", "name,value", OWNER_PROPERTY]);
             argv.extend(chunk.iter().map(OsString::from));
-            let stdout = self.run(argv.clone())?;
+            let output = self.command.output(&argv)?;
+            // A candidate destroyed since the listing (another runtime root's
+            // run tearing down) is reported and skipped; anything else fails.
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let only_vanished = stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .all(|l| l.contains("does not exist"));
+            if !output.status.success() && !only_vanished {
+                return Err(self.command.failure(&argv, &output));
+            }
+            let stdout = String::from_utf8_lossy(&output.stdout);
             snapshots.extend(parse_owners(&self.command.display_with(&argv), &stdout)?);
         }
         Ok(snapshots)
@@ -409,7 +437,8 @@ pub fn parse_filesystems(command: &str, stdout: &str) -> Result<Vec<Filesystem>>
     Ok(filesystems)
 }
 
-/// Parses `zfs get -H -p -o name,value <owner property> SNAPSHOT...`.
+/// Parses `zfs get -H -p -o name,value <owner property> SNAPSHOT...` (and
+/// `zfs list -H -p -t snapshot -o name,<owner property>`).
 pub fn parse_owners(command: &str, stdout: &str) -> Result<Vec<Snapshot>> {
     stdout
         .lines()

@@ -307,13 +307,22 @@ def zfs_get(state, args):
             names.append(a)
             i += 1
     prop, names = names[0], names[1:]
-    for name in names:
-        if name not in state["datasets"] and name not in state["snapshots"]:
-            die("cannot open '%s': dataset does not exist" % name)
+    # A test may destroy snapshots between a listing and this call.
+    for gone in state.pop("vanish_on_get", []):
+        remove_snapshot(state, gone)
+    missing = False
     for name in names or sorted(state["datasets"]):
+        if name not in state["datasets"] and name not in state["snapshots"]:
+            # Like zfs: report, go on with the others, exit 1 at the end.
+            sys.stderr.write("cannot open '%s': dataset does not exist\n" % name)
+            missing = True
+            continue
         value, source = user_prop(state, name, prop)
         row = {"name": name, "property": prop, "value": value, "source": source}
         print("\t".join(row[c] for c in cols))
+    if missing:
+        save(state)
+        sys.exit(1)
 
 
 def write_mountinfo(state):
@@ -388,6 +397,11 @@ def main():
             die("unrecognized command '%s'" % (args[0] if args else ""), 2)
         check_fail(state, args[0])
         ZFS[args[0]](state, args[1:])
+        # The call did its work, then failed (zfs killed by a signal, say).
+        message = state.get("fail_after", {}).get(args[0])
+        if message:
+            save(state)
+            die(message)
     elif role == "mount":
         mount(state, args)
     elif role == "umount":

@@ -87,6 +87,17 @@ fn check_version_text(borg: &CommandLine) -> Result<((u32, u32, u32), String)> {
     Ok((version, text.trim().to_owned()))
 }
 
+/// Set, to our pid, in the environment of every borg call we make (see
+/// [`for_borg`]): a `borg` link of ours started under it is a loop (a
+/// `borg` script on PATH calling `borg`, which finds the link again), and
+/// refuses to go on.
+pub const RUNNING_ENV: &str = "ZFS_SNAP_RUNNING";
+
+/// The borg command as zfs-snap runs it: marked with [`RUNNING_ENV`].
+pub fn for_borg(borg: CommandLine) -> CommandLine {
+    borg.with_env(RUNNING_ENV, std::process::id().to_string())
+}
+
 /// Runs borg with our stdio and environment, passing signals on; returns
 /// its exit status.
 pub fn run(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<ExitStatus> {
