@@ -135,10 +135,7 @@ fn second_run_is_refused_with_the_holders_pid_or_waits() {
     let other = w.dataset("tank/other", "other");
     w.write(&other.join("f"), "f");
     let repo = w.repo();
-    let out = run(w
-        .cmd()
-        .args(["wrap", "--", "borg", "create", &format!("{repo}::second")])
-        .arg(&other));
+    let out = w.create("second", &[&other]);
     assert_eq!(out.status.code(), Some(75));
     assert!(
         stderr(&out).contains(&format!("pid {}", first.id())),
@@ -182,21 +179,11 @@ fn second_run_is_refused_with_the_holders_pid_or_waits() {
 fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     let Some(_) = borg() else { return };
     let w = World::new();
-    let repo = w.repo();
     w.dataset("tank", "tank");
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("f"), "f");
     let wrap = |archive: &str| {
-        let out = run(w
-            .cmd()
-            .args([
-                "wrap",
-                "--",
-                "borg",
-                "create",
-                &format!("{repo}::{archive}"),
-            ])
-            .arg(&data));
+        let out = w.create(archive, &[&data]);
         assert!(out.status.success(), "{}", stderr(&out));
         out
     };
@@ -253,21 +240,9 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
 fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
     let Some(_) = borg() else { return };
     let w = World::new();
-    let repo = w.repo();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("f"), "f");
-    let wrap = |archive: &str| {
-        run(w
-            .cmd()
-            .args([
-                "wrap",
-                "--",
-                "borg",
-                "create",
-                &format!("{repo}::{archive}"),
-            ])
-            .arg(&data))
-    };
+    let wrap = |archive: &str| w.create(archive, &[&data]);
     assert!(wrap("a").status.success());
     assert!(w.runtime_root.join("clean").exists());
 
@@ -394,11 +369,7 @@ fn a_new_run_recovers_first() {
     assert!(out.status.success());
     assert_eq!(w.snapshot_names().len(), 2, "plan changes nothing");
     let Some(_) = borg() else { return };
-    let repo = w.repo();
-    let out = run(w
-        .cmd()
-        .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
-        .arg(&data));
+    let out = w.create("a", &[&data]);
     assert!(out.status.success());
     assert!(stderr(&out).contains("removed what an earlier run left behind"));
     assert_eq!(w.snapshot_names(), ["tank/data@borgmatic-1234"]);
@@ -411,12 +382,8 @@ fn busy_snapshot_is_marked_for_deferred_destroy_and_reported() {
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("f"), "f");
-    let repo = w.repo();
     w.edit(|s| s["fail"] = serde_json::json!({"umount": "target is busy."}));
-    let out = run(w
-        .cmd()
-        .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
-        .arg(&data));
+    let out = w.create("a", &[&data]);
     // The backup itself worked; what was left behind makes it a warning.
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);

@@ -21,11 +21,7 @@ fn archive_has_original_paths_and_the_snapshots_content() {
             [data.join("new.txt"), "new\n"]
         ])
     });
-    let repo = w.repo();
-    let out = run(w
-        .cmd()
-        .args(["wrap", "--", "borg", "create", &format!("{repo}::a1")])
-        .arg(&data));
+    let out = w.create("a1", &[&data]);
     assert!(out.status.success());
     let paths = w.archive_paths("a1");
     let base = archived(&data);

@@ -534,7 +534,19 @@ impl Pool {
         file.set_len(VDEV_SIZE).expect("size the file vdev");
         drop(file);
         let pool = Pool { name, vdev };
-        let mountpoint = format!("mountpoint=/{}", pool.name);
+        pool.zpool_create();
+        eprintln!(
+            "[{}] pool {} on {}",
+            test_name(),
+            pool.name,
+            pool.vdev.display()
+        );
+        pool
+    }
+
+    fn zpool_create(&self) {
+        let mountpoint = format!("mountpoint=/{}", self.name);
+        let vdev = self.vdev.display().to_string();
         must(
             "zpool",
             &[
@@ -544,17 +556,18 @@ impl Pool {
                 "cachefile=none",
                 "-O",
                 &mountpoint,
-                &pool.name,
-                &pool.vdev.display().to_string(),
+                &self.name,
+                &vdev,
             ],
         );
-        eprintln!(
-            "[{}] pool {} on {}",
-            test_name(),
-            pool.name,
-            pool.vdev.display()
-        );
-        pool
+    }
+
+    /// Destroys the pool and creates it again on the same file, under the
+    /// same name: a new pool (new guid), empty.
+    #[track_caller]
+    pub fn recreate(&self) {
+        must("zpool", &["destroy", &self.name]);
+        self.zpool_create();
     }
 
     /// `/<pool>`: where the pool's root dataset is mounted.

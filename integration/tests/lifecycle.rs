@@ -534,6 +534,13 @@ fn a_hundred_datasets_in_one_run() {
     fx.assert_clean();
 }
 
+/// `<pool>/data` with one file; returns its path, the backup's source.
+fn data_dataset(fx: &Fixture) -> String {
+    fx.pool.dataset("data", &[]);
+    fx.pool.write("data/a.txt", "a\n");
+    fx.pool.path("data").display().to_string()
+}
+
 /// A dead run's snapshot, made the way a run makes it: our property naming
 /// this test's runtime root, and our hold.
 fn plant_leftover(fx: &Fixture, snapshot: &str) {
@@ -550,9 +557,7 @@ fn plant_leftover(fx: &Fixture, snapshot: &str) {
 fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     // Alone: other tests' pools coming and going would count as new pools.
     let mut fx = require_zfs!(exclusive);
-    fx.pool.dataset("data", &[]);
-    fx.pool.write("data/a.txt", "a\n");
-    let source = fx.pool.path("data").display().to_string();
+    let source = data_dataset(&fx);
     let log = fx.work.join("zfs.log");
     let zfs_cmd = fx.script(
         "zfs-logged",
@@ -600,22 +605,7 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     // The same pool name on a re-created pool (another guid): looks again.
     wrap(&fx, "fourth");
     assert_eq!(lists(), 2);
-    let again = fx.extra_pool(0);
-    let (name, vdev) = (again.name.clone(), again.vdev.display().to_string());
-    must("zpool", &["destroy", &name]);
-    must(
-        "zpool",
-        &[
-            "create",
-            "-f",
-            "-o",
-            "cachefile=none",
-            "-O",
-            &format!("mountpoint=/{name}"),
-            &name,
-            &vdev,
-        ],
-    );
+    fx.extra_pool(0).recreate();
     wrap(&fx, "fifth");
     assert_eq!(lists(), 3, "a re-created pool: looked again");
 
@@ -634,9 +624,7 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
 #[test]
 fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
     let fx = require_zfs!();
-    fx.pool.dataset("data", &[]);
-    fx.pool.write("data/a.txt", "a\n");
-    let source = fx.pool.path("data").display().to_string();
+    let source = data_dataset(&fx);
     let flag = fx.work.join("fail-after-snapshot");
     let zfs_cmd = fx.script(
         "zfs-fails-after-snapshot",
@@ -677,9 +665,7 @@ fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
 #[test]
 fn recovery_tolerates_vanishing_candidates_and_cleanup_finds_renamed_ones() {
     let fx = require_zfs!();
-    fx.pool.dataset("data", &[]);
-    fx.pool.write("data/a.txt", "a\n");
-    let source = fx.pool.path("data").display().to_string();
+    let source = data_dataset(&fx);
     let ours = format!("{}@zfs-snap-20260101T000000Z-1", fx.pool.ds("data"));
     plant_leftover(&fx, &ours);
     let elsewhere = format!("{}@zfs-snap-20260101T000000Z-9", fx.pool.ds("data"));

@@ -41,19 +41,11 @@ fn paths(names: &[String]) -> Vec<PathBuf> {
     names.iter().map(PathBuf::from).collect()
 }
 
-fn failure(operation: &'static str, names: &[String], e: libzetta::zfs::Error) -> Error {
+fn failure(operation: &'static str, names: &[String], reason: impl Into<String>) -> Error {
     Error::Libzfs {
         operation,
         snapshots: names.join(" "),
-        reason: format!("{e:?}"),
-    }
-}
-
-fn nv_failure(operation: &'static str, names: &[String], e: libnv::NvError) -> Error {
-    Error::Libzfs {
-        operation,
-        snapshots: names.join(" "),
-        reason: format!("building the request: {e:?}"),
+        reason: reason.into(),
     }
 }
 
@@ -87,15 +79,15 @@ fn lzc_result(
     } else {
         errno_text(errno)
     };
-    Err(Error::Libzfs {
-        operation,
-        snapshots: names.join(" "),
-        reason: if details.is_empty() {
-            reason
-        } else {
-            format!("{reason} ({})", details.join(", "))
-        },
-    })
+    if details.is_empty() {
+        Err(failure(operation, names, reason))
+    } else {
+        Err(failure(
+            operation,
+            names,
+            format!("{reason} ({})", details.join(", ")),
+        ))
+    }
 }
 
 /// The OS's text for an errno; ZFS's own codes (from 1024) by name.
@@ -113,7 +105,7 @@ fn lzc_hold(snapshots: &[String]) -> Result<()> {
     for name in snapshots {
         holds
             .insert_string(name.as_str(), HOLD_TAG)
-            .map_err(|e| nv_failure("hold", snapshots, e))?;
+            .map_err(|e| failure("hold", snapshots, format!("building the request: {e:?}")))?;
     }
     let mut errors = null_mut();
     // SAFETY: a valid nvlist; -1: no cleanup fd, the hold outlives us
@@ -126,13 +118,15 @@ fn lzc_hold(snapshots: &[String]) -> Result<()> {
 fn lzc_release(snapshots: &[String]) -> Result<()> {
     let mut tags = NvList::default();
     tags.insert_boolean(HOLD_TAG)
-        .map_err(|e| nv_failure("release", snapshots, e))?;
+        .map_err(|e| failure("release", snapshots, format!("building the request: {e:?}")))?;
     let releases = NvList::default();
     for name in snapshots {
-        let key = CString::new(name.as_str()).map_err(|_| Error::Libzfs {
-            operation: "release",
-            snapshots: name.clone(),
-            reason: "the name contains a NUL byte".into(),
+        let key = CString::new(name.as_str()).map_err(|_| {
+            failure(
+                "release",
+                std::slice::from_ref(name),
+                "the name contains a NUL byte",
+            )
         })?;
         // SAFETY: both lists are valid; nvlist_add_nvlist copies `tags`.
         let errno = unsafe {
@@ -161,7 +155,7 @@ impl Zfs for LzcZfs {
         let props = HashMap::from([(OWNER_PROPERTY.to_owned(), owner.value())]);
         self.lzc
             .snapshot(&paths(names), Some(props))
-            .map_err(|e| failure("snapshot", names, e))
+            .map_err(|e| failure("snapshot", names, format!("{e:?}")))
     }
 
     fn hold_run(&self, _pool: &str, _snapshot_name: &str, snapshots: &[String]) -> Result<()> {
@@ -184,7 +178,7 @@ impl Zfs for LzcZfs {
     fn destroy_run(&self, _pool: &str, _snapshot_name: &str, snapshots: &[String]) -> Result<()> {
         self.lzc
             .destroy_snapshots(&paths(snapshots), DestroyTiming::RightNow)
-            .map_err(|e| failure("destroy", snapshots, e))
+            .map_err(|e| failure("destroy", snapshots, format!("{e:?}")))
     }
 
     fn destroy(&self, snapshot: &str, defer: bool) -> Result<()> {
@@ -196,7 +190,7 @@ impl Zfs for LzcZfs {
         let names = [snapshot.to_owned()];
         self.lzc
             .destroy_snapshots(&paths(&names), timing)
-            .map_err(|e| failure("destroy", &names, e))
+            .map_err(|e| failure("destroy", &names, format!("{e:?}")))
     }
 
     fn backend(&self) -> &'static str {

@@ -66,7 +66,9 @@ pub struct Session<'a> {
     /// Directories we created, in the order created.
     dirs: Vec<PathBuf>,
     work_dir: Option<PathBuf>,
-    /// The pools (name, guid) seen at the start, for the clean mark.
+    /// This boot and the pools (name, guid) seen at the start, for the
+    /// clean mark.
+    boot_id: Option<String>,
     pools: Vec<(String, String)>,
     /// Something may exist that teardown does not know of: recovery left
     /// busy snapshots to a deferred destroy, or a snapshot call failed
@@ -122,7 +124,8 @@ impl<'a> Session<'a> {
         let filesystems = zfs.filesystems()?;
         let pools = pools_of(&filesystems);
         let mut mounts = mountinfo::read(&options.mountinfo)?;
-        let clean = runtime::take_clean_mark(&root, runtime::boot_id().as_deref(), &pools)
+        let boot_id = runtime::boot_id();
+        let clean = runtime::take_clean_mark(&root, boot_id.as_deref(), &pools)
             && !mounts.iter().any(|m| is_below(&m.mount_point, &root));
         let snapshots = if clean {
             tracing::debug!("the last run left nothing behind: not listing snapshots");
@@ -153,6 +156,7 @@ impl<'a> Session<'a> {
             mounted: Vec::new(),
             dirs: Vec::new(),
             work_dir: None,
+            boot_id,
             pools,
             uncertain: !recovered.deferred.is_empty(),
             finished: false,
@@ -333,8 +337,8 @@ impl<'a> Session<'a> {
         }
         let clean = report.problems.is_empty() && report.deferred.is_empty();
         if clean && !self.uncertain {
-            if let Some(boot_id) = runtime::boot_id() {
-                if let Err(e) = runtime::write_clean_mark(&self.root, &boot_id, &self.pools) {
+            if let Some(boot_id) = &self.boot_id {
+                if let Err(e) = runtime::write_clean_mark(&self.root, boot_id, &self.pools) {
                     tracing::debug!(error = %e, "cannot write the clean mark; the next run lists snapshots");
                 }
             }

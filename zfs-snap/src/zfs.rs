@@ -268,9 +268,15 @@ impl Zfs for ZfsCommand {
 
     fn our_snapshots(&self, search: Search) -> Result<Vec<Snapshot>> {
         if search == Search::Everywhere {
-            let argv = args(["list", "-H", "-p", "-t", "snapshot", "-o"]);
-            let mut argv = argv;
-            argv.push(format!("name,{OWNER_PROPERTY}").into());
+            let argv = args([
+                "list",
+                "-H",
+                "-p",
+                "-t",
+                "snapshot",
+                "-o",
+                &format!("name,{OWNER_PROPERTY}"),
+            ]);
             let stdout = self.run(argv.clone())?;
             return parse_owners(&self.command.display_with(&argv), &stdout);
         }

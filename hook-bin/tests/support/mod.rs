@@ -317,6 +317,22 @@ impl World {
         out
     }
 
+    /// `zfs-snap wrap -- borg create <repo>::<archive> PATHS...`, into
+    /// this world's repository, run to completion.
+    pub fn create(&self, archive: &str, paths: &[&Path]) -> Output {
+        let repo = self.repo();
+        run(self
+            .cmd()
+            .args([
+                "wrap",
+                "--",
+                "borg",
+                "create",
+                &format!("{repo}::{archive}"),
+            ])
+            .args(paths))
+    }
+
     pub fn repo(&self) -> String {
         let repo = self.dir.path().join("repo");
         if !repo.exists() {
