@@ -71,12 +71,7 @@ fn nested_children_non_zfs_paths_and_tags_together() {
     w.write(&tagged.join("c"), "c");
     let plain = w.dir.path().join("plain");
     w.write(&plain.join("d"), "d");
-    let repo = w.repo();
-    let out = run(w
-        .cmd()
-        .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
-        .arg(&data)
-        .arg(&plain));
+    let out = w.create("a", &[&data, &plain]);
     assert!(out.status.success());
     assert!(
         stderr(&out).contains("is not on ZFS"),
