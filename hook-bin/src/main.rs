@@ -161,10 +161,11 @@ fn optional_command(
     Ok(text.map(|t| CommandLine::parse(what, t)).transpose()?)
 }
 
-/// The borg to run and its arguments: the words after `--` (their first
-/// word the borg program, unless it is this very binary), or, through a
-/// link named `borg`, the real borg found by `--borg` / `ZFS_SNAP_BORG` or
-/// on PATH.
+/// The borg to run and its arguments: the words after `--`, their first
+/// word the borg program. Only when that word is this very binary (the
+/// `borg` link) does `--borg` / `ZFS_SNAP_BORG` (or else PATH) choose the
+/// real borg: a program the user named (a wrapper adding nice, ionice or
+/// credentials) is never replaced.
 fn borg_program(
     configured: Option<&str>,
     mut command: Vec<OsString>,
@@ -178,8 +179,15 @@ fn borg_program(
     let named = first.to_string_lossy().into_owned();
     let is_self = resolve_on_path(&named).is_some_and(|p| is_this_binary(&p));
     let program = match configured {
-        Some(c) => c.to_owned(),
+        Some(c) if is_self => c.to_owned(),
         None if is_self => find_real_borg()?,
+        Some(c) => {
+            tracing::info!(
+                "running {named} as named after `--`; --borg / ZFS_SNAP_BORG ({c}) only \
+                 chooses the real borg behind zfs-snap's own `borg` link"
+            );
+            named
+        }
         None => named,
     };
     let borg = zfs_snap::borg::for_borg(CommandLine::parse("borg", &program)?);

@@ -92,4 +92,7 @@ pub fn cleanup(report: &Report, dry_run: bool) {
     for name in &report.deferred {
         println!("marked for deferred destroy (busy) {name}");
     }
+    for thing in &report.left_alone {
+        println!("not zfs-snap's, left alone: {thing}");
+    }
 }

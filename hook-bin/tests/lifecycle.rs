@@ -190,7 +190,9 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     let lists = || {
         w.calls()
             .lines()
-            .filter(|l| l.starts_with("zfs list") && l.contains("-t snapshot"))
+            .filter(|l| {
+                (l.starts_with("zfs list") || l.starts_with("zfs get")) && l.contains("-t snapshot")
+            })
             .count()
     };
     wrap("first");
@@ -234,8 +236,8 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
 }
 
 /// A snapshot call that fails after ZFS made the snapshots (`zfs` killed by
-/// a signal, say): the run fails, vouches for nothing, and the next run
-/// finds and removes them.
+/// a signal, say): the run fails, finds the snapshots that carry its own
+/// ownership value and removes them itself.
 #[test]
 fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
     let Some(_) = borg() else { return };
@@ -250,13 +252,36 @@ fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
     let out = wrap("b");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
+        stderr(&out).contains("the snapshot call failed after ZFS made the snapshots"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        w.calls().contains("zfs destroy -r tank@zfs-snap-"),
+        "{}",
+        w.calls()
+    );
+    w.assert_clean();
+
+    // When ZFS cannot say (the lookup fails too), the run vouches for
+    // nothing and the next run finds them.
+    w.edit(|s| {
+        s["fail_after"] = serde_json::json!({"snapshot": "zfs: killed"});
+        s["fail"] = serde_json::json!({"get": "zfs: killed"});
+    });
+    let out = wrap("c");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
         !w.runtime_root.join("clean").exists(),
-        "a failed snapshot call must not leave a clean mark"
+        "a failed snapshot call in doubt must not leave a clean mark"
     );
     assert_eq!(w.snapshot_names().len(), 1, "the fake made the snapshot");
 
-    w.edit(|s| s["fail_after"] = serde_json::json!({}));
-    let out = wrap("c");
+    w.edit(|s| {
+        s["fail_after"] = serde_json::json!({});
+        s["fail"] = serde_json::json!({});
+    });
+    let out = wrap("d");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("removed what an earlier run left behind"));
     w.assert_clean();

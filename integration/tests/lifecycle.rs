@@ -577,7 +577,9 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     let lists = || {
         read_log(&log)
             .lines()
-            .filter(|l| l.starts_with("list") && l.contains("-t snapshot"))
+            .filter(|l| {
+                (l.starts_with("list") || l.starts_with("get")) && l.contains("-t snapshot")
+            })
             .count()
     };
 

@@ -126,14 +126,9 @@ fn write_rewrite(
     sources: &Sources,
     plan: &Plan,
 ) -> Result<Vec<OsString>> {
-    let work_dir = session.work_dir()?;
+    let work_dir = session.work_dir();
     let rewritten = borg::rewrite(args, sources, plan, session.mapping(), &work_dir);
-    for (path, content) in &rewritten.files {
-        std::fs::write(path, content).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-    }
+    session.write_work_files(&rewritten.files)?;
     Ok(rewritten.argv)
 }
 
@@ -162,7 +157,7 @@ pub fn plan(ctx: &Context<'_>, roots: &[PathBuf], one_file_system: bool) -> Resu
     let roots = resolve_roots(roots, &ctx.cwd)?;
     let filesystems = ctx.zfs.filesystems()?;
     let mounts = mountinfo::read(&ctx.options.mountinfo)?;
-    let runtime_root = &ctx.options.runtime_root;
+    let runtime_root = &crate::runtime::canonical(&ctx.options.runtime_root)?;
     Ok(discover(
         &World {
             filesystems: &filesystems,
@@ -189,6 +184,9 @@ pub fn cleanup(ctx: &Context<'_>, dry_run: bool) -> Result<Report> {
     let snapshots = ctx.zfs.our_snapshots(Search::Everywhere)?;
     let mounts = mountinfo::read(&ctx.options.mountinfo)?;
     let report = session::recover(ctx.zfs, ctx.mounter, &root, &snapshots, &mounts, dry_run);
+    for thing in &report.left_alone {
+        tracing::warn!("{thing}");
+    }
     if report.problems.is_empty() {
         Ok(report)
     } else {

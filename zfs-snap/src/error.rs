@@ -113,6 +113,20 @@ pub enum Error {
     Teardown { problems: Vec<String> },
 }
 
+impl Error {
+    /// True when ZFS said the snapshot or dataset does not exist: after a
+    /// release, that is a snapshot whose deferred destroy has fired.
+    pub fn says_missing(&self) -> bool {
+        match self {
+            Error::CommandFailed { stderr, .. } | Error::DatasetNotFound { stderr, .. } => {
+                stderr.contains("does not exist") || stderr.contains("could not find any snapshots")
+            }
+            Error::Libzfs { reason, .. } => reason.contains("No such file or directory"),
+            _ => false,
+        }
+    }
+}
+
 fn stderr_suffix(stderr: &str) -> String {
     let trimmed = stderr.trim();
     if trimmed.is_empty() {

@@ -151,6 +151,12 @@ impl Zfs for LzcZfs {
         self.command.our_snapshots(search)
     }
 
+    fn owners(&self, names: &[String]) -> Result<Vec<Snapshot>> {
+        // The same rule as the command backend (local values only), from
+        // the same reader: libzetta's property reader is unusable.
+        self.command.owners(names)
+    }
+
     fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()> {
         let props = HashMap::from([(OWNER_PROPERTY.to_owned(), owner.value())]);
         self.lzc

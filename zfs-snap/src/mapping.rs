@@ -16,7 +16,7 @@ pub struct Mapping {
 impl Mapping {
     pub fn new(runtime_root: &Path) -> Self {
         Self {
-            snapshot_root: runtime_root.join("snap"),
+            snapshot_root: runtime_root.join(crate::runtime::MIRROR_DIR),
         }
     }
 

@@ -14,20 +14,85 @@ use crate::error::{Error, Result};
 
 pub const DEFAULT_ROOT: &str = "/run/zfs-snap";
 
+// The names zfs-snap owns inside a runtime root: it creates, changes and
+// removes these and nothing else there.
+/// The lock file.
+pub const LOCK_FILE: &str = "lock";
+/// The mirror of the live tree where snapshots are mounted.
+pub const MIRROR_DIR: &str = "snap";
+/// Files borg reads (rewritten patterns), each named by [`is_work_file`].
+pub const WORK_DIR: &str = "work";
+/// The cached `borg --version`.
+pub const BORG_VERSION_FILE: &str = "borg-version";
+
+/// Whether `name` (in [`WORK_DIR`]) is a file zfs-snap writes there:
+/// `zfs-snap-patterns.lst`, `zfs-snap-patterns-from-<n>.lst`.
+pub fn is_work_file(name: &str) -> bool {
+    let Some(stem) = name
+        .strip_prefix("zfs-snap-patterns")
+        .and_then(|s| s.strip_suffix(".lst"))
+    else {
+        return false;
+    };
+    stem.is_empty()
+        || stem
+            .strip_prefix("-from-")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Characters that would turn the mirror prefix into a pattern in borg's
 /// pattern styles, or break a patterns file line.
 const FORBIDDEN: &[char] = &['*', '?', '[', ']', '\\', '\n', '\r', '\t'];
 
-/// Creates `path` (0700) if missing, then refuses it unless it is a real
-/// directory, owned by us, and not writable by group or others.
-pub fn prepare(path: &Path) -> Result<PathBuf> {
-    let refuse = |reason: String| Error::RuntimeRoot {
+/// The one spelling of the runtime root `path`: its parent resolved
+/// (symlinks, `.`, `..`: `/var/run/zfs-snap` is `/run/zfs-snap`), its last
+/// component as given (a symlink there is refused by [`prepare`], not
+/// followed). The ownership value names this path, so every spelling of
+/// one directory must give the same one. A parent that does not exist yet
+/// stays as written.
+pub fn canonical(path: &Path) -> Result<PathBuf> {
+    let refuse = |reason: &str| Error::RuntimeRoot {
         path: path.to_owned(),
-        reason,
+        reason: reason.to_owned(),
     };
     if !path.is_absolute() {
-        return Err(refuse("it must be an absolute path".into()));
+        return Err(refuse("it must be an absolute path"));
     }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(refuse(
+            "it must name a directory below `/`, without a trailing `..`",
+        ));
+    };
+    let parent = match std::fs::canonicalize(parent) {
+        Ok(parent) => parent,
+        Err(_)
+            if path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir) =>
+        {
+            return Err(refuse(
+                "its parent does not exist, and `..` in it cannot be resolved",
+            ))
+        }
+        Err(_) => parent.to_owned(),
+    };
+    let canonical = parent.join(name);
+    if canonical.to_str().is_none() {
+        return Err(refuse("it is not valid UTF-8"));
+    }
+    Ok(canonical)
+}
+
+/// Creates `path` (0700) if missing, then refuses it unless it is a real
+/// directory, owned by us, and not writable by group or others. Returns its
+/// canonical spelling ([`canonical`]).
+pub fn prepare(path: &Path) -> Result<PathBuf> {
+    let given = path;
+    let refuse = |reason: String| Error::RuntimeRoot {
+        path: given.to_owned(),
+        reason,
+    };
+    let mut path = canonical(given)?;
     if let Some(c) = path
         .to_string_lossy()
         .chars()
@@ -37,6 +102,17 @@ pub fn prepare(path: &Path) -> Result<PathBuf> {
             "it contains {c:?}, which borg patterns would misread"
         )));
     }
+    if let Some(parent) = path.parent() {
+        if !parent.exists() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| refuse(format!("cannot create {}: {e}", parent.display())))?;
+            path = canonical(given)?;
+        }
+    }
+    let path = path.as_path();
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
             .recursive(true)
@@ -76,7 +152,7 @@ pub struct Lock {
 
 /// Takes the lock; without `wait`, fails at once naming the holder's pid.
 pub fn lock(root: &Path, wait: Option<Duration>) -> Result<Lock> {
-    let path = root.join("lock");
+    let path = root.join(LOCK_FILE);
     let io = |source| Error::Io {
         path: path.clone(),
         source,
@@ -209,6 +285,52 @@ mod tests {
         assert!(err.contains("writable by group or others"), "{err}");
         assert!(prepare(Path::new("relative")).is_err());
         assert!(prepare(&dir.path().join("glob*")).is_err());
+    }
+
+    #[test]
+    fn every_spelling_of_a_root_is_one_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let real = base.join("run");
+        std::fs::create_dir_all(real.join("x")).unwrap();
+        std::os::unix::fs::symlink(&real, base.join("var-run")).unwrap();
+        let want = prepare(&real.join("zfs-snap")).unwrap();
+        assert_eq!(want, real.join("zfs-snap"));
+        for spelling in [
+            format!("{}/run/zfs-snap/", base.display()),
+            format!("{}/run/./zfs-snap", base.display()),
+            format!("{}/run/x/../zfs-snap", base.display()),
+            format!("{}/var-run/zfs-snap", base.display()),
+            format!("{}//run//zfs-snap", base.display()),
+        ] {
+            assert_eq!(prepare(Path::new(&spelling)).unwrap(), want, "{spelling}");
+        }
+        assert!(prepare(Path::new("/")).is_err());
+        assert!(prepare(&real.join("zfs-snap/..")).is_err());
+        assert!(prepare(&real.join("missing/../zfs-snap")).is_err());
+        let fresh = prepare(&base.join("new/deeper/root")).unwrap();
+        assert_eq!(fresh, base.join("new/deeper/root"));
+    }
+
+    #[test]
+    fn work_file_names_are_exactly_ours() {
+        for ours in [
+            "zfs-snap-patterns.lst",
+            "zfs-snap-patterns-from-0.lst",
+            "zfs-snap-patterns-from-12.lst",
+        ] {
+            assert!(is_work_file(ours), "{ours}");
+        }
+        for theirs in [
+            "notes.txt",
+            "zfs-snap-patterns.lst~",
+            "zfs-snap-patterns-from-.lst",
+            "zfs-snap-patterns-from-1a.lst",
+            "patterns-from-0.lst",
+            "zfs-snap-patterns",
+        ] {
+            assert!(!is_work_file(theirs), "{theirs}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::mapping::Mapping;
 use crate::mount::{unmount_patiently, Mounter};
 use crate::mountinfo::{self, MountEntry};
 use crate::plan::Plan;
-use crate::runtime::{self, Lock};
+use crate::runtime::{self, Lock, MIRROR_DIR, WORK_DIR};
 use crate::zfs::{pool_of, Filesystem, Owner, Search, Snapshot, Zfs, HOLD_TAG, SNAPSHOT_PREFIX};
 
 pub struct Options {
@@ -23,13 +23,17 @@ pub struct Options {
     pub mountinfo: PathBuf,
 }
 
-/// What a recovery pass or teardown removed, and what it could not.
+/// What a recovery pass or teardown removed, what it could not, and what
+/// it found but left alone because it cannot prove it is ours.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub unmounted: Vec<PathBuf>,
     pub destroyed: Vec<String>,
     pub deferred: Vec<String>,
     pub problems: Vec<String>,
+    /// Mounts and files under the runtime root that are not ours: never
+    /// unmounted or removed, named in a warning.
+    pub left_alone: Vec<String>,
 }
 
 impl Report {
@@ -61,11 +65,15 @@ pub struct Session<'a> {
     created: BTreeMap<String, Vec<String>>,
     /// Held snapshots, by pool.
     held: BTreeMap<String, Vec<String>>,
+    /// Snapshots whose hold call failed, by pool: the hold may or may not
+    /// have been placed (zfs killed after the ioctl), so teardown asks.
+    maybe_held: BTreeMap<String, Vec<String>>,
     /// Mount targets, in the order mounted.
     mounted: Vec<PathBuf>,
     /// Directories we created, in the order created.
     dirs: Vec<PathBuf>,
-    work_dir: Option<PathBuf>,
+    /// Files we wrote in the work directory.
+    work_files: Vec<PathBuf>,
     /// This boot and the pools (name, guid) seen at the start, for the
     /// clean mark.
     boot_id: Option<String>,
@@ -116,7 +124,10 @@ impl<'a> Session<'a> {
     ) -> Result<(Session<'a>, Vec<Filesystem>, Vec<MountEntry>, Report)> {
         let root = runtime::prepare(&options.runtime_root)?;
         let lock = runtime::lock(&root, options.wait)?;
-        let run_id = new_run_id();
+        let run_id = new_run_id().map_err(|source| Error::Io {
+            path: PathBuf::from(RANDOM_SOURCE),
+            source,
+        })?;
         let owner = Owner {
             run_id: run_id.clone(),
             runtime_root: root.display().to_string(),
@@ -125,8 +136,9 @@ impl<'a> Session<'a> {
         let pools = pools_of(&filesystems);
         let mut mounts = mountinfo::read(&options.mountinfo)?;
         let boot_id = runtime::boot_id();
+        let mirror = root.join(MIRROR_DIR);
         let clean = runtime::take_clean_mark(&root, boot_id.as_deref(), &pools)
-            && !mounts.iter().any(|m| is_below(&m.mount_point, &root));
+            && !mounts.iter().any(|m| is_snapshot_mount_in(m, &mirror));
         let snapshots = if clean {
             tracing::debug!("the last run left nothing behind: not listing snapshots");
             Vec::new()
@@ -134,6 +146,9 @@ impl<'a> Session<'a> {
             zfs.our_snapshots(Search::Named)?
         };
         let recovered = recover(zfs, mounter, &root, &snapshots, &mounts, false);
+        for thing in &recovered.left_alone {
+            tracing::warn!("{thing}");
+        }
         if !recovered.is_empty() {
             tracing::warn!(
                 unmounted = recovered.unmounted.len(),
@@ -153,9 +168,10 @@ impl<'a> Session<'a> {
             owner,
             created: BTreeMap::new(),
             held: BTreeMap::new(),
+            maybe_held: BTreeMap::new(),
             mounted: Vec::new(),
             dirs: Vec::new(),
-            work_dir: None,
+            work_files: Vec::new(),
             boot_id,
             pools,
             uncertain: !recovered.deferred.is_empty(),
@@ -209,7 +225,10 @@ impl<'a> Session<'a> {
             // signal can kill `zfs` after the kernel did): while in doubt,
             // teardown must not vouch for a clean state.
             let in_doubt = std::mem::replace(&mut self.uncertain, true);
-            self.zfs.snapshot(names, &self.owner)?;
+            if let Err(e) = self.zfs.snapshot(names, &self.owner) {
+                self.adopt_after_failed_snapshot(pool, names, in_doubt);
+                return Err(e);
+            }
             self.uncertain = in_doubt;
             self.created.insert(pool.clone(), names.clone());
             tracing::info!(pool, snapshots = names.len(), name = %self.snapshot_name, "snapshot taken");
@@ -218,7 +237,10 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         for (pool, names) in &by_pool {
             check()?;
-            self.zfs.hold_run(pool, &self.snapshot_name, names)?;
+            if let Err(e) = self.zfs.hold_run(pool, &self.snapshot_name, names) {
+                self.maybe_held.insert(pool.clone(), names.clone());
+                return Err(e);
+            }
             self.held.insert(pool.clone(), names.clone());
         }
         self.timings.hold_ms = ms(started);
@@ -260,29 +282,105 @@ impl<'a> Session<'a> {
         (report, timings)
     }
 
-    /// A private directory for files borg reads (rewritten patterns).
-    pub fn work_dir(&mut self) -> Result<PathBuf> {
-        if let Some(dir) = &self.work_dir {
-            return Ok(dir.clone());
+    /// The snapshot call for `pool` failed, but it may have made the
+    /// snapshots first (zfs killed by a signal after the ioctl): whichever
+    /// of `names` exist carrying this run's exact ownership value are this
+    /// run's, and teardown removes them. Knowing that, the run is no longer
+    /// in doubt; if ZFS cannot say, it stays in doubt (no clean mark) and
+    /// the next run recovers them.
+    fn adopt_after_failed_snapshot(&mut self, pool: &str, names: &[String], in_doubt: bool) {
+        match self.zfs.owners(names) {
+            Ok(found) => {
+                let made: Vec<String> = found
+                    .into_iter()
+                    .filter(|s| s.owner.as_ref() == Some(&self.owner))
+                    .map(|s| s.name)
+                    .collect();
+                if !made.is_empty() {
+                    tracing::warn!(
+                        pool,
+                        snapshots = made.len(),
+                        "the snapshot call failed after ZFS made the snapshots; removing them"
+                    );
+                    self.created.insert(pool.to_owned(), made);
+                }
+                self.uncertain = in_doubt;
+            }
+            Err(e) => {
+                tracing::warn!(pool, error = %e, "cannot tell whether the failed snapshot call made snapshots; the next run looks for them");
+            }
         }
-        let dir = self.root.join("work");
-        let _ = std::fs::remove_dir_all(&dir);
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| Error::Io {
-                path: dir.clone(),
+    }
+
+    /// Writes the files borg reads (rewritten patterns) into the work
+    /// directory, under names zfs-snap owns ([`runtime::is_work_file`]).
+    pub fn write_work_files(&mut self, files: &[(PathBuf, String)]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if files.is_empty() {
+            return Ok(());
+        }
+        let dir = self.work_dir();
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Io {
+                    path: dir,
+                    source: std::io::Error::other(
+                        "not a directory; zfs-snap keeps its pattern files there",
+                    ),
+                })
+            }
+            Err(_) => DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| Error::Io {
+                    path: dir.clone(),
+                    source,
+                })?,
+        }
+        for (path, content) in files {
+            debug_assert!(path.starts_with(&dir));
+            let io = |source| Error::Io {
+                path: path.clone(),
                 source,
-            })?;
-        self.work_dir = Some(dir.clone());
-        Ok(dir)
+            };
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(io)?;
+            self.work_files.push(path.clone());
+            file.write_all(content.as_bytes()).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Where [`Session::write_work_files`] puts its files.
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join(WORK_DIR)
     }
 
     /// Creates `target` and its missing parents, remembering each one.
     fn make_dirs(&mut self, target: &Path) -> std::io::Result<()> {
         let mut missing = Vec::new();
         let mut cursor = target;
-        while !cursor.exists() {
+        loop {
+            match std::fs::symlink_metadata(cursor) {
+                Ok(meta) if meta.is_dir() => break,
+                // A symlink in the mirror would send the mount elsewhere.
+                Ok(_) => {
+                    return Err(std::io::Error::other(format!(
+                        "{} is not a directory",
+                        cursor.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             missing.push(cursor.to_owned());
             match cursor.parent() {
                 Some(parent) => cursor = parent,
@@ -311,17 +409,25 @@ impl<'a> Session<'a> {
                     .push(format!("cannot remove directory {}: {e}", dir.display()));
             }
         }
-        if let Some(dir) = self.work_dir.take() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+        let work_files = std::mem::take(&mut self.work_files);
+        for file in &work_files {
+            if let Err(e) = std::fs::remove_file(file) {
                 report
                     .problems
-                    .push(format!("cannot remove {}: {e}", dir.display()));
+                    .push(format!("cannot remove {}: {e}", file.display()));
             }
+        }
+        if !work_files.is_empty() {
+            // Not empty: someone else's files are there; they stay.
+            let _ = std::fs::remove_dir(self.work_dir());
         }
         for (pool, names) in std::mem::take(&mut self.held) {
             if let Err(e) = self.zfs.release_run(&pool, &self.snapshot_name, &names) {
                 report.problems.push(format!("releasing holds: {e}"));
             }
+        }
+        for names in std::mem::take(&mut self.maybe_held).into_values() {
+            release_ours(self.zfs, &names, &mut report);
         }
         for (pool, names) in std::mem::take(&mut self.created) {
             match self.zfs.destroy_run(&pool, &self.snapshot_name, &names) {
@@ -359,13 +465,20 @@ impl Drop for Session<'_> {
     }
 }
 
-/// Destroys each snapshot; a busy one is marked for deferred destroy.
+/// Destroys each snapshot; a busy one is marked for deferred destroy. One
+/// that does not exist is gone already (its deferred destroy fired when the
+/// last hold was released), which is what was wanted.
 fn destroy_each(zfs: &dyn Zfs, names: &[String], report: &mut Report) {
     for name in names {
         match zfs.destroy(name, false) {
             Ok(()) => report.destroyed.push(name.clone()),
+            Err(e) if e.says_missing() => {
+                tracing::debug!(snapshot = name, "already gone");
+                report.destroyed.push(name.clone());
+            }
             Err(first) => match zfs.destroy(name, true) {
                 Ok(()) => report.deferred.push(name.clone()),
+                Err(e) if e.says_missing() => report.destroyed.push(name.clone()),
                 Err(_) => report
                     .problems
                     .push(format!("cannot destroy snapshot {name}: {first}")),
@@ -374,10 +487,64 @@ fn destroy_each(zfs: &dyn Zfs, names: &[String], report: &mut Report) {
     }
 }
 
-/// Removes what dead runs of `root` left: mounts under it, the mirror's
-/// directories, and snapshots whose ownership property names this root.
-/// Never touches a snapshot without our property. With `dry_run`, only
-/// reports what it would remove.
+/// Releases our hold ([`HOLD_TAG`]) on those of `snapshots` (all ours)
+/// that carry it, one call per pool; a snapshot gone meanwhile is skipped.
+fn release_ours(zfs: &dyn Zfs, snapshots: &[String], report: &mut Report) {
+    let holds = match zfs.holds(snapshots) {
+        Ok(holds) => holds,
+        Err(e) if e.says_missing() => {
+            // `zfs holds` fails as a whole when one name is gone: ask again
+            // for those that still exist.
+            let existing: Vec<String> = match zfs.owners(snapshots) {
+                Ok(found) => found.into_iter().map(|s| s.name).collect(),
+                Err(e) => {
+                    report.problems.push(format!("listing holds: {e}"));
+                    return;
+                }
+            };
+            if existing.is_empty() {
+                return;
+            }
+            match zfs.holds(&existing) {
+                Ok(holds) => holds,
+                Err(e) => {
+                    report.problems.push(format!("listing holds: {e}"));
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            report.problems.push(format!("listing holds: {e}"));
+            return;
+        }
+    };
+    let mut held: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (snapshot, tag) in &holds {
+        if tag == HOLD_TAG {
+            held.entry(pool_of(snapshot))
+                .or_default()
+                .push(snapshot.clone());
+        }
+    }
+    for names in held.values() {
+        if let Err(e) = zfs.release(names) {
+            report.problems.push(format!("releasing holds: {e}"));
+        }
+    }
+}
+
+/// Whether `entry` is a ZFS snapshot mounted below `mirror`: the only kind
+/// of mount zfs-snap makes, and so the only kind it may remove.
+fn is_snapshot_mount_in(entry: &MountEntry, mirror: &Path) -> bool {
+    entry.fstype == "zfs" && entry.source.contains('@') && is_below(&entry.mount_point, mirror)
+}
+
+/// Removes what dead runs of `root` left, and only what is provably theirs:
+/// mounts of snapshots that are ours, below the mirror directory; snapshots
+/// whose ownership property is set locally and names this root; the
+/// mirror's empty directories and our own files in the work directory.
+/// Everything else found under the root is left alone and named in
+/// `left_alone`. With `dry_run`, only reports what it would remove.
 pub fn recover(
     zfs: &dyn Zfs,
     mounter: &dyn Mounter,
@@ -387,64 +554,158 @@ pub fn recover(
     dry_run: bool,
 ) -> Report {
     let mut report = Report::default();
-    let mut stale: Vec<&MountEntry> = mounts
+    let mirror = root.join(MIRROR_DIR);
+    let root_text = root.display().to_string();
+    let is_ours = |s: &Snapshot| {
+        s.owner
+            .as_ref()
+            .is_some_and(|o| o.runtime_root == root_text)
+    };
+
+    // Mounts: a snapshot mounted in the mirror is ours if the snapshot is,
+    // whatever its name (asked of ZFS, so this holds with the clean mark).
+    let below: Vec<&MountEntry> = mounts
         .iter()
         .filter(|m| is_below(&m.mount_point, root))
         .collect();
+    let mut sources: Vec<String> = below
+        .iter()
+        .filter(|m| is_snapshot_mount_in(m, &mirror))
+        .map(|m| m.source.clone())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    let mut ours: Vec<String> = snapshots
+        .iter()
+        .filter(|s| is_ours(s))
+        .map(|s| s.name.clone())
+        .collect();
+    if !sources.is_empty() {
+        match zfs.owners(&sources) {
+            Ok(found) => ours.extend(found.into_iter().filter(is_ours).map(|s| s.name)),
+            Err(e) => report.problems.push(format!(
+                "cannot tell whose snapshots are mounted under {}: {e}",
+                mirror.display()
+            )),
+        }
+    }
+    ours.sort();
+    ours.dedup();
+    let mut stale: Vec<&MountEntry> = Vec::new();
+    for entry in below {
+        if is_snapshot_mount_in(entry, &mirror) && ours.contains(&entry.source) {
+            stale.push(entry);
+        } else {
+            report.left_alone.push(format!(
+                "{} ({} {}) is not a mount of zfs-snap's: left alone",
+                entry.mount_point.display(),
+                entry.fstype,
+                entry.source
+            ));
+        }
+    }
     stale.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
+    let mut still_mounted: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|m| is_below(&m.mount_point, root))
+        .map(|m| m.mount_point.clone())
+        .collect();
     for entry in stale {
         if dry_run {
             report.unmounted.push(entry.mount_point.clone());
             continue;
         }
         match unmount_patiently(mounter, &entry.mount_point) {
-            Ok(_) => report.unmounted.push(entry.mount_point.clone()),
+            Ok(_) => {
+                report.unmounted.push(entry.mount_point.clone());
+                if let Some(i) = still_mounted.iter().position(|p| p == &entry.mount_point) {
+                    still_mounted.remove(i);
+                }
+            }
             Err(e) => report.problems.push(e.to_string()),
         }
     }
     if !dry_run {
-        remove_empty_dirs(&root.join("snap"));
-        let _ = std::fs::remove_dir_all(root.join("work"));
+        remove_empty_dirs(&mirror, &still_mounted);
     }
+    if mirror.exists() && !dry_run {
+        report.left_alone.push(format!(
+            "{} holds what zfs-snap did not make ({}): left alone",
+            mirror.display(),
+            sample_entries(&mirror)
+        ));
+    }
+    remove_work_files(&root.join(WORK_DIR), dry_run, &mut report);
 
-    let root_text = root.display().to_string();
-    let ours: Vec<&String> = snapshots
-        .iter()
-        .filter(|s| {
-            s.owner
-                .as_ref()
-                .is_some_and(|o| o.runtime_root == root_text)
-        })
-        .map(|s| &s.name)
-        .collect();
-    if ours.is_empty() {
+    if ours.is_empty() || dry_run {
+        report.destroyed.extend(ours);
         return report;
     }
-    if dry_run {
-        report.destroyed.extend(ours.into_iter().cloned());
-        return report;
-    }
-    let ours: Vec<String> = ours.into_iter().cloned().collect();
-    match zfs.holds(&ours) {
-        Ok(holds) => {
-            let mut held: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-            for (snapshot, tag) in &holds {
-                if tag == HOLD_TAG {
-                    held.entry(pool_of(snapshot))
-                        .or_default()
-                        .push(snapshot.clone());
-                }
-            }
-            for names in held.values() {
-                if let Err(e) = zfs.release(names) {
-                    report.problems.push(format!("releasing holds: {e}"));
-                }
-            }
-        }
-        Err(e) => report.problems.push(format!("listing holds: {e}")),
-    }
+    release_ours(zfs, &ours, &mut report);
     destroy_each(zfs, &ours, &mut report);
     report
+}
+
+/// Removes the files zfs-snap writes in `work` (by name), then `work` if
+/// empty; anything else there is someone else's and stays.
+fn remove_work_files(work: &Path, dry_run: bool, report: &mut Report) {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    let mut foreign = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = entry.file_type().is_ok_and(|t| t.is_file())
+            && name.to_str().is_some_and(runtime::is_work_file);
+        if !ours {
+            foreign.push(name.to_string_lossy().into_owned());
+        } else if !dry_run {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                report
+                    .problems
+                    .push(format!("cannot remove {}: {e}", entry.path().display()));
+            }
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        report.left_alone.push(format!(
+            "{} holds files zfs-snap did not write ({}): left alone",
+            work.display(),
+            foreign.join(", ")
+        ));
+    } else if !dry_run {
+        let _ = std::fs::remove_dir(work);
+    }
+}
+
+/// A few paths below `dir`, for a message.
+fn sample_entries(dir: &Path) -> String {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            found.push(d.display().to_string());
+            continue;
+        };
+        let mut empty = true;
+        for entry in entries.flatten() {
+            empty = false;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            } else {
+                found.push(entry.path().display().to_string());
+            }
+        }
+        if empty && d != dir {
+            found.push(d.display().to_string());
+        }
+        if found.len() >= 5 {
+            break;
+        }
+    }
+    found.sort();
+    found.join(", ")
 }
 
 fn is_below(path: &Path, root: &Path) -> bool {
@@ -460,34 +721,47 @@ fn pools_of(filesystems: &[Filesystem]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Removes empty directories below and including `dir`, deepest first;
-/// anything not empty (a mount we could not remove, say) stays.
-fn remove_empty_dirs(dir: &Path) {
+/// Removes empty directories below and including `dir`, deepest first,
+/// never entering a mount point (another file system is not ours to
+/// clear); anything not empty stays.
+fn remove_empty_dirs(dir: &Path, mount_points: &[PathBuf]) {
+    if mount_points.iter().any(|m| m == dir) {
+        return;
+    }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_dirs(&entry.path());
+                remove_empty_dirs(&entry.path(), mount_points);
             }
         }
     }
     let _ = std::fs::remove_dir(dir);
 }
 
-/// `20261126T033500Z-<pid>`: sortable, readable, unique on a host.
-fn new_run_id() -> String {
+const RANDOM_SOURCE: &str = "/dev/urandom";
+
+/// `20261126T033500Z-<pid>-<16 hex digits>`: sortable and readable, and
+/// unpredictable, because `zfs hold -r`/`destroy -r pool@name` act on every
+/// snapshot of that name in the pool: one made beforehand under a guessed
+/// name would be held and destroyed with ours.
+fn new_run_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut random = [0u8; 8];
+    std::fs::File::open(RANDOM_SOURCE)?.read_exact(&mut random)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z-{}",
+    Ok(format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z-{}-{:016x}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        std::process::id()
-    )
+        std::process::id(),
+        u64::from_le_bytes(random)
+    ))
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
@@ -517,9 +791,16 @@ mod tests {
     }
 
     #[test]
-    fn run_id_shape() {
-        let id = new_run_id();
+    fn run_id_shape_and_unpredictable_part() {
+        let id = new_run_id().unwrap();
         assert_eq!(&id[8..9], "T");
-        assert!(id.ends_with(&format!("Z-{}", std::process::id())), "{id}");
+        let (stamp, random) = id.rsplit_once('-').unwrap();
+        assert!(
+            stamp.ends_with(&format!("Z-{}", std::process::id())),
+            "{id}"
+        );
+        assert_eq!(random.len(), 16, "{id}");
+        assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert_ne!(new_run_id().unwrap(), id, "two runs in one second differ");
     }
 }

@@ -13,7 +13,9 @@ pub const TAG_PROPERTY: &str = "org.torsion.borgmatic:backup";
 /// The value of [`TAG_PROPERTY`] that selects a dataset.
 pub const TAG_VALUE: &str = "auto";
 /// Set on every snapshot we create, at creation: `<run id>:<runtime root>`.
-/// A snapshot without it is never destroyed by us.
+/// A snapshot is ours only when this value is set *locally* on it: user
+/// properties are inherited by snapshots (and arrive with `zfs receive`), so
+/// an inherited or received value proves nothing.
 pub const OWNER_PROPERTY: &str = "org.torsion.zfs-snap:run";
 /// The user hold that keeps other tools' pruning off our snapshots.
 pub const HOLD_TAG: &str = "zfs-snap";
@@ -61,7 +63,8 @@ impl Filesystem {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub name: String,
-    /// Value of [`OWNER_PROPERTY`]; `None` for everyone else's snapshots.
+    /// Value of [`OWNER_PROPERTY`] when set locally on this very snapshot;
+    /// `None` for everyone else's (unset, inherited or received).
     pub owner: Option<Owner>,
 }
 
@@ -183,6 +186,10 @@ pub trait Zfs {
     /// (also one of ours renamed since), from one listing with the property,
     /// which on hosts with thousands of other tools' snapshots costs seconds.
     fn our_snapshots(&self, search: Search) -> Result<Vec<Snapshot>>;
+    /// The snapshots among `names` that exist, with their local
+    /// [`OWNER_PROPERTY`]; a name that does not exist is left out, any other
+    /// failure (zfs killed, crashed) is an error.
+    fn owners(&self, names: &[String]) -> Result<Vec<Snapshot>>;
     /// Creates `names` (all in one pool) in one atomic call, each carrying
     /// [`OWNER_PROPERTY`]` = owner`.
     fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()>;
@@ -268,14 +275,18 @@ impl Zfs for ZfsCommand {
 
     fn our_snapshots(&self, search: Search) -> Result<Vec<Snapshot>> {
         if search == Search::Everywhere {
+            // `zfs get` (not `list`) because only it says where a value comes from.
             let argv = args([
-                "list",
+                "get",
                 "-H",
                 "-p",
                 "-t",
                 "snapshot",
+                "-s",
+                "local",
                 "-o",
-                &format!("name,{OWNER_PROPERTY}"),
+                "name,value,source",
+                OWNER_PROPERTY,
             ]);
             let stdout = self.run(argv.clone())?;
             return parse_owners(&self.command.display_with(&argv), &stdout);
@@ -283,26 +294,27 @@ impl Zfs for ZfsCommand {
         // Names only: zfs then reads no properties of the (many) snapshots
         // of other tools, about 4x faster than asking for ours with them.
         let stdout = self.run(args(["list", "-H", "-t", "snapshot", "-o", "name"]))?;
-        let candidates: Vec<&str> = stdout
+        let candidates: Vec<String> = stdout
             .lines()
             .filter(|name| {
                 name.split_once('@')
                     .is_some_and(|(_, snap)| snap.starts_with(SNAPSHOT_PREFIX))
             })
+            .map(str::to_owned)
             .collect();
-        let mut snapshots = Vec::with_capacity(candidates.len());
-        for chunk in candidates.chunks(NAMES_PER_CALL) {
-            let mut argv = args(["get", "-H", "-p", "-o", "name,value", OWNER_PROPERTY]);
+        self.owners(&candidates)
+    }
+
+    fn owners(&self, names: &[String]) -> Result<Vec<Snapshot>> {
+        let mut snapshots = Vec::with_capacity(names.len());
+        for chunk in names.chunks(NAMES_PER_CALL) {
+            let mut argv = args(["get", "-H", "-p", "-o", "name,value,source", OWNER_PROPERTY]);
             argv.extend(chunk.iter().map(OsString::from));
             let output = self.command.output(&argv)?;
-            // A candidate destroyed since the listing (another runtime root's
-            // run tearing down) is reported and skipped; anything else fails.
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let only_vanished = stderr
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .all(|l| l.contains("does not exist"));
-            if !output.status.success() && !only_vanished {
+            // A name destroyed since the caller learnt it (another runtime
+            // root's run tearing down) is reported and skipped. Only that:
+            // a zfs killed or crashed must not read as "none of ours".
+            if !output.status.success() && !only_missing(&output) {
                 return Err(self.command.failure(&argv, &output));
             }
             let stdout = String::from_utf8_lossy(&output.stdout);
@@ -388,6 +400,17 @@ impl Zfs for ZfsCommand {
     }
 }
 
+/// True when zfs exited 1 and every line it printed on stderr says a
+/// dataset does not exist (what `zfs get` does for each missing name,
+/// after printing the others).
+fn only_missing(output: &std::process::Output) -> bool {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut lines = stderr.lines().filter(|l| !l.trim().is_empty()).peekable();
+    output.status.code() == Some(1)
+        && lines.peek().is_some()
+        && lines.all(|l| l.contains("dataset does not exist"))
+}
+
 fn malformed(command: &str, line: &str, reason: impl Into<String>) -> Error {
     Error::MalformedOutput {
         command: command.to_owned(),
@@ -443,18 +466,30 @@ pub fn parse_filesystems(command: &str, stdout: &str) -> Result<Vec<Filesystem>>
     Ok(filesystems)
 }
 
-/// Parses `zfs get -H -p -o name,value <owner property> SNAPSHOT...` (and
-/// `zfs list -H -p -t snapshot -o name,<owner property>`).
+/// Parses `zfs get -H -p -o name,value,source <owner property> ...`: an
+/// owner counts only where the source is `local` (not `inherited from X`,
+/// not `received`, not `-`).
 pub fn parse_owners(command: &str, stdout: &str) -> Result<Vec<Snapshot>> {
     stdout
         .lines()
         .filter(|l| !l.is_empty())
-        .map(|line| match line.split_once('\t') {
-            Some((name, value)) if name.contains('@') => Ok(Snapshot {
-                name: name.to_owned(),
-                owner: optional(value).as_deref().and_then(Owner::parse),
-            }),
-            _ => Err(malformed(command, line, "expected `snapshot<TAB>value`")),
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            match fields[..] {
+                [name, value, source] if name.contains('@') => Ok(Snapshot {
+                    name: name.to_owned(),
+                    owner: (source == "local")
+                        .then(|| optional(value))
+                        .flatten()
+                        .as_deref()
+                        .and_then(Owner::parse),
+                }),
+                _ => Err(malformed(
+                    command,
+                    line,
+                    "expected `snapshot<TAB>value<TAB>source`",
+                )),
+            }
         })
         .collect()
 }
@@ -533,16 +568,43 @@ tank/with space\t/tank/with space\ton\tyes\t-\t-\t6
     }
 
     #[test]
-    fn parses_owners() {
-        let out =
-            "tank/data@zfs-snap-a\t-\ntank/data@zfs-snap-b\t20261126T033500Z-99:/run/zfs-snap\n";
-        let snaps = parse_owners("zfs get", out).unwrap();
-        assert_eq!(snaps.len(), 2);
+    fn parses_owners_and_counts_only_local_values() {
+        let value = "20261126T033500Z-99:/run/zfs-snap";
+        let out = format!(
+            "tank/data@zfs-snap-a\t-\t-\n\
+             tank/data@zfs-snap-b\t{value}\tlocal\n\
+             tank/t1@keepme\t{value}\tinherited from tank/t1\n\
+             tank/recv@zfs-snap-c\t{value}\treceived\n"
+        );
+        let snaps = parse_owners("zfs get", &out).unwrap();
+        assert_eq!(snaps.len(), 4);
         assert_eq!(snaps[0].owner, None);
         let owner = snaps[1].owner.as_ref().unwrap();
         assert_eq!(owner.run_id, "20261126T033500Z-99");
         assert_eq!(owner.runtime_root, "/run/zfs-snap");
-        assert!(parse_owners("zfs get", "tank/data\tx\n").is_err());
+        assert_eq!(snaps[2].owner, None, "inherited values prove nothing");
+        assert_eq!(snaps[3].owner, None, "received values prove nothing");
+        assert!(parse_owners("zfs get", "tank/data@a\tx\n").is_err());
+        assert!(parse_owners("zfs get", "tank/data\tx\tlocal\n").is_err());
+    }
+
+    #[test]
+    fn only_does_not_exist_may_be_skipped() {
+        use std::os::unix::process::ExitStatusExt;
+        let output = |raw: i32, stderr: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(raw),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        let missing = "cannot open 'tank/a@zfs-snap-x': dataset does not exist\n";
+        assert!(only_missing(&output(1 << 8, missing)));
+        assert!(!only_missing(&output(1 << 8, "")), "exit 1, nothing said");
+        assert!(!only_missing(&output(9, missing)), "killed by SIGKILL");
+        assert!(!only_missing(&output(2 << 8, missing)), "usage error");
+        assert!(!only_missing(&output(
+            1 << 8,
+            &format!("{missing}internal error: out of memory\n")
+        )));
     }
 
     #[test]

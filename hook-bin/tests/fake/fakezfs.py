@@ -67,11 +67,14 @@ def parent(name):
 
 
 def user_prop(state, name, prop):
-    """(value, source) of a user property, inherited like ZFS does."""
+    """(value, source) of a user property, inherited like ZFS does; a
+    snapshot's `received` properties (zfs receive) show source `received`."""
     if "@" in name:
         snap = state["snapshots"][name]
         if prop in snap["props"]:
             return snap["props"][prop], "local"
+        if prop in snap.get("received", {}):
+            return snap["received"][prop], "received"
         value, source = user_prop(state, name.split("@")[0], prop)
         if source == "local":
             source = "inherited from " + name.split("@")[0]
@@ -291,15 +294,21 @@ def zfs_inherit(state, args):
 
 
 def zfs_get(state, args):
-    """`get -H -p [-t filesystem] -o COLS PROP [NAME...]` (no names: every filesystem)."""
+    """`get -H -p [-t TYPES] [-s SOURCES] -o COLS PROP [NAME...]` (no names:
+    every dataset of the types, filesystems by default)."""
     cols, names, i = ["name", "property", "value", "source"], [], 0
+    types, sources = ["filesystem"], None
     while i < len(args):
         a = args[i]
         if a in ("-H", "-p"):
             i += 1
-        elif a in ("-t", "-o"):
+        elif a in ("-t", "-o", "-s"):
             if a == "-o":
                 cols = args[i + 1].split(",")
+            elif a == "-t":
+                types = args[i + 1].split(",")
+            else:
+                sources = args[i + 1].split(",")
             i += 2
         elif a.startswith("-"):
             die("invalid option '%s'" % a, 2)
@@ -311,13 +320,21 @@ def zfs_get(state, args):
     for gone in state.pop("vanish_on_get", []):
         remove_snapshot(state, gone)
     missing = False
-    for name in names or sorted(state["datasets"]):
+    everything = []
+    if "filesystem" in types:
+        everything += sorted(state["datasets"])
+    if "snapshot" in types:
+        everything += sorted(state["snapshots"])
+    for name in names or everything:
         if name not in state["datasets"] and name not in state["snapshots"]:
             # Like zfs: report, go on with the others, exit 1 at the end.
             sys.stderr.write("cannot open '%s': dataset does not exist\n" % name)
             missing = True
             continue
         value, source = user_prop(state, name, prop)
+        kind = source.split(" ")[0] if source != "-" else "none"
+        if sources is not None and kind not in sources:
+            continue
         row = {"name": name, "property": prop, "value": value, "source": source}
         print("\t".join(row[c] for c in cols))
     if missing:

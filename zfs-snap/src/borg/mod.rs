@@ -21,7 +21,7 @@ pub use rewrite::{rewrite, Rewritten, Sources};
 /// borg program's identity (path, inode, size, times), so a nightly run does
 /// not pay a Python start-up just to learn the version again.
 pub fn check_version_cached(borg: &CommandLine, cache_dir: &Path) -> Result<(u32, u32, u32)> {
-    let cache = cache_dir.join("borg-version");
+    let cache = cache_dir.join(crate::runtime::BORG_VERSION_FILE);
     let key = program_identity(borg);
     if let (Some(key), Ok(text)) = (&key, std::fs::read_to_string(&cache)) {
         if let Some((cached_key, version)) = text.split_once('\n') {

@@ -204,7 +204,7 @@ pub fn rewrite(
                 lines[*line] = format!("R {root}");
             }
         }
-        let path = work_dir.join(format!("patterns-from-{n}.lst"));
+        let path = work_dir.join(format!("zfs-snap-patterns-from-{n}.lst"));
         replace.push((
             file.at.index,
             with_value(
