@@ -629,6 +629,30 @@ impl Pool {
         .collect()
     }
 
+    /// `(name, value)` of the pool's snapshots whose ownership property is
+    /// set locally (what makes a snapshot zfs-snap's).
+    pub fn snapshots_with_local_owner(&self) -> Vec<(String, String)> {
+        zfs(&[
+            "get",
+            "-H",
+            "-r",
+            "-t",
+            "snapshot",
+            "-s",
+            "local",
+            "-o",
+            "name,value",
+            OWNER_PROPERTY,
+            &self.name,
+        ])
+        .lines()
+        .filter_map(|l| {
+            l.split_once('\t')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        })
+        .collect()
+    }
+
     /// `(snapshot, tag)` for every hold on every snapshot of the pool.
     pub fn holds(&self) -> Vec<(String, String)> {
         let names: Vec<String> = self.snapshots().into_iter().map(|(n, _)| n).collect();
@@ -766,6 +790,36 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Node> {
     }
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out);
+    out
+}
+
+/// Every path below `dir` (relative), not entering other file systems.
+pub fn tree_within_fs(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, dev: u64, out: &mut Vec<String>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            out.push(
+                path.strip_prefix(base)
+                    .expect("below base")
+                    .display()
+                    .to_string(),
+            );
+            if meta.is_dir() && meta.dev() == dev {
+                walk(base, &path, dev, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(meta) = fs::symlink_metadata(dir) {
+        walk(dir, dir, meta.dev(), &mut out);
+    }
+    out.sort();
     out
 }
 
@@ -982,8 +1036,19 @@ impl Fixture {
 
     /// The zfs-snap command with this test's runtime root and borg's environment.
     pub fn zfs_snap(&self) -> Command {
+        self.zfs_snap_at(&self.root)
+    }
+
+    /// The zfs-snap command with another runtime root (as spelt here).
+    pub fn zfs_snap_at(&self, root: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(zfs_snap_bin());
-        cmd.arg("--runtime-root").arg(&self.root);
+        cmd.arg("--runtime-root").arg(root);
+        borg_env(&mut cmd, &self.repo.base);
+        cmd
+    }
+
+    /// Any command, with borg's environment for this test's repositories.
+    pub fn with_borg_env(&self, mut cmd: Command) -> Command {
         borg_env(&mut cmd, &self.repo.base);
         cmd
     }
@@ -1027,10 +1092,18 @@ impl Fixture {
     /// test's pools, no mount and no mirror directory under the runtime root.
     #[track_caller]
     pub fn assert_clean(&self) {
+        self.assert_clean_except(&[]);
+    }
+
+    /// [`Fixture::assert_clean`], where `foreign` are mounts under the
+    /// runtime root that are not ours (they, and the directories leading to
+    /// them, must stay).
+    #[track_caller]
+    pub fn assert_clean_except(&self, foreign: &[PathBuf]) {
         let mut problems = Vec::new();
         for pool in std::iter::once(&self.pool).chain(&self.extra_pools) {
-            for (name, owner) in pool.snapshots() {
-                if owner != "-" {
+            for (name, owner) in pool.snapshots_with_local_owner() {
+                if owner.ends_with(&format!(":{}", self.root.display())) {
                     problems.push(format!(
                         "snapshot {name} left behind ({OWNER_PROPERTY}={owner})"
                     ));
@@ -1042,7 +1115,12 @@ impl Fixture {
                 }
             }
         }
+        let mut left_mounted: Vec<PathBuf> = Vec::new();
         for m in mounts_under(&self.root) {
+            if m.mount_point == self.root || foreign.contains(&m.mount_point) {
+                continue;
+            }
+            left_mounted.push(m.mount_point.clone());
             problems.push(format!(
                 "mount left at {} ({} {})",
                 m.mount_point.display(),
@@ -1052,17 +1130,40 @@ impl Fixture {
         }
         let snap = self.root.join("snap");
         if snap.exists() {
-            let left: Vec<String> = tree(&snap).into_keys().collect();
-            problems.push(format!(
-                "mirror directory {} left behind, containing {left:?}",
-                snap.display()
-            ));
+            let left: Vec<String> = tree_within_fs(&snap)
+                .into_iter()
+                .filter(|rel| {
+                    let full = snap.join(rel);
+                    !foreign
+                        .iter()
+                        .any(|f| f.starts_with(&full) || full.starts_with(f))
+                        && !left_mounted.iter().any(|m| full.starts_with(m))
+                })
+                .collect();
+            if !left.is_empty() || foreign.iter().all(|f| !f.starts_with(&snap)) {
+                problems.push(format!(
+                    "mirror directory {} left behind, containing {left:?}",
+                    snap.display()
+                ));
+            }
         }
         assert!(
             problems.is_empty(),
             "zfs-snap left things behind:\n  {}",
             problems.join("\n  ")
         );
+    }
+
+    /// A dead run's snapshot, made the way a run makes it: our property
+    /// naming this test's runtime root, and our hold.
+    #[track_caller]
+    pub fn plant_leftover(&self, snapshot: &str) {
+        let owner = format!(
+            "{OWNER_PROPERTY}=20260101T000000Z-1:{}",
+            self.root.display()
+        );
+        zfs(&["snapshot", "-o", &owner, snapshot]);
+        zfs(&["hold", HOLD_TAG, snapshot]);
     }
 
     /// `(name, owner)` of the pool's snapshots with our ownership property.

@@ -541,14 +541,6 @@ fn data_dataset(fx: &Fixture) -> String {
     fx.pool.path("data").display().to_string()
 }
 
-/// A dead run's snapshot, made the way a run makes it: our property naming
-/// this test's runtime root, and our hold.
-fn plant_leftover(fx: &Fixture, snapshot: &str) {
-    let owner = format!("{OWNER_PROPERTY}=20260101T000000Z-1:{}", fx.root.display());
-    zfs(&["snapshot", "-o", &owner, snapshot]);
-    zfs(&["hold", HOLD_TAG, snapshot]);
-}
-
 /// After a clean run, the next one in the same boot does not list snapshots
 /// (seconds on hosts with thousands of other tools' snapshots), unless a pool
 /// it has not seen appears or one is re-created under the same name;
@@ -590,7 +582,7 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     // A leftover in a pool the last run saw, in this boot: trusted away
     // until `cleanup` (what the mark means).
     let known = format!("{}@zfs-snap-20260101T000000Z-1", fx.pool.ds("data"));
-    plant_leftover(&fx, &known);
+    fx.plant_leftover(&known);
     wrap(&fx, "second");
     assert_eq!(lists(), 1, "the mark was trusted");
     assert_eq!(fx.owned_snapshots(), vec![known.clone()]);
@@ -598,7 +590,7 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     // A pool imported since, with a dead run's snapshot: the next run looks
     // and removes both.
     let imported = format!("{}@zfs-snap-20260101T000000Z-2", fx.add_pool().name);
-    plant_leftover(&fx, &imported);
+    fx.plant_leftover(&imported);
     let out = wrap(&fx, "third");
     assert_eq!(lists(), 2, "a new pool: looked again");
     out.expect_stderr("removed what an earlier run left behind");
@@ -612,7 +604,7 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
     assert_eq!(lists(), 3, "a re-created pool: looked again");
 
     // cleanup always looks.
-    plant_leftover(&fx, &known);
+    fx.plant_leftover(&known);
     let out = run(fx.zfs_snap().args(["--zfs-command", &zfs_cmd, "cleanup"])).success();
     assert_eq!(lists(), 4);
     assert!(out.stdout.contains(&known), "{}", out.dump());
@@ -620,19 +612,25 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
 }
 
 /// A snapshot call that fails after ZFS made the snapshots (here a zfs
-/// command that exits 1 after a successful `zfs snapshot`, as when `zfs` is
-/// killed by a signal after the ioctl): the run fails, leaves no clean mark,
-/// and the next run finds and removes the snapshot.
+/// command that SIGKILLs itself after a successful `zfs snapshot`, as a
+/// terminal's ^C or `systemctl stop` does to the whole process group): the
+/// run fails, and removes the snapshots that carry its own ownership value
+/// itself. When ZFS cannot say which exist (the lookup is killed too), the
+/// run leaves no clean mark and the next run finds them.
 #[test]
-fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
+fn snapshots_of_a_killed_snapshot_call_are_removed() {
     let fx = require_zfs!();
     let source = data_dataset(&fx);
-    let flag = fx.work.join("fail-after-snapshot");
+    let kill_snapshot = fx.work.join("kill-after-snapshot");
+    let kill_get = fx.work.join("kill-get");
     let zfs_cmd = fx.script(
-        "zfs-fails-after-snapshot",
+        "zfs-killed",
         &format!(
-            "zfs \"$@\"; rc=$?\nif [ \"$1\" = snapshot ] && [ -e {} ]; then echo 'zfs: killed' >&2; exit 1; fi\nexit $rc",
-            sh_quote(&flag)
+            "if [ \"$1\" = get ] && [ -e {get} ]; then kill -KILL $$; fi\n\
+             zfs \"$@\"; rc=$?\n\
+             if [ \"$1\" = snapshot ] && [ -e {snap} ]; then kill -KILL $$; fi\nexit $rc",
+            get = sh_quote(&kill_get),
+            snap = sh_quote(&kill_snapshot)
         ),
     );
     let zfs_cmd = zfs_cmd.display().to_string();
@@ -645,17 +643,23 @@ fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
     wrap("a").success();
     assert!(fx.root.join("clean").exists(), "no clean mark written");
 
-    write_file(&flag, "");
+    write_file(&kill_snapshot, "");
     let out = wrap("b").expect_code(2);
+    out.expect_stderr("the snapshot call failed after ZFS made the snapshots");
+    fx.assert_clean();
+
+    write_file(&kill_get, "");
+    let out = wrap("c").expect_code(2);
     assert!(
         !fx.root.join("clean").exists(),
-        "a failed snapshot call left a clean mark\n{}",
+        "a failed snapshot call in doubt left a clean mark\n{}",
         out.dump()
     );
     assert_eq!(fx.owned_snapshots().len(), 1, "ZFS made the snapshot");
 
-    std::fs::remove_file(&flag).unwrap();
-    let out = wrap("c").success();
+    std::fs::remove_file(&kill_snapshot).unwrap();
+    std::fs::remove_file(&kill_get).unwrap();
+    let out = wrap("d").success();
     out.expect_stderr("removed what an earlier run left behind");
     fx.assert_clean();
 }
@@ -669,7 +673,7 @@ fn recovery_tolerates_vanishing_candidates_and_cleanup_finds_renamed_ones() {
     let fx = require_zfs!();
     let source = data_dataset(&fx);
     let ours = format!("{}@zfs-snap-20260101T000000Z-1", fx.pool.ds("data"));
-    plant_leftover(&fx, &ours);
+    fx.plant_leftover(&ours);
     let elsewhere = format!("{}@zfs-snap-20260101T000000Z-9", fx.pool.ds("data"));
     zfs(&[
         "snapshot",
@@ -703,7 +707,7 @@ fn recovery_tolerates_vanishing_candidates_and_cleanup_finds_renamed_ones() {
 
     // Renamed by hand, still carrying our property: cleanup finds it.
     let renamed = format!("{}@kept", fx.pool.ds("data"));
-    plant_leftover(&fx, &renamed);
+    fx.plant_leftover(&renamed);
     let out = run(fx.zfs_snap().arg("cleanup")).success();
     assert!(out.stdout.contains(&renamed), "{}", out.dump());
     fx.assert_clean();
