@@ -1,0 +1,242 @@
+//! Crash and fault at every step, on real ZFS: for each external call a
+//! run makes (every zfs, mount, umount and borg call, counted by a wrapper
+//! given as --zfs-command, --mount-command, --umount-command and as borg),
+//! (a) that call fails, (b) zfs-snap is SIGKILLed right after it returns,
+//! (c) zfs-snap gets SIGTERM right after it returns. After each, the next
+//! `wrap` and `cleanup` leave nothing of ours behind, and every foreign
+//! snapshot, hold, mount and file is intact.
+//!
+//! The faulty run starts with a dead run's leftover (a held snapshot of
+//! ours mounted in the mirror), no clean mark and no cached borg version,
+//! so recovery's calls are crash points too.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use integration::*;
+
+const FAULT_SH: &str = r#"kind=$1; shift
+n=$(( $(cat "$FAULT_COUNTER" 2>/dev/null || echo 0) + 1 ))
+echo "$n" > "$FAULT_COUNTER"
+printf '%s %s %s\n' "$n" "$kind" "$*" >> "$FAULT_LOG"
+real() {
+    case $kind in
+        zfs) zfs "$@" ;;
+        mount) mount "$@" ;;
+        umount) umount "$@" ;;
+        borg) "$FAULT_BORG" "$@" ;;
+    esac
+}
+if [ "$n" = "${FAULT_AT:-0}" ]; then
+    case $FAULT_MODE in
+        fail) echo "fault: call $n ($kind) made to fail" >&2; exit 1 ;;
+        kill) real "$@"; rc=$?; kill -KILL "$PPID"; exit $rc ;;
+        term) real "$@"; rc=$?; kill -TERM "$PPID"; exit $rc ;;
+    esac
+fi
+real "$@""#;
+
+/// What a test must find intact after every run.
+struct Foreign {
+    snapshots: Vec<String>,
+    /// `(snapshot, tag)` holds of a user.
+    holds: Vec<(String, String)>,
+    mounts: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+}
+
+fn foreign_world(fx: &Fixture) -> Foreign {
+    let data = fx.pool.ds("data");
+    let mut snapshots: Vec<String> = [
+        "borgmatic-1234",
+        "autosnap_2026-11-26_00:00:01_daily",
+        "mine",
+    ]
+    .iter()
+    .map(|s| format!("{data}@{s}"))
+    .collect();
+    for s in &snapshots {
+        zfs(&["snapshot", s]);
+    }
+    zfs(&["hold", "keep", &snapshots[2]]);
+    // A dataset carrying an ownership value naming this very root, set
+    // locally on the filesystem: its snapshots inherit it.
+    let inh = fx.pool.dataset("inh", &[]);
+    zfs(&[
+        "set",
+        &format!("{OWNER_PROPERTY}=20260101T000000Z-7:{}", fx.root.display()),
+        &inh,
+    ]);
+    let keepme = format!("{inh}@keepme");
+    zfs(&["snapshot", &keepme]);
+    snapshots.push(keepme);
+
+    std::fs::create_dir_all(&fx.root).unwrap();
+    let nas = fx.root.join("nas");
+    std::fs::create_dir_all(&nas).unwrap();
+    must(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "nas",
+            &nas.display().to_string(),
+        ],
+    );
+    let in_mirror = fx.root.join("snap/foreign");
+    std::fs::create_dir_all(&in_mirror).unwrap();
+    must(
+        "mount",
+        &["-t", "zfs", &snapshots[2], &in_mirror.display().to_string()],
+    );
+    let files = vec![
+        write_file(&nas.join("keep.txt"), "theirs\n"),
+        write_file(&fx.root.join("work/notes.txt"), "theirs\n"),
+        write_file(&fx.root.join("mine.txt"), "theirs\n"),
+    ];
+    Foreign {
+        holds: vec![(snapshots[2].clone(), "keep".to_owned())],
+        snapshots,
+        mounts: vec![nas, in_mirror],
+        files,
+    }
+}
+
+#[track_caller]
+fn assert_intact(fx: &Fixture, foreign: &Foreign, context: &str) {
+    let all = zfs(&["list", "-H", "-t", "snapshot", "-o", "name"]);
+    for s in &foreign.snapshots {
+        assert!(all.lines().any(|l| l == s), "{context}: {s} was destroyed");
+    }
+    let holds = fx.pool.holds();
+    for h in &foreign.holds {
+        assert!(holds.contains(h), "{context}: the hold {h:?} is gone");
+    }
+    let now = mounts();
+    for m in &foreign.mounts {
+        assert!(
+            now.iter().any(|x| &x.mount_point == m),
+            "{context}: {} was unmounted",
+            m.display()
+        );
+    }
+    for f in &foreign.files {
+        assert_eq!(read_file(f), "theirs\n", "{context}: {}", f.display());
+    }
+    fx.assert_clean_except(&foreign.mounts);
+}
+
+/// A dead run's leftover: our snapshot, held, mounted where runs mount it;
+/// and no clean mark or cached borg version, so the run does every call.
+fn plant_dead_run(fx: &Fixture) {
+    let leftover = format!("{}@zfs-snap-20260101T000000Z-1", fx.pool.ds("data"));
+    fx.plant_leftover(&leftover);
+    let mirror = fx.snapshot_path(&fx.pool.path("data"));
+    std::fs::create_dir_all(&mirror).unwrap();
+    must(
+        "mount",
+        &["-t", "zfs", &leftover, &mirror.display().to_string()],
+    );
+    let _ = std::fs::remove_file(fx.root.join("clean"));
+    let _ = std::fs::remove_file(fx.root.join("borg-version"));
+}
+
+/// Runs the faulty wrap for every crash point with `mode`, each followed by
+/// a clean `wrap` and `cleanup`.
+fn every_call(mode: &str, backend: &str) {
+    let fx = require_zfs!();
+    fx.pool.dataset("data", &[]);
+    fx.pool.write("data/a.txt", "a\n");
+    let source = fx.pool.path("data").display().to_string();
+    let foreign = foreign_world(&fx);
+    let fault = fx.script("fault", FAULT_SH);
+    let borg = fx.script(
+        "fault-borg",
+        &format!("exec {} borg \"$@\"", sh_quote(&fault)),
+    );
+    let counter = fx.work.join("counter");
+    let log = fx.work.join("calls.log");
+    let faulty = |at: usize, archive: &str| {
+        let _ = std::fs::remove_file(&counter);
+        let _ = std::fs::remove_file(&log);
+        let fault = fault.display().to_string();
+        let mut cmd = fx.zfs_snap();
+        cmd.args(["--backend", backend])
+            .args(["--zfs-command", &format!("{fault} zfs")])
+            .args(["--mount-command", &format!("{fault} mount")])
+            .args(["--umount-command", &format!("{fault} umount")])
+            .arg("wrap")
+            .arg("--")
+            .arg(&borg)
+            .args(["create", &fx.repo.at(archive), &source])
+            .env("FAULT_COUNTER", &counter)
+            .env("FAULT_LOG", &log)
+            .env("FAULT_BORG", which("borg").expect("borg"))
+            .env("FAULT_AT", at.to_string())
+            .env("FAULT_MODE", mode);
+        run(&mut cmd)
+    };
+
+    plant_dead_run(&fx);
+    faulty(0, "count").success();
+    let calls = read_log(&log);
+    let points = calls.lines().count();
+    // Past libtest's capture: the count is part of what this test reports.
+    let _ = writeln!(
+        std::io::stderr(),
+        "[{mode}, {backend}] crash points: {points} external calls:\n{calls}"
+    );
+    assert!(points >= 8, "too few calls counted:\n{calls}");
+    assert_intact(&fx, &foreign, "after the counting run");
+
+    for at in 1..=points {
+        let call = calls.lines().nth(at - 1).unwrap_or_default().to_owned();
+        let context = format!("{mode} at call {call} ({backend})");
+        plant_dead_run(&fx);
+        let out = faulty(at, &format!("f{at}"));
+        eprintln!("[{context}] faulty run exited {}", out.code());
+        let next = fx.wrap(&[], &["create", &fx.repo.at(&format!("n{at}")), &source]);
+        assert_eq!(
+            next.code(),
+            0,
+            "{context}: the next run failed\n{}\n{}",
+            next.dump(),
+            out.dump()
+        );
+        assert_intact(&fx, &foreign, &format!("{context}, after the next wrap"));
+        let clean = run(fx.zfs_snap().arg("cleanup")).success();
+        assert!(
+            clean.stdout.contains("Nothing left behind"),
+            "{context}: cleanup after the next run found something\n{}",
+            clean.dump()
+        );
+        assert_intact(&fx, &foreign, &format!("{context}, after cleanup"));
+    }
+    for m in foreign.mounts.iter().rev() {
+        must("umount", &[m]);
+    }
+}
+
+#[test]
+fn every_call_fails() {
+    every_call("fail", "command");
+}
+
+#[test]
+fn sigkill_after_every_call() {
+    every_call("kill", "command");
+}
+
+#[test]
+fn sigterm_after_every_call() {
+    every_call("term", "command");
+}
+
+/// libzetta makes snapshot, hold, release and destroy calls in-process:
+/// the crash points left are its zfs listings, mounts and borg.
+#[test]
+fn sigkill_after_every_call_libzetta() {
+    every_call("kill", "libzetta");
+}
