@@ -153,7 +153,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove what dead runs left behind: mounts under the runtime root and snapshots carrying our ownership property.
+    /// Remove what dead runs of this runtime root left behind: mounts of our snapshots in the mirror, our snapshots (ownership property set locally), our files. Anything else is left alone, with a warning.
     Cleanup {
         /// Only say what would be removed.
         #[arg(long, short = 'n')]

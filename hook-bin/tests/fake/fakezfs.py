@@ -13,7 +13,8 @@ $FAKE_ZFS_STATE:
   mountinfo:  path of the fake /proc/self/mountinfo (zfs-snap reads it via
               ZFS_SNAP_MOUNTINFO)
   log:        every call is appended here, one line, argv joined by spaces
-  fail:       {"<verb>": "message"} makes that zfs verb fail with the message;
+  fail:       {"<verb>": "message"} makes that zfs verb fail with the message
+              ("SIGKILL": the fake kills itself, printing nothing);
               {"mount_at": N} makes the Nth mount fail; {"umount": "message"}
               makes every unmount fail
   after_snapshot: [[path, content]] files written right after a snapshot
@@ -28,6 +29,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -58,6 +60,9 @@ def log(state, argv):
 
 def check_fail(state, verb):
     message = state.get("fail", {}).get(verb)
+    if message == "SIGKILL":
+        # Killed before printing anything, as ^C or `systemctl stop` does.
+        os.kill(os.getpid(), signal.SIGKILL)
     if message:
         die(message)
 
