@@ -407,11 +407,11 @@ mod tests {
         let out = rewrite(&args, &sources, &plan, &mapping, Path::new("/w"));
         let argv = strings(&out.argv);
         assert_eq!(argv[3], "--pattern=R /run/zfs-snap/snap/./var/lib");
-        assert_eq!(argv[4], "--patterns-from=/w/patterns-from-0.lst");
+        assert_eq!(argv[4], "--patterns-from=/w/zfs-snap-patterns-from-0.lst");
         let copy = &out
             .files
             .iter()
-            .find(|(p, _)| p.ends_with("patterns-from-0.lst"))
+            .find(|(p, _)| p.ends_with("zfs-snap-patterns-from-0.lst"))
             .unwrap()
             .1;
         assert_eq!(
