@@ -159,6 +159,7 @@ fn case(rng: &mut Rng, t: &Tree, n: usize) -> Case {
         };
         roots.push(root);
     }
+    let relative = cwd == *live;
     let mut options: Vec<Vec<OsString>> = Vec::new();
     let mut files = Vec::new();
     for _ in 0..rng.below(4) {
@@ -168,7 +169,13 @@ fn case(rng: &mut Rng, t: &Tree, n: usize) -> Case {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let anchored = archive_path(live, &d);
-        let text = match rng.below(9) {
+        let unanchored = [1, 2, 5, 7];
+        let kind = if relative {
+            *rng.pick(&unanchored)
+        } else {
+            rng.below(9)
+        };
+        let text = match kind {
             0 => format!("fm:/{anchored}"),
             1 => format!("*/{leaf}"),
             2 => format!("sh:**/{leaf}"),

@@ -250,3 +250,43 @@ fn run_names_have_an_unpredictable_part() {
         );
     }
 }
+
+/// umount2 takes the topmost mount at a path: with someone's mount stacked
+/// on a dead run's mount, or mounted inside it, recovery unmounts nothing
+/// there (it would take theirs, or detach theirs with ours) and says so.
+#[test]
+fn a_mount_stacked_on_ours_or_inside_it_is_never_unmounted() {
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let ours = "tank/data@zfs-snap-20260101T000000Z-1";
+    w.leftover_snapshot(ours, true);
+    let mirror = w
+        .runtime_root
+        .join("snap")
+        .join(data.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(mirror.join("inner")).unwrap();
+    for foreign in [mirror.clone(), mirror.join("inner")] {
+        w.edit(|s| {
+            s["mounts"] = json!([{"source": ours, "target": mirror}]);
+            let line = format!("78 1 0:98 / {} rw - tmpfs theirs rw", foreign.display());
+            let base = s["base_mountinfo"].as_array_mut().unwrap();
+            base.retain(|l| !l.as_str().unwrap().contains("tmpfs theirs"));
+            base.push(json!(line));
+        });
+        // The fake lists its own mounts after the base ones: put ours first.
+        let info = w.dir.path().join("mountinfo");
+        let text = std::fs::read_to_string(&info).unwrap();
+        let (theirs, rest): (Vec<&str>, Vec<&str>) =
+            text.lines().partition(|l| l.contains("tmpfs theirs"));
+        std::fs::write(&info, [rest, theirs].concat().join("\n") + "\n").unwrap();
+
+        let out = run(w.cmd().arg("cleanup"));
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("left mounted, unmount it by hand"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!w.calls().contains("umount "), "{}", w.calls());
+    }
+}

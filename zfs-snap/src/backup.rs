@@ -182,8 +182,14 @@ pub fn cleanup(ctx: &Context<'_>, dry_run: bool) -> Result<Report> {
         crate::runtime::forget_clean_mark(&root);
     }
     let snapshots = ctx.zfs.our_snapshots(Search::Everywhere)?;
-    let mounts = mountinfo::read(&ctx.options.mountinfo)?;
-    let report = session::recover(ctx.zfs, ctx.mounter, &root, &snapshots, &mounts, dry_run);
+    let report = session::recover(
+        ctx.zfs,
+        ctx.mounter,
+        &root,
+        &snapshots,
+        &ctx.options.mountinfo,
+        dry_run,
+    );
     for thing in &report.left_alone {
         tracing::warn!("{thing}");
     }

@@ -166,6 +166,7 @@ pub fn lock(root: &Path, wait: Option<Duration>) -> Result<Lock> {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -253,8 +254,21 @@ pub fn write_clean_mark(
     pools: &[(String, String)],
 ) -> std::io::Result<()> {
     let tmp = root.join(format!("{CLEAN_MARK}.tmp"));
-    std::fs::write(&tmp, mark_text(boot_id, pools))?;
+    write_own_file(&tmp, &mark_text(boot_id, pools))?;
     std::fs::rename(&tmp, root.join(CLEAN_MARK))
+}
+
+/// Writes one of zfs-snap's own files in the runtime root, never through a
+/// symlink someone left at its name.
+pub fn write_own_file(path: &Path, content: &str) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(content.as_bytes())
 }
 
 #[cfg(test)]

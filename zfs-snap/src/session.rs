@@ -145,7 +145,7 @@ impl<'a> Session<'a> {
         } else {
             zfs.our_snapshots(Search::Named)?
         };
-        let recovered = recover(zfs, mounter, &root, &snapshots, &mounts, false);
+        let recovered = recover(zfs, mounter, &root, &snapshots, &options.mountinfo, false);
         for thing in &recovered.left_alone {
             tracing::warn!("{thing}");
         }
@@ -469,16 +469,22 @@ impl Drop for Session<'_> {
 /// that does not exist is gone already (its deferred destroy fired when the
 /// last hold was released), which is what was wanted.
 fn destroy_each(zfs: &dyn Zfs, names: &[String], report: &mut Report) {
+    // "Does not exist" is taken on ZFS's word only: asked again by exact
+    // name (a wrapper's own message, or a renamed dataset, is not "gone").
+    let gone = |name: &String| {
+        zfs.owners(std::slice::from_ref(name))
+            .is_ok_and(|found| found.is_empty())
+    };
     for name in names {
         match zfs.destroy(name, false) {
             Ok(()) => report.destroyed.push(name.clone()),
-            Err(e) if e.says_missing() => {
+            Err(e) if e.says_missing() && gone(name) => {
                 tracing::debug!(snapshot = name, "already gone");
                 report.destroyed.push(name.clone());
             }
             Err(first) => match zfs.destroy(name, true) {
                 Ok(()) => report.deferred.push(name.clone()),
-                Err(e) if e.says_missing() => report.destroyed.push(name.clone()),
+                Err(e) if e.says_missing() && gone(name) => report.destroyed.push(name.clone()),
                 Err(_) => report
                     .problems
                     .push(format!("cannot destroy snapshot {name}: {first}")),
@@ -536,7 +542,10 @@ fn release_ours(zfs: &dyn Zfs, snapshots: &[String], report: &mut Report) {
 /// Whether `entry` is a ZFS snapshot mounted below `mirror`: the only kind
 /// of mount zfs-snap makes, and so the only kind it may remove.
 fn is_snapshot_mount_in(entry: &MountEntry, mirror: &Path) -> bool {
-    entry.fstype == "zfs" && entry.source.contains('@') && is_below(&entry.mount_point, mirror)
+    entry.fstype == "zfs"
+        && entry.source.contains('@')
+        && entry.root == Path::new("/")
+        && is_below(&entry.mount_point, mirror)
 }
 
 /// Removes what dead runs of `root` left, and only what is provably theirs:
@@ -550,16 +559,29 @@ pub fn recover(
     mounter: &dyn Mounter,
     root: &Path,
     snapshots: &[Snapshot],
-    mounts: &[MountEntry],
+    mountinfo_path: &Path,
     dry_run: bool,
 ) -> Report {
+    let mounts = match mountinfo::read(mountinfo_path) {
+        Ok(mounts) => mounts,
+        Err(e) => {
+            return Report {
+                problems: vec![e.to_string()],
+                ..Report::default()
+            }
+        }
+    };
+    let mounts = &mounts[..];
     let mut report = Report::default();
     let mirror = root.join(MIRROR_DIR);
     let root_text = root.display().to_string();
+    // Earlier versions wrote the root as given (`/var/run/zfs-snap`, a
+    // trailing `/`): those spellings of this root count too.
     let is_ours = |s: &Snapshot| {
-        s.owner
-            .as_ref()
-            .is_some_and(|o| o.runtime_root == root_text)
+        s.owner.as_ref().is_some_and(|o| {
+            o.runtime_root == root_text
+                || runtime::canonical(Path::new(&o.runtime_root)).is_ok_and(|c| c == root)
+        })
     };
 
     // Mounts: a snapshot mounted in the mirror is ours if the snapshot is,
@@ -615,6 +637,21 @@ pub fn recover(
             report.unmounted.push(entry.mount_point.clone());
             continue;
         }
+        // umount2 takes the topmost mount at a path, and a busy one is
+        // detached with whatever is mounted inside it: go on only when
+        // ours is on top and nothing else is inside it, as mounted now.
+        if let Some(reason) = not_safe_to_unmount(entry, mountinfo_path) {
+            report.left_alone.push(format!(
+                "{} ({}) is ours but {reason}: left mounted, unmount it by hand",
+                entry.mount_point.display(),
+                entry.source
+            ));
+            report.problems.push(format!(
+                "cannot unmount {}: {reason}",
+                entry.mount_point.display()
+            ));
+            continue;
+        }
         match unmount_patiently(mounter, &entry.mount_point) {
             Ok(_) => {
                 report.unmounted.push(entry.mount_point.clone());
@@ -646,9 +683,44 @@ pub fn recover(
     report
 }
 
+/// Why unmounting `entry` now could touch someone else's mount, if it could.
+fn not_safe_to_unmount(entry: &MountEntry, mountinfo_path: &Path) -> Option<String> {
+    let now = match mountinfo::read(mountinfo_path) {
+        Ok(now) => now,
+        Err(e) => return Some(format!("the mount table cannot be read ({e})")),
+    };
+    let at: Vec<&MountEntry> = now
+        .iter()
+        .filter(|m| m.mount_point == entry.mount_point)
+        .collect();
+    match at.last() {
+        Some(top) if top.source == entry.source && top.fstype == "zfs" => {}
+        Some(top) => {
+            return Some(format!(
+                "{} {} is mounted on top of it",
+                top.fstype, top.source
+            ))
+        }
+        None => return Some("it is no longer mounted".into()),
+    }
+    now.iter()
+        .find(|m| is_below(&m.mount_point, &entry.mount_point))
+        .map(|m| {
+            format!(
+                "{} ({} {}) is mounted inside it",
+                m.mount_point.display(),
+                m.fstype,
+                m.source
+            )
+        })
+}
+
 /// Removes the files zfs-snap writes in `work` (by name), then `work` if
 /// empty; anything else there is someone else's and stays.
 fn remove_work_files(work: &Path, dry_run: bool, report: &mut Report) {
+    if !std::fs::symlink_metadata(work).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(work) else {
         return;
     };
@@ -725,17 +797,33 @@ fn pools_of(filesystems: &[Filesystem]) -> Vec<(String, String)> {
 /// never entering a mount point (another file system is not ours to
 /// clear); anything not empty stays.
 fn remove_empty_dirs(dir: &Path, mount_points: &[PathBuf]) {
-    if mount_points.iter().any(|m| m == dir) {
+    use std::os::unix::fs::MetadataExt;
+    // Never through a symlink, never into another file system or another
+    // runtime root (its `lock`).
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !top.is_dir() {
         return;
     }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_dirs(&entry.path(), mount_points);
+    fn walk(dir: &Path, dev: u64, mount_points: &[PathBuf]) {
+        if mount_points.iter().any(|m| m == dir) || dir.join(runtime::LOCK_FILE).exists() {
+            return;
+        }
+        match std::fs::symlink_metadata(dir) {
+            Ok(meta) if meta.is_dir() && meta.dev() == dev => {}
+            _ => return,
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&entry.path(), dev, mount_points);
+                }
             }
         }
+        let _ = std::fs::remove_dir(dir);
     }
-    let _ = std::fs::remove_dir(dir);
+    walk(dir, top.dev(), mount_points);
 }
 
 const RANDOM_SOURCE: &str = "/dev/urandom";

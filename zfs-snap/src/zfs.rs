@@ -289,7 +289,16 @@ impl Zfs for ZfsCommand {
                 OWNER_PROPERTY,
             ]);
             let stdout = self.run(argv.clone())?;
-            return parse_owners(&self.command.display_with(&argv), &stdout);
+            // Values are printed raw and may hold line breaks that forge
+            // lines for other snapshots: what this listing claims is only a
+            // candidate, asked again by exact name.
+            let claimed: Vec<String> = stdout
+                .lines()
+                .filter_map(|l| l.split('\t').next())
+                .filter(|n| n.contains('@'))
+                .map(str::to_owned)
+                .collect();
+            return self.owners(&claimed);
         }
         // Names only: zfs then reads no properties of the (many) snapshots
         // of other tools, about 4x faster than asking for ours with them.
@@ -318,7 +327,7 @@ impl Zfs for ZfsCommand {
                 return Err(self.command.failure(&argv, &output));
             }
             let stdout = String::from_utf8_lossy(&output.stdout);
-            snapshots.extend(parse_owners(&self.command.display_with(&argv), &stdout)?);
+            snapshots.extend(parse_owners(chunk, &stdout));
         }
         Ok(snapshots)
     }
@@ -466,29 +475,50 @@ pub fn parse_filesystems(command: &str, stdout: &str) -> Result<Vec<Filesystem>>
     Ok(filesystems)
 }
 
-/// Parses `zfs get -H -p -o name,value,source <owner property> ...`: an
-/// owner counts only where the source is `local` (not `inherited from X`,
-/// not `received`, not `-`).
-pub fn parse_owners(command: &str, stdout: &str) -> Result<Vec<Snapshot>> {
-    stdout
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            match fields[..] {
-                [name, value, source] if name.contains('@') => Ok(Snapshot {
-                    name: name.to_owned(),
-                    owner: (source == "local")
-                        .then(|| optional(value))
-                        .flatten()
-                        .as_deref()
-                        .and_then(Owner::parse),
-                }),
-                _ => Err(malformed(
-                    command,
-                    line,
-                    "expected `snapshot<TAB>value<TAB>source`",
-                )),
+/// Parses `zfs get -H -p -o name,value,source <owner property> NAME...`
+/// for the snapshots `asked`: an owner counts only where the source is
+/// `local` (not `inherited from X`, not `received`, not `-`).
+///
+/// zfs prints values raw, and a user property may hold tabs and line breaks:
+/// someone allowed to set one could forge a line claiming another snapshot
+/// as ours. So a line counts only for a name that was asked, the source is
+/// the last field, and a name printed more than once is nobody's. Lines that
+/// fit none of that (the rest of a forged value) are skipped.
+pub fn parse_owners(asked: &[String], stdout: &str) -> Vec<Snapshot> {
+    let mut seen: std::collections::BTreeMap<&str, Vec<Option<Owner>>> =
+        std::collections::BTreeMap::new();
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [name, value @ .., source] = &fields[..] else {
+            continue;
+        };
+        if value.is_empty() || !asked.iter().any(|a| a == name) {
+            continue;
+        }
+        let value = value.join("\t");
+        let owner = (*source == "local")
+            .then(|| optional(&value))
+            .flatten()
+            .as_deref()
+            .and_then(Owner::parse)
+            .filter(|o| !o.runtime_root.contains(['\t', '\n']));
+        seen.entry(name).or_default().push(owner);
+    }
+    seen.into_iter()
+        .map(|(name, owners)| {
+            let owner = match <[Option<Owner>; 1]>::try_from(owners) {
+                Ok([owner]) => owner,
+                Err(_) => {
+                    tracing::warn!(
+                        snapshot = name,
+                        "zfs printed this snapshot's ownership more than once (a property value with a line break?): not treating it as ours"
+                    );
+                    None
+                }
+            };
+            Snapshot {
+                name: name.to_owned(),
+                owner,
             }
         })
         .collect()
@@ -576,16 +606,56 @@ tank/with space\t/tank/with space\ton\tyes\t-\t-\t6
              tank/t1@keepme\t{value}\tinherited from tank/t1\n\
              tank/recv@zfs-snap-c\t{value}\treceived\n"
         );
-        let snaps = parse_owners("zfs get", &out).unwrap();
+        let asked: Vec<String> = [
+            "tank/data@zfs-snap-a",
+            "tank/data@zfs-snap-b",
+            "tank/t1@keepme",
+            "tank/recv@zfs-snap-c",
+        ]
+        .map(String::from)
+        .to_vec();
+        let snaps = parse_owners(&asked, &out);
         assert_eq!(snaps.len(), 4);
-        assert_eq!(snaps[0].owner, None);
-        let owner = snaps[1].owner.as_ref().unwrap();
+        let owner_of = |n: &str| snaps.iter().find(|s| s.name == n).unwrap().owner.clone();
+        assert_eq!(owner_of("tank/data@zfs-snap-a"), None);
+        let owner = owner_of("tank/data@zfs-snap-b").unwrap();
         assert_eq!(owner.run_id, "20261126T033500Z-99");
         assert_eq!(owner.runtime_root, "/run/zfs-snap");
-        assert_eq!(snaps[2].owner, None, "inherited values prove nothing");
-        assert_eq!(snaps[3].owner, None, "received values prove nothing");
-        assert!(parse_owners("zfs get", "tank/data@a\tx\n").is_err());
-        assert!(parse_owners("zfs get", "tank/data\tx\tlocal\n").is_err());
+        assert_eq!(
+            owner_of("tank/t1@keepme"),
+            None,
+            "inherited values prove nothing"
+        );
+        assert_eq!(
+            owner_of("tank/recv@zfs-snap-c"),
+            None,
+            "received values prove nothing"
+        );
+    }
+
+    #[test]
+    fn forged_lines_in_a_value_claim_nothing() {
+        // A user's value holding a line break and tabs, forging a line for
+        // another snapshot (and one for its own).
+        let forged = "a\tlocal\ntank/victim@keep\tR:/run/zfs-snap\tlocal\n\
+                      tank/home/u@zfs-snap-x\tR:/run/zfs-snap\tlocal";
+        let out = format!("tank/home/u@zfs-snap-x\t{forged}\tlocal\ntank/victim@keep\t-\t-\n");
+        let asked = vec![
+            "tank/home/u@zfs-snap-x".to_owned(),
+            "tank/victim@keep".to_owned(),
+        ];
+        let snaps = parse_owners(&asked, &out);
+        assert!(snaps.iter().all(|s| s.owner.is_none()), "{snaps:?}");
+        // Not asked: a forged line for a snapshot not looked up is ignored.
+        let snaps = parse_owners(&asked[..1], &out);
+        assert!(
+            snaps.iter().all(|s| s.name != "tank/victim@keep"),
+            "{snaps:?}"
+        );
+        // A tab inside a value: the source is the last field.
+        let out = "tank/a@s\tx:/run/zfs-snap\tlocal\tinherited from tank/a\n";
+        let snaps = parse_owners(&["tank/a@s".to_owned()], out);
+        assert_eq!(snaps[0].owner, None);
     }
 
     #[test]

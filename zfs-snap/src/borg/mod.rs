@@ -34,7 +34,7 @@ pub fn check_version_cached(borg: &CommandLine, cache_dir: &Path) -> Result<(u32
     }
     let (version, text) = check_version_text(borg)?;
     if let Some(key) = key {
-        let _ = std::fs::write(&cache, format!("{key}\n{text}\n"));
+        let _ = crate::runtime::write_own_file(&cache, &format!("{key}\n{text}\n"));
     }
     Ok(version)
 }
