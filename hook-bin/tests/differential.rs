@@ -139,27 +139,53 @@ fn case(rng: &mut Rng, t: &Tree, n: usize) -> Case {
     let live = &t.world.live;
     let dirs = &t.dirs;
     let mut roots: Vec<OsString> = Vec::new();
-    let mut cwd = t.world.dir.path().to_owned();
+    // The cwd: outside the tree (absolute roots only), the tree's top, or
+    // a directory inside it (relative roots then start with `..`).
+    let (cwd, ups) = match rng.below(7) {
+        0 => (live.clone(), 0),
+        1 => {
+            let d = rng.pick(dirs).clone();
+            let depth = d.components().count();
+            (live.join(d), depth)
+        }
+        _ => (t.world.dir.path().to_owned(), usize::MAX),
+    };
     for _ in 0..1 + rng.below(3) {
         let d = rng.pick(dirs).clone();
         let abs = live.join(&d);
-        let root = match rng.below(6) {
-            0 => {
-                // Relative to a cwd of its parent.
-                cwd = live.clone();
-                d.clone().into_os_string()
+        let root = match rng.below(12) {
+            0 | 1 if ups != usize::MAX => {
+                let mut rel = OsString::new();
+                for _ in 0..ups {
+                    rel.push("../");
+                }
+                rel.push(d.as_os_str());
+                rel
             }
-            1 => {
+            2 => {
                 let mut s = abs.into_os_string();
                 s.push("/");
                 s
             }
-            2 if !roots.is_empty() => roots[0].clone(),
+            3 if !roots.is_empty() => roots[0].clone(),
+            4 if d.components().count() >= 2 => {
+                // The user's own `/./`.
+                let mut parts = d.components();
+                let first = parts.next().unwrap().as_os_str().to_owned();
+                let mut s = live.join(first).into_os_string();
+                s.push("/./");
+                s.push(parts.as_path().as_os_str());
+                s
+            }
+            5 if rng.chance(20) => "-".into(),
+            6 if rng.chance(10) => "".into(),
             _ => abs.into_os_string(),
         };
         roots.push(root);
     }
-    let relative = cwd == *live;
+    let relative = roots
+        .iter()
+        .any(|r| !r.is_empty() && r != "-" && !Path::new(r).is_absolute());
     let mut options: Vec<Vec<OsString>> = Vec::new();
     let mut files = Vec::new();
     for _ in 0..rng.below(4) {
@@ -176,6 +202,9 @@ fn case(rng: &mut Rng, t: &Tree, n: usize) -> Case {
             rng.below(9)
         };
         let text = match kind {
+            _ if rng.chance(8) => {
+                (*rng.pick(&["", "fm:", "pp:", "sh:", "pf:", "re:", "."])).to_owned()
+            }
             0 => format!("fm:/{anchored}"),
             1 => format!("*/{leaf}"),
             2 => format!("sh:**/{leaf}"),
@@ -290,26 +319,32 @@ fn differs_with(w: &World, c: &Case, id: &str, sabotage: &[&str]) -> Option<Stri
         fs::write(path, content).unwrap();
     }
     let repo = w.repo();
+    let stdin = w.dir.path().join("stdin-content");
+    fs::write(&stdin, "from stdin\n").unwrap();
     let plain = borg_cmd(w, Path::new("borg"))
         .current_dir(&c.cwd)
         .args(words(c, &format!("plain-{id}"), &repo))
+        .stdin(fs::File::open(&stdin).unwrap())
         .output()
         .unwrap();
-    if plain.status.code() == Some(2) {
-        eprintln!(
-            "plain borg refuses: {}",
-            String::from_utf8_lossy(&plain.stderr)
-        );
-        return None;
-    }
     let wrapped = w
         .cmd()
         .current_dir(&c.cwd)
         .args(["wrap", "--", "borg", "create"])
         .args(sabotage)
         .args(&words(c, &format!("wrapped-{id}"), &repo)[1..])
+        .stdin(fs::File::open(&stdin).unwrap())
         .output()
         .unwrap();
+    if plain.status.code() == Some(2) {
+        // borg refuses the command line: so must the run through zfs-snap.
+        return archive(w, &format!("wrapped-{id}")).ok().map(|got| {
+            format!(
+                "plain borg refused ({}), zfs-snap made an archive: {got:?}",
+                String::from_utf8_lossy(&plain.stderr).trim()
+            )
+        });
+    }
     let want = archive(w, &format!("plain-{id}"));
     let got = archive(w, &format!("wrapped-{id}"));
     match (want, got) {

@@ -52,6 +52,17 @@ pub fn wrap(
         tracing::info!("borg --dry-run: no snapshot taken, borg reads live paths");
         return pass_through(borg, argv, signals);
     }
+    if args.paths_at_run_time.as_deref() == Some("--content-from-command") {
+        tracing::info!(
+            "borg --content-from-command: borg stores a command's output, reads no files; no snapshot taken"
+        );
+        return pass_through(borg, argv, signals);
+    }
+    if args.path_indices.iter().any(|&i| args.argv[i].is_empty()) {
+        // borg refuses an empty PATH ("Empty strings are not accepted as
+        // paths"): let it say so, rather than read it as the cwd.
+        return pass_through(borg, argv, signals);
+    }
     if let Some(option) = &args.paths_at_run_time {
         return Err(Error::BorgArgs(format!(
             "with {option} borg learns its paths only while it runs, so zfs-snap cannot snapshot \

@@ -42,16 +42,44 @@ impl Mapping {
     }
 
     /// The path to give borg for a source root, with borg's `/./` marker
-    /// placed so the archive stores what plain borg would have stored:
-    /// `var/lib/x` for `/var/lib/x`, `data` for `data` given relative to
-    /// `cwd`.
+    /// placed so the archive stores what plain borg would have stored.
+    ///
+    /// borg 1.4 stores a walked path minus the part before the *first*
+    /// `/./` of the argument as given (none at position 0), then drops
+    /// leading `/` and `../`. So: `/var/lib/x` is stored as `var/lib/x`;
+    /// `data` (relative to `cwd`) as `data`; `../child` as `child`; and a
+    /// root carrying the user's own marker, `/tank/data/./dir`, as `dir`.
     pub fn borg_root(&self, given: &Path, cwd: &Path) -> String {
-        let (base, rest) = if given.is_absolute() {
-            (self.snapshot_root.clone(), strip_root(given))
-        } else {
-            (self.to_snapshot(cwd), given.to_path_buf())
+        let text = given.to_string_lossy();
+        let (head, tail) = match text.find("/./") {
+            Some(pos) if pos > 0 => (&text[..pos], Some(&text[pos + 3..])),
+            _ => (&*text, None),
         };
-        format!("{}/./{}", base.display(), rest.display())
+        // Where the stored path starts, and what follows it.
+        let (base, rest) = if given.is_absolute() {
+            match tail {
+                Some(_) => (normalize(Path::new(head)), String::new()),
+                None => (
+                    PathBuf::from("/"),
+                    strip_root(&normalize(given)).display().to_string(),
+                ),
+            }
+        } else {
+            let (ups, parts) = python_normpath(head);
+            let mut base = normalize(cwd);
+            for _ in 0..ups {
+                base.pop();
+            }
+            match tail {
+                Some(_) => (base.join(parts), String::new()),
+                None => (base, parts),
+            }
+        };
+        let base = self.to_snapshot(&base);
+        match tail {
+            Some(tail) => format!("{}/./{tail}", base.display()),
+            None => format!("{}/./{rest}", base.display()),
+        }
     }
 
     /// The prefix borg sees in front of original paths when it matches
@@ -65,6 +93,24 @@ fn strip_root(path: &Path) -> PathBuf {
     path.components()
         .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_)))
         .collect()
+}
+
+/// Python's `os.path.normpath` of a relative path, as borg applies it: the
+/// number of leading `..` and the rest (`""` for none).
+fn python_normpath(relative: &str) -> (usize, String) {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut ups = 0;
+    for part in relative.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.is_empty() => ups += 1,
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    (ups, parts.join("/"))
 }
 
 /// Lexically normalises an absolute path: drops `.`, resolves `..` against
@@ -95,6 +141,32 @@ mod tests {
 
     fn mapping() -> Mapping {
         Mapping::new(Path::new("/run/zfs-snap"))
+    }
+
+    #[test]
+    fn borg_roots_store_what_plain_borg_stores() {
+        let m = mapping();
+        let cwd = Path::new("/tank/data/dir");
+        for (given, want) in [
+            ("/var/lib", "/run/zfs-snap/snap/./var/lib"),
+            ("/var/lib/", "/run/zfs-snap/snap/./var/lib"),
+            ("/var/x/../lib", "/run/zfs-snap/snap/./var/lib"),
+            ("sub", "/run/zfs-snap/snap/tank/data/dir/./sub"),
+            ("sub/", "/run/zfs-snap/snap/tank/data/dir/./sub"),
+            ("../child", "/run/zfs-snap/snap/tank/data/./child"),
+            ("../../a/b", "/run/zfs-snap/snap/tank/./a/b"),
+            ("/tank/data/./dir", "/run/zfs-snap/snap/tank/data/./dir"),
+            (
+                "/tank/data/./dir/./x",
+                "/run/zfs-snap/snap/tank/data/./dir/./x",
+            ),
+            ("/./tank", "/run/zfs-snap/snap/./tank"),
+            ("a/./b", "/run/zfs-snap/snap/tank/data/dir/a/./b"),
+            ("../x/./y", "/run/zfs-snap/snap/tank/data/x/./y"),
+            ("./sub", "/run/zfs-snap/snap/tank/data/dir/./sub"),
+        ] {
+            assert_eq!(m.borg_root(Path::new(given), cwd), want, "{given}");
+        }
     }
 
     #[test]

@@ -159,6 +159,12 @@ pub fn clean_lines(text: &str) -> impl Iterator<Item = &str> {
 /// exactly when `pattern` matches `<path>`. `prefix` has no leading or
 /// trailing `/` and no glob characters.
 pub fn prefixed(pattern: &Pattern, prefix: &str) -> Pattern {
+    // borg normalises path-style patterns (`os.path.normpath`): one that is
+    // empty or only `.` matches the path `.` alone, never a mirror path, so
+    // it is its own twin (prefixing it would match the whole mirror).
+    if pattern.style != Style::Re && normalises_to_dot(&pattern.text) {
+        return pattern.clone();
+    }
     let text = match pattern.style {
         Style::Fm | Style::Sh | Style::Pp | Style::Pf => {
             format!("{prefix}/{}", pattern.text.trim_start_matches('/'))
@@ -170,6 +176,10 @@ pub fn prefixed(pattern: &Pattern, prefix: &str) -> Pattern {
         style: pattern.style,
         text,
     }
+}
+
+fn normalises_to_dot(text: &str) -> bool {
+    !text.starts_with('/') && text.split('/').all(|part| part.is_empty() || part == ".")
 }
 
 /// Python `re.search(r, path)` ≡ `re.match('.*?(?:r)', path)`; so the twin

@@ -42,9 +42,11 @@ impl Sources {
     /// Reads the roots (PATH positionals and `R` lines, in command-line
     /// order) and every pattern, opening pattern files relative to `cwd`.
     pub fn read(args: &CreateArgs, cwd: &Path) -> Result<Sources> {
+        // `-` is borg's stdin, not a path: it passes through as it is.
         let mut roots: Vec<(usize, PathBuf, Origin)> = args
             .path_indices
             .iter()
+            .filter(|&&i| args.argv[i] != "-")
             .map(|&i| (i, PathBuf::from(&args.argv[i]), Origin::Positional(i)))
             .collect();
         let mut rules = Vec::new();
