@@ -14,258 +14,37 @@
 
 mod support;
 
-use std::ffi::OsString;
+#[path = "support/generate.rs"]
+mod generate;
+
 use std::fs;
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use generate::{show, words, Case, Rng, KNOWN};
 use support::*;
 
-/// Not generated until fixed (issue 9): empty patterns, `..` in a relative
-/// root, the user's own `/./`, an empty root, `-` (stdin).
-const KNOWN: &[&str] = &[
-    "empty pattern",
-    "dotdot root",
-    "user /./",
-    "empty root",
-    "stdin",
-];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-/// Names of files and directories: spaces, glob characters, unicode and a
-/// non-UTF-8 byte.
-fn name(rng: &mut Rng) -> OsString {
-    let plain = ["a", "b", "data", "cache", "tmp", "keep", "x.log", "y.pyc"];
-    match rng.below(10) {
-        0 => OsString::from("with space"),
-        1 => OsString::from(*rng.pick(&["st*r", "q?m", "[br]", "a]b"])),
-        2 => OsString::from("été"),
-        3 => OsString::from_vec(b"raw\xffbyte".to_vec()),
-        _ => OsString::from(*rng.pick(&plain)),
-    }
-}
-
-const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n";
-
-/// A tree below `dir`: returns the directories made (relative to `dir`).
-fn grow(rng: &mut Rng, dir: &Path, depth: usize, rel: PathBuf, dirs: &mut Vec<PathBuf>) {
-    fs::create_dir_all(dir).unwrap();
-    dirs.push(rel.clone());
-    for _ in 0..1 + rng.below(4) {
-        let n = name(rng);
-        let path = dir.join(&n);
-        if path.exists() {
-            continue;
-        }
-        match rng.below(10) {
-            0..=4 => fs::write(&path, "content\n").unwrap(),
-            5 | 6 if depth < 3 => grow(rng, &path, depth + 1, rel.join(&n), dirs),
-            7 => std::os::unix::fs::symlink("a", &path).unwrap(),
-            8 => fs::write(dir.join("CACHEDIR.TAG"), CACHEDIR_TAG).unwrap(),
-            _ => fs::write(dir.join(".nobackup"), "").unwrap(),
-        }
-    }
-}
-
-/// One generated case: a tree in a fresh world, then command lines.
+/// One generated tree in a fresh world (fake datasets), for several cases.
 struct Tree {
     world: World,
-    /// `live/tank` and what is below it, relative to `live`.
     dirs: Vec<PathBuf>,
 }
 
 fn tree(rng: &mut Rng) -> Tree {
     let world = World::new();
-    let top = world.dataset("tank", "tank");
-    let mut dirs = Vec::new();
-    grow(rng, &top, 0, PathBuf::from("tank"), &mut dirs);
-    // Some directories become datasets of their own (nested either way).
-    let mut made = 0;
-    for d in dirs.clone().iter().skip(1) {
-        // ZFS names: ASCII letters, digits and `_-:. /`.
-        let zfs_name = d.to_str().filter(|s| {
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-:. /".contains(&b))
-        });
-        if let Some(name) = zfs_name.filter(|_| made < 3 && rng.chance(35)) {
-            // The directory (its content stays) becomes a dataset.
-            world.dataset(name, name);
-            made += 1;
-        }
+    let spec = generate::tree(rng);
+    generate::materialize(&spec, &world.live);
+    for name in &spec.datasets {
+        world.dataset(name, name);
     }
-    Tree { world, dirs }
-}
-
-/// A command line: options (each a group of words), then roots, in `cwd`.
-#[derive(Clone, Debug)]
-struct Case {
-    cwd: PathBuf,
-    options: Vec<Vec<OsString>>,
-    roots: Vec<OsString>,
-    /// Pattern files to write first: (path, content).
-    files: Vec<(PathBuf, String)>,
-}
-
-fn archive_path(live: &Path, rel: &Path) -> String {
-    live.join(rel)
-        .display()
-        .to_string()
-        .trim_start_matches('/')
-        .to_owned()
+    Tree {
+        world,
+        dirs: spec.dirs,
+    }
 }
 
 fn case(rng: &mut Rng, t: &Tree, n: usize) -> Case {
-    let live = &t.world.live;
-    let dirs = &t.dirs;
-    let mut roots: Vec<OsString> = Vec::new();
-    // The cwd: outside the tree (absolute roots only), the tree's top, or
-    // a directory inside it (relative roots then start with `..`).
-    let (cwd, ups) = match rng.below(7) {
-        0 => (live.clone(), 0),
-        1 => {
-            let d = rng.pick(dirs).clone();
-            let depth = d.components().count();
-            (live.join(d), depth)
-        }
-        _ => (t.world.dir.path().to_owned(), usize::MAX),
-    };
-    for _ in 0..1 + rng.below(3) {
-        let d = rng.pick(dirs).clone();
-        let abs = live.join(&d);
-        let root = match rng.below(12) {
-            0 | 1 if ups != usize::MAX => {
-                let mut rel = OsString::new();
-                for _ in 0..ups {
-                    rel.push("../");
-                }
-                rel.push(d.as_os_str());
-                rel
-            }
-            2 => {
-                let mut s = abs.into_os_string();
-                s.push("/");
-                s
-            }
-            3 if !roots.is_empty() => roots[0].clone(),
-            4 if d.components().count() >= 2 => {
-                // The user's own `/./`.
-                let mut parts = d.components();
-                let first = parts.next().unwrap().as_os_str().to_owned();
-                let mut s = live.join(first).into_os_string();
-                s.push("/./");
-                s.push(parts.as_path().as_os_str());
-                s
-            }
-            5 if rng.chance(20) => "-".into(),
-            6 if rng.chance(10) => "".into(),
-            _ => abs.into_os_string(),
-        };
-        roots.push(root);
-    }
-    let relative = roots
-        .iter()
-        .any(|r| !r.is_empty() && r != "-" && !Path::new(r).is_absolute());
-    let mut options: Vec<Vec<OsString>> = Vec::new();
-    let mut files = Vec::new();
-    for _ in 0..rng.below(4) {
-        let d = rng.pick(dirs).clone();
-        let leaf = d
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let anchored = archive_path(live, &d);
-        let unanchored = [1, 2, 5, 7];
-        let kind = if relative {
-            *rng.pick(&unanchored)
-        } else {
-            rng.below(9)
-        };
-        let text = match kind {
-            _ if rng.chance(8) => {
-                (*rng.pick(&["", "fm:", "pp:", "sh:", "pf:", "re:", "."])).to_owned()
-            }
-            0 => format!("fm:/{anchored}"),
-            1 => format!("*/{leaf}"),
-            2 => format!("sh:**/{leaf}"),
-            3 => format!("pp:/{anchored}"),
-            4 => format!("pf:/{anchored}"),
-            5 => format!("re:{}$", regex_escape(&leaf)),
-            6 => format!("re:^{}", regex_escape(&anchored)),
-            7 => "*.pyc".to_owned(),
-            _ => format!("/{anchored}/*"),
-        };
-        match rng.below(4) {
-            0 => options.push(vec!["--pattern".into(), format!("- {text}").into()]),
-            1 => {
-                let path = t
-                    .world
-                    .dir
-                    .path()
-                    .join(format!("p{n}-{}.lst", options.len()));
-                let body = format!("# generated\n\nP fm\n! {text}\n+ */keep\n");
-                files.push((path.clone(), body));
-                options.push(vec!["--patterns-from".into(), path.into()]);
-            }
-            2 => {
-                let path = t
-                    .world
-                    .dir
-                    .path()
-                    .join(format!("e{n}-{}.lst", options.len()));
-                files.push((path.clone(), format!("{text}\n# c\n")));
-                options.push(vec!["--exclude-from".into(), path.into()]);
-            }
-            _ => options.push(vec!["-e".into(), text.into()]),
-        }
-    }
-    if rng.chance(25) {
-        options.push(vec!["--exclude-caches".into()]);
-    }
-    if rng.chance(25) {
-        options.push(vec!["--exclude-if-present".into(), ".nobackup".into()]);
-        if rng.chance(50) {
-            options.push(vec!["--keep-exclude-tags".into()]);
-        }
-    }
-    Case {
-        cwd,
-        options,
-        roots,
-        files,
-    }
-}
-
-fn regex_escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let special = !c.is_alphanumeric() && c != '/' && c != '_';
-            special
-                .then_some('\\')
-                .into_iter()
-                .chain(std::iter::once(c))
-        })
-        .collect()
+    generate::case(rng, &t.dirs, &t.world.live, t.world.dir.path(), n)
 }
 
 fn borg_cmd(w: &World, program: &Path) -> Command {
@@ -297,14 +76,6 @@ fn archive(w: &World, name: &str) -> Result<Vec<String>, String> {
         .collect();
     paths.sort();
     Ok(paths)
-}
-
-fn words(c: &Case, archive: &str, repo: &str) -> Vec<OsString> {
-    let mut argv: Vec<OsString> = vec!["create".into()];
-    argv.extend(c.options.iter().flatten().cloned());
-    argv.push(format!("{repo}::{archive}").into());
-    argv.extend(c.roots.iter().cloned());
-    argv
 }
 
 /// Runs `c` both ways; `None` when the archives agree (or borg itself
@@ -410,22 +181,6 @@ fn shrink_with(w: &World, mut c: Case, mut n: usize, sabotage: &[&str]) -> (Case
             None => return (c, why),
         }
     }
-}
-
-fn show(c: &Case) -> String {
-    let mut s = format!("cd {} && zfs-snap wrap -- borg", sh(c.cwd.as_os_str()));
-    for word in words(c, "ARCHIVE", "REPO") {
-        s.push(' ');
-        s.push_str(&sh(&word));
-    }
-    for (path, content) in &c.files {
-        s.push_str(&format!("\n  with {}:\n{content}", path.display()));
-    }
-    s
-}
-
-fn sh(word: &std::ffi::OsStr) -> String {
-    format!("'{}'", word.to_string_lossy().replace('\'', "'\\''"))
 }
 
 fn run_cases(test_seed: u64) {
