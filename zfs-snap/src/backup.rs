@@ -93,7 +93,7 @@ pub fn wrap(
     log_plan(&plan);
     session.timings_mut().discovery_ms = started.elapsed().as_secs_f64() * 1000.0;
     session.freeze(&plan, &|| signals.received())?;
-    let argv = write_rewrite(&mut session, &args, &sources, &plan)?;
+    let argv = write_rewrite(&mut session, &args, &sources, &plan, &ctx.cwd)?;
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
@@ -136,9 +136,10 @@ fn write_rewrite(
     args: &CreateArgs,
     sources: &Sources,
     plan: &Plan,
+    cwd: &Path,
 ) -> Result<Vec<OsString>> {
     let work_dir = session.work_dir();
-    let rewritten = borg::rewrite(args, sources, plan, session.mapping(), &work_dir);
+    let rewritten = borg::rewrite(args, sources, plan, session.mapping(), &work_dir, cwd);
     session.write_work_files(&rewritten.files)?;
     Ok(rewritten.argv)
 }

@@ -49,37 +49,53 @@ impl Mapping {
     /// leading `/` and `../`. So: `/var/lib/x` is stored as `var/lib/x`;
     /// `data` (relative to `cwd`) as `data`; `../child` as `child`; and a
     /// root carrying the user's own marker, `/tank/data/./dir`, as `dir`.
+    ///
+    /// A relative root stays relative (through `..` up to `/` and down into
+    /// the mirror), because borg matches patterns against the path as
+    /// walked: relative for a relative root ([`Mapping::relative_prefix`]).
     pub fn borg_root(&self, given: &Path, cwd: &Path) -> String {
         let text = given.to_string_lossy();
         let (head, tail) = match text.find("/./") {
             Some(pos) if pos > 0 => (&text[..pos], Some(&text[pos + 3..])),
             _ => (&*text, None),
         };
-        // Where the stored path starts, and what follows it.
-        let (base, rest) = if given.is_absolute() {
-            match tail {
-                Some(_) => (normalize(Path::new(head)), String::new()),
-                None => (
-                    PathBuf::from("/"),
-                    strip_root(&normalize(given)).display().to_string(),
+        if given.is_absolute() {
+            return match tail {
+                Some(tail) => format!(
+                    "{}/./{tail}",
+                    self.to_snapshot(&normalize(Path::new(head))).display()
                 ),
-            }
-        } else {
-            let (ups, parts) = python_normpath(head);
-            let mut base = normalize(cwd);
-            for _ in 0..ups {
-                base.pop();
-            }
-            match tail {
-                Some(_) => (base.join(parts), String::new()),
-                None => (base, parts),
-            }
-        };
-        let base = self.to_snapshot(&base);
-        match tail {
-            Some(tail) => format!("{}/./{tail}", base.display()),
-            None => format!("{}/./{rest}", base.display()),
+                None => format!(
+                    "{}/./{}",
+                    self.snapshot_root.display(),
+                    strip_root(&normalize(given)).display()
+                ),
+            };
         }
+        let (ups, parts) = python_normpath(head);
+        let base = self.relative_prefix(cwd, ups);
+        match tail {
+            Some(tail) if parts.is_empty() => format!("{base}/./{tail}"),
+            Some(tail) => format!("{base}/{parts}/./{tail}"),
+            None => format!("{base}/./{parts}"),
+        }
+    }
+
+    /// The prefix borg sees, in the rewritten form, in front of what it
+    /// walks from a relative root given in `cwd` that starts with `ups`
+    /// `..`: `..` up to `/` from `cwd`, then the mirror of `cwd` minus `ups`
+    /// levels (`../run/zfs-snap/snap/tank` from `/tank/data` with one `..`).
+    pub fn relative_prefix(&self, cwd: &Path, ups: usize) -> String {
+        let cwd = normalize(cwd);
+        let depth = cwd.components().count() - 1;
+        let mut base = cwd.clone();
+        for _ in 0..ups {
+            base.pop();
+        }
+        let down = strip_root(&self.to_snapshot(&base));
+        let mut out = "../".repeat(depth);
+        out.push_str(&down.display().to_string());
+        out
     }
 
     /// The prefix borg sees in front of original paths when it matches
@@ -97,7 +113,7 @@ fn strip_root(path: &Path) -> PathBuf {
 
 /// Python's `os.path.normpath` of a relative path, as borg applies it: the
 /// number of leading `..` and the rest (`""` for none).
-fn python_normpath(relative: &str) -> (usize, String) {
+pub fn python_normpath(relative: &str) -> (usize, String) {
     let mut parts: Vec<&str> = Vec::new();
     let mut ups = 0;
     for part in relative.split('/') {
@@ -151,19 +167,19 @@ mod tests {
             ("/var/lib", "/run/zfs-snap/snap/./var/lib"),
             ("/var/lib/", "/run/zfs-snap/snap/./var/lib"),
             ("/var/x/../lib", "/run/zfs-snap/snap/./var/lib"),
-            ("sub", "/run/zfs-snap/snap/tank/data/dir/./sub"),
-            ("sub/", "/run/zfs-snap/snap/tank/data/dir/./sub"),
-            ("../child", "/run/zfs-snap/snap/tank/data/./child"),
-            ("../../a/b", "/run/zfs-snap/snap/tank/./a/b"),
+            ("sub", "../../../run/zfs-snap/snap/tank/data/dir/./sub"),
+            ("sub/", "../../../run/zfs-snap/snap/tank/data/dir/./sub"),
+            ("../child", "../../../run/zfs-snap/snap/tank/data/./child"),
+            ("../../a/b", "../../../run/zfs-snap/snap/tank/./a/b"),
             ("/tank/data/./dir", "/run/zfs-snap/snap/tank/data/./dir"),
             (
                 "/tank/data/./dir/./x",
                 "/run/zfs-snap/snap/tank/data/./dir/./x",
             ),
             ("/./tank", "/run/zfs-snap/snap/./tank"),
-            ("a/./b", "/run/zfs-snap/snap/tank/data/dir/a/./b"),
-            ("../x/./y", "/run/zfs-snap/snap/tank/data/x/./y"),
-            ("./sub", "/run/zfs-snap/snap/tank/data/dir/./sub"),
+            ("a/./b", "../../../run/zfs-snap/snap/tank/data/dir/a/./b"),
+            ("../x/./y", "../../../run/zfs-snap/snap/tank/data/x/./y"),
+            ("./sub", "../../../run/zfs-snap/snap/tank/data/dir/./sub"),
         ] {
             assert_eq!(m.borg_root(Path::new(given), cwd), want, "{given}");
         }
@@ -197,7 +213,15 @@ mod tests {
         );
         assert_eq!(
             m.borg_root(Path::new("data"), cwd),
-            "/run/zfs-snap/snap/home/u/./data"
+            "../../run/zfs-snap/snap/home/u/./data"
+        );
+        assert_eq!(
+            m.borg_root(Path::new("data"), Path::new("/")),
+            "run/zfs-snap/snap/./data"
+        );
+        assert_eq!(
+            m.relative_prefix(Path::new("/tank/data"), 1),
+            "../../run/zfs-snap/snap/tank"
         );
         assert_eq!(m.borg_root(Path::new("/"), cwd), "/run/zfs-snap/snap/./");
         assert_eq!(m.pattern_prefix(), "run/zfs-snap/snap");

@@ -58,6 +58,22 @@ pub struct PlannedRoot {
     pub dataset: Option<String>,
 }
 
+impl PlannedRoot {
+    /// Whether the user gave this root relative to the working directory.
+    pub fn path_given_relative(&self) -> bool {
+        !self.path.is_absolute()
+    }
+
+    /// The root as given, up to the user's own `/./` marker, if any.
+    pub fn given_head(&self) -> String {
+        let text = self.path.to_string_lossy();
+        match text.find("/./") {
+            Some(pos) if pos > 0 => text[..pos].to_owned(),
+            _ => text.into_owned(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RootSource {

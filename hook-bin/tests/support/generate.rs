@@ -10,15 +10,9 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-/// Not generated until fixed (issue 9): empty patterns, `..` in a relative
-/// root, the user's own `/./`, an empty root, `-` (stdin).
-pub const KNOWN: &[&str] = &[
-    "empty pattern",
-    "dotdot root",
-    "user /./",
-    "empty root",
-    "stdin",
-];
+/// Inputs not generated, each a difference zfs-snap cannot avoid (README,
+/// "Where the archive differs from plain borg's"): none at present.
+pub const KNOWN: &[&str] = &[];
 
 pub struct Rng(pub u64);
 
@@ -231,12 +225,7 @@ pub fn case(rng: &mut Rng, dirs: &[PathBuf], live: &Path, scratch: &Path, n: usi
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let anchored = archive_path(live, &d);
-        let unanchored = [1, 2, 5, 7];
-        let kind = if relative {
-            *rng.pick(&unanchored)
-        } else {
-            rng.below(9)
-        };
+        let kind = rng.below(10);
         let text = match kind {
             _ if rng.chance(8) => {
                 (*rng.pick(&["", "fm:", "pp:", "sh:", "pf:", "re:", "."])).to_owned()
@@ -249,6 +238,7 @@ pub fn case(rng: &mut Rng, dirs: &[PathBuf], live: &Path, scratch: &Path, n: usi
             5 => format!("re:{}$", regex_escape(&leaf)),
             6 => format!("re:^{}", regex_escape(&anchored)),
             7 => "*.pyc".to_owned(),
+            8 if relative => format!("{}/*", d.display()),
             _ => format!("/{anchored}/*"),
         };
         match rng.below(4) {

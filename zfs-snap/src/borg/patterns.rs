@@ -159,11 +159,42 @@ pub fn clean_lines(text: &str) -> impl Iterator<Item = &str> {
 /// exactly when `pattern` matches `<path>`. `prefix` has no leading or
 /// trailing `/` and no glob characters.
 pub fn prefixed(pattern: &Pattern, prefix: &str) -> Pattern {
+    prefixed_after(pattern, prefix, 0).expect("with no `..` every pattern has a twin")
+}
+
+/// The twin of `pattern` for paths walked from relative roots that start
+/// with `ups` `..`: plain borg matches `../../x` where the rewritten root
+/// walks `<prefix>/x`. A path-style pattern reaches those paths only if it
+/// starts with the same `..` (they are dropped) or with a glob character
+/// (kept); any other has no twin (`None`): it matches none of them.
+pub fn prefixed_after(pattern: &Pattern, prefix: &str, ups: usize) -> Option<Pattern> {
+    if ups > 0 && pattern.style != Style::Re {
+        let mut text = pattern.text.as_str();
+        let mut dropped = 0;
+        while dropped < ups {
+            match text.strip_prefix("../") {
+                Some(rest) => {
+                    text = rest;
+                    dropped += 1;
+                }
+                None => break,
+            }
+        }
+        let globbed = text.starts_with(['*', '?', '[']);
+        if dropped < ups && !(dropped == 0 && globbed) {
+            return None;
+        }
+        let rest = Pattern {
+            text: text.to_owned(),
+            ..pattern.clone()
+        };
+        return Some(prefixed_after(&rest, prefix, 0).expect("ups is 0"));
+    }
     // borg normalises path-style patterns (`os.path.normpath`): one that is
     // empty or only `.` matches the path `.` alone, never a mirror path, so
     // it is its own twin (prefixing it would match the whole mirror).
     if pattern.style != Style::Re && normalises_to_dot(&pattern.text) {
-        return pattern.clone();
+        return Some(pattern.clone());
     }
     let text = match pattern.style {
         Style::Fm | Style::Sh | Style::Pp | Style::Pf => {
@@ -171,11 +202,11 @@ pub fn prefixed(pattern: &Pattern, prefix: &str) -> Pattern {
         }
         Style::Re => prefixed_regex(&pattern.text, prefix),
     };
-    Pattern {
+    Some(Pattern {
         action: pattern.action,
         style: pattern.style,
         text,
-    }
+    })
 }
 
 fn normalises_to_dot(text: &str) -> bool {

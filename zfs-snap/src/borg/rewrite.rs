@@ -156,6 +156,7 @@ pub fn rewrite(
     plan: &Plan,
     mapping: &Mapping,
     work_dir: &Path,
+    cwd: &Path,
 ) -> Rewritten {
     let prefix = mapping.pattern_prefix();
     let mut files = Vec::new();
@@ -169,15 +170,32 @@ pub fn rewrite(
     for live in &plan.live_exclusions {
         ours.push(format!("! pf:{}", strip_slash(live)));
     }
-    let reads_snapshots = plan.borg_roots().any(|r| r.dataset.is_some());
-    if reads_snapshots && sources.has_rules() {
-        ours.extend(
-            sources
-                .rules
-                .iter()
-                .map(|r| patterns::prefixed(r, &prefix).to_string()),
-        );
-        ours.push(format!("+ pp:{prefix}"));
+    // borg matches the path as walked: from an absolute root, the mirror
+    // path; from a relative one, a relative path (see Mapping::borg_root).
+    // Each kind of walked path gets its own twins, and its own guard.
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for root in plan.borg_roots().filter(|r| r.dataset.is_some()) {
+        let group = if root.path_given_relative() {
+            let (ups, _) = crate::mapping::python_normpath(&root.given_head());
+            (mapping.relative_prefix(cwd, ups), ups)
+        } else {
+            (prefix.clone(), 0)
+        };
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    if !groups.is_empty() && sources.has_rules() {
+        for rule in &sources.rules {
+            for (group_prefix, ups) in &groups {
+                if let Some(twin) = patterns::prefixed_after(rule, group_prefix, *ups) {
+                    ours.push(twin.to_string());
+                }
+            }
+        }
+        for (group_prefix, _) in &groups {
+            ours.push(format!("+ pp:{group_prefix}"));
+        }
     }
 
     let borg_path = |k: usize| plan.roots[k].borg_path.clone();
@@ -350,6 +368,7 @@ mod tests {
             &plan,
             &mapping,
             Path::new("/run/zfs-snap/work"),
+            Path::new("/"),
         );
         assert_eq!(
             strings(&out.argv),
@@ -383,7 +402,14 @@ mod tests {
         let sources = Sources::read(&args, Path::new("/")).unwrap();
         let mapping = Mapping::new(Path::new("/run/zfs-snap"));
         let plan = plan_for(&sources.roots(), &[false], &mapping);
-        let out = rewrite(&args, &sources, &plan, &mapping, Path::new("/w"));
+        let out = rewrite(
+            &args,
+            &sources,
+            &plan,
+            &mapping,
+            Path::new("/w"),
+            Path::new("/"),
+        );
         assert_eq!(strings(&out.argv), ["create", "::a", "/etc"]);
         assert!(out.files.is_empty());
     }
@@ -406,7 +432,14 @@ mod tests {
         );
         let mapping = Mapping::new(Path::new("/run/zfs-snap"));
         let plan = plan_for(&sources.roots(), &[true, true], &mapping);
-        let out = rewrite(&args, &sources, &plan, &mapping, Path::new("/w"));
+        let out = rewrite(
+            &args,
+            &sources,
+            &plan,
+            &mapping,
+            Path::new("/w"),
+            Path::new("/"),
+        );
         let argv = strings(&out.argv);
         assert_eq!(argv[3], "--pattern=R /run/zfs-snap/snap/./var/lib");
         assert_eq!(argv[4], "--patterns-from=/w/zfs-snap-patterns-from-0.lst");
