@@ -210,6 +210,71 @@ fn stdin_content_from_command_and_an_empty_path() {
     fx.assert_clean();
 }
 
+/// Case 4: a live root that contains the runtime root (here a tmpfs holding
+/// it) does not archive zfs-snap's own state: not the mirror again under
+/// its runtime path, not the lock or the work files; the archive is what
+/// plain borg stored before zfs-snap ever ran there.
+#[test]
+fn a_live_root_containing_the_runtime_root_does_not_archive_it() {
+    let fx = require_zfs!();
+    let data = tree(&fx);
+    let live = fx.work.join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    must(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m",
+            "live",
+            &live.display().to_string(),
+        ],
+    );
+    write_file(
+        &live.join("etc/conf"),
+        "conf
+",
+    );
+    write_file(
+        &live.join("keep/x"),
+        "x
+",
+    );
+    let root = live.join("rt");
+    let live_s = live.display().to_string();
+    let exclude = format!("{live_s}/keep");
+    let args = ["-e", &exclude, "ARCHIVE", &live_s, &data];
+    let with = |at: String| -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                if *a == "ARCHIVE" {
+                    at.clone()
+                } else {
+                    (*a).to_owned()
+                }
+            })
+            .collect()
+    };
+    let mut plain = fx.repo.borg();
+    plain.arg("create").args(with(fx.repo.at("plain")));
+    run(&mut plain).success();
+    // Twice: the second run finds the lock, the mark and the cached borg
+    // version of the first in the runtime root.
+    for archive in ["wrapped", "again"] {
+        let mut wrapped = fx.zfs_snap_at(&root);
+        wrapped
+            .args(["wrap", "--", "borg", "create"])
+            .args(with(fx.repo.at(archive)));
+        let out = run(&mut wrapped).success();
+        out.expect_stderr("is inside the live path");
+        assert_same_paths(&fx.repo.list(archive), &fx.repo.list("plain"), &out.dump());
+        assert!(mounts_under(&root).is_empty(), "{}", out.dump());
+    }
+    assert!(fx.owned_snapshots().is_empty());
+    must("umount", &[&live]);
+}
+
 #[path = "../../hook-bin/tests/support/generate.rs"]
 mod generate;
 

@@ -196,6 +196,19 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         }
     }
 
+    // A live root containing the runtime root would walk into zfs-snap's own
+    // state: its lock and mark, and the mirror (archived twice, under its
+    // runtime path). The mirror roots themselves start below the runtime
+    // root, so excluding exactly that directory leaves them alone.
+    if let Some(root) = live_roots.iter().find(|r| is_within(runtime_root, r)) {
+        live_exclusions.push(runtime_root.to_owned());
+        d.warnings.push(format!(
+            "the runtime root {} is inside the live path {}: it is not archived (it holds              zfs-snap's lock and the snapshot mirror, not data)",
+            runtime_root.display(),
+            root.display()
+        ));
+    }
+
     // Other file systems below snapshotted roots: with -x borg stores their
     // mountpoints as directories and does not descend, as it does in the
     // mirror; without -x their content is not in any snapshot, which the
@@ -560,7 +573,19 @@ mod tests {
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        assert_eq!(excluded, ["/srv", "/tank"]);
+        assert_eq!(excluded, ["/srv", "/tank", "/run/zfs-snap"]);
+        let warnings = plan.warnings.join("\n");
+        assert!(
+            warnings.contains("the runtime root /run/zfs-snap is inside the live path /"),
+            "{warnings}"
+        );
+    }
+
+    #[test]
+    fn a_live_root_below_the_runtime_roots_parent_only_is_untouched() {
+        let plan = Fixture::new().plan(&["/etc"], false);
+        assert!(plan.live_exclusions.is_empty());
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
     }
 
     #[test]
