@@ -275,6 +275,74 @@ fn a_live_root_containing_the_runtime_root_does_not_archive_it() {
     must("umount", &[&live]);
 }
 
+/// Case 5: a dataset mounted below a file system that is not ZFS (a tmpfs)
+/// below a snapshotted root: the tmpfs is read live (with a warning), the
+/// dataset below it from its snapshot, in a mirror of its own (the parent's
+/// read-only snapshot has no directory to mount it on).
+#[test]
+fn a_dataset_below_a_tmpfs_below_a_snapshot() {
+    let fx = require_zfs!();
+    let data = tree(&fx);
+    let tmp = fx.pool.path("data/tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    must(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m",
+            "scratch",
+            &tmp.display().to_string(),
+        ],
+    );
+    write_file(
+        &tmp.join("live.txt"),
+        "live
+",
+    );
+    let inner_at = tmp.join("inner");
+    fx.pool
+        .dataset("inner", &[&format!("mountpoint={}", inner_at.display())]);
+    write_file(
+        &inner_at.join("i.txt"),
+        "inner
+",
+    );
+    fx.pool.dataset("inner/deeper", &[]);
+    write_file(
+        &inner_at.join("deeper/d.txt"),
+        "deeper
+",
+    );
+
+    let work = fx.work.clone();
+    let (want, _) = both(&fx, "tmpfs", &work, &["ARCHIVE", &data]);
+    for p in ["tmp/live.txt", "tmp/inner/i.txt", "tmp/inner/deeper/d.txt"] {
+        assert!(
+            want.contains(&format!("{}/{p}", fx.pool.ds("data"))),
+            "{p}: {want:#?}"
+        );
+    }
+    both(
+        &fx,
+        "tmpfs-x",
+        &work,
+        &["--one-file-system", "ARCHIVE", &data],
+    );
+    let exclude = format!("{}/tmp/inner/deeper", data);
+    both(&fx, "tmpfs-e", &work, &["-e", &exclude, "ARCHIVE", &data]);
+    let out = fx
+        .wrap(&[], &["create", &fx.repo.at("warned"), &data])
+        .success();
+    out.expect_stderr("read live, not from a snapshot");
+    fx.assert_clean();
+
+    zfs(&["unmount", &fx.pool.ds("inner/deeper")]);
+    zfs(&["unmount", &fx.pool.ds("inner")]);
+    must("umount", &[&tmp]);
+}
+
 #[path = "../../hook-bin/tests/support/generate.rs"]
 mod generate;
 

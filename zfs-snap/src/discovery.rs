@@ -121,6 +121,8 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
     let selected: BTreeSet<usize> = d.selected.iter().map(|(i, _)| *i).collect();
     let is_selected = |i: usize| selected.contains(&i);
     let parent_selected = |entry: &MountEntry| parent_of(&visible, entry).is_some_and(&is_selected);
+    let level = |i: usize| mirror_level(&visible, &selected, i);
+    let mapping_at = |level: usize| Mapping::at_level(world.runtime_root, level);
 
     let mut planned_roots = Vec::new();
     let mut snapshot_roots: Vec<(PathBuf, usize)> = Vec::new();
@@ -128,12 +130,24 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
     for (root, mount) in roots.iter().zip(&root_mounts) {
         match mount {
             Some(index) => {
+                let given = root.given.to_string_lossy();
+                if !root.given.is_absolute()
+                    && !given.contains("/./")
+                    && crate::mapping::python_normpath(&given).1.is_empty()
+                {
+                    d.warnings.push(format!(
+                        "source root {given:?} is the working directory or above it: its own \
+                         directory is stored as `.` by borg >= 1.4.5 and not at all before \
+                         (plain borg stores {given:?}); everything below it is the same"
+                    ));
+                }
                 snapshot_roots.push((root.absolute.clone(), *index));
                 planned_roots.push(PlannedRoot {
                     path: root.given.clone(),
                     source: RootSource::Snapshot,
-                    borg_path: mapping.borg_root(&root.given, world.cwd),
+                    borg_path: mapping_at(level(*index)).borg_root(&root.given, world.cwd),
                     dataset: visible[*index].zfs_dataset().map(str::to_owned),
+                    level: level(*index),
                 });
             }
             None => {
@@ -143,6 +157,7 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
                     source: RootSource::Live,
                     borg_path: root.given.display().to_string(),
                     dataset: None,
+                    level: 0,
                 });
             }
         }
@@ -174,9 +189,11 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
                 .iter()
                 .any(|(path, mount)| *mount == index && *path == entry.mount_point)
         } else {
-            snapshot_roots
-                .iter()
-                .any(|(path, _)| is_within(&entry.mount_point, path))
+            // A root reaches this mount only within one mirror: one below a
+            // file system no snapshot holds is mounted in a mirror of its own.
+            snapshot_roots.iter().any(|(path, mount)| {
+                is_within(&entry.mount_point, path) && level(*mount) == level(index)
+            })
         };
         if covered {
             continue;
@@ -184,8 +201,9 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         extra_roots.push(PlannedRoot {
             path: entry.mount_point.clone(),
             source: RootSource::Snapshot,
-            borg_path: mapping.borg_root(&entry.mount_point, world.cwd),
+            borg_path: mapping_at(level(index)).borg_root(&entry.mount_point, world.cwd),
             dataset: entry.zfs_dataset().map(str::to_owned),
+            level: level(index),
         });
         snapshot_roots.push((entry.mount_point.clone(), index));
         if !one_file_system
@@ -194,19 +212,6 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         {
             live_exclusions.push(entry.mount_point.clone());
         }
-    }
-
-    // A live root containing the runtime root would walk into zfs-snap's own
-    // state: its lock and mark, and the mirror (archived twice, under its
-    // runtime path). The mirror roots themselves start below the runtime
-    // root, so excluding exactly that directory leaves them alone.
-    if let Some(root) = live_roots.iter().find(|r| is_within(runtime_root, r)) {
-        live_exclusions.push(runtime_root.to_owned());
-        d.warnings.push(format!(
-            "the runtime root {} is inside the live path {}: it is not archived (it holds              zfs-snap's lock and the snapshot mirror, not data)",
-            runtime_root.display(),
-            root.display()
-        ));
     }
 
     // Other file systems below snapshotted roots: with -x borg stores their
@@ -233,9 +238,57 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
     }
     if !unfrozen.is_empty() {
         d.warnings.push(format!(
-            "not on ZFS, so not in the snapshot (borg will see empty directories there): {}; \
-             use --one-file-system or back them up as separate paths",
-            unfrozen.into_iter().collect::<Vec<_>>().join(", ")
+            "not on ZFS, so read live, not from a snapshot: {}",
+            unfrozen.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    // Plain borg would read them: so do we, live, each the root of its own
+    // walk (stored under its own path), with its empty stand-in in the
+    // mirror left out, and the datasets below it read from their snapshots.
+    let unfrozen: Vec<PathBuf> = unfrozen.iter().map(PathBuf::from).collect();
+    for top in unfrozen
+        .iter()
+        .filter(|n| !unfrozen.iter().any(|o| o != *n && is_within(n, o)))
+    {
+        extra_roots.push(PlannedRoot {
+            path: top.clone(),
+            source: RootSource::Live,
+            borg_path: top.display().to_string(),
+            dataset: None,
+            level: 0,
+        });
+        let holder = visible
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                is_selected(*i) && is_within(top, &e.mount_point) && e.mount_point != *top
+            })
+            .max_by_key(|(_, e)| e.mount_point.components().count())
+            .map(|(i, _)| i);
+        if let Some(holder) = holder {
+            live_exclusions.push(mapping_at(level(holder)).to_snapshot(top));
+        }
+        for (_, entry) in visible
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| is_selected(*i) && is_within(&e.mount_point, top))
+        {
+            if !live_exclusions.contains(&entry.mount_point) {
+                live_exclusions.push(entry.mount_point.clone());
+            }
+        }
+    }
+
+    // A live root containing the runtime root would walk into zfs-snap's own
+    // state: its lock and mark, and the mirror (archived twice, under its
+    // runtime path). The mirror roots themselves start below the runtime
+    // root, so excluding exactly that directory leaves them alone.
+    if let Some(root) = live_roots.iter().find(|r| is_within(runtime_root, r)) {
+        live_exclusions.push(runtime_root.to_owned());
+        d.warnings.push(format!(
+            "the runtime root {} is inside the live path {}: it is not archived (it holds              zfs-snap's lock and the snapshot mirror, not data)",
+            runtime_root.display(),
+            root.display()
         ));
     }
 
@@ -248,7 +301,7 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
                 pool: pool_of(&dataset).to_owned(),
                 dataset,
                 mountpoint: entry.mount_point.clone(),
-                snapshot_mountpoint: mapping.to_snapshot(&entry.mount_point),
+                snapshot_mountpoint: mapping_at(level(i)).to_snapshot(&entry.mount_point),
                 reason: d
                     .selected
                     .iter()
@@ -387,6 +440,24 @@ impl Discovery<'_, '_> {
 }
 
 /// The nearest visible mount strictly above `entry`.
+/// Which mirror the selected mount `index` goes in: the level of the
+/// nearest selected mount above it, plus one if a file system no snapshot
+/// holds (a tmpfs, an unselected dataset) lies between them: there, the
+/// parent's snapshot has no directory to mount on, and a read-only one
+/// cannot get one.
+fn mirror_level(visible: &[MountEntry], selected: &BTreeSet<usize>, index: usize) -> usize {
+    let mut crossed = false;
+    let mut at = index;
+    while let Some(parent) = parent_of(visible, &visible[at]) {
+        if selected.contains(&parent) {
+            return mirror_level(visible, selected, parent) + usize::from(crossed);
+        }
+        crossed = true;
+        at = parent;
+    }
+    0
+}
+
 fn parent_of(visible: &[MountEntry], entry: &MountEntry) -> Option<usize> {
     visible
         .iter()
@@ -498,9 +569,19 @@ mod tests {
         assert_eq!(datasets(&plan), ["tank/data", "tank/data/child"]);
         assert_eq!(plan.roots[0].borg_path, "/run/zfs-snap/snap/./tank/data");
         assert_eq!(plan.roots[0].source, RootSource::Snapshot);
-        assert!(plan.extra_roots.is_empty());
+        // The tmpfs below it is read live, in a walk of its own.
+        let extra: Vec<_> = plan
+            .extra_roots
+            .iter()
+            .map(|r| (r.borg_path.as_str(), r.source))
+            .collect();
+        assert_eq!(extra, [("/tank/data/tmp", RootSource::Live)]);
+        assert_eq!(
+            plan.live_exclusions,
+            [PathBuf::from("/run/zfs-snap/snap/tank/data/tmp")]
+        );
         assert!(
-            plan.warnings[0].contains("/tank/data/tmp"),
+            plan.warnings[0].contains("read live, not from a snapshot: /tank/data/tmp"),
             "{:?}",
             plan.warnings
         );
@@ -566,18 +647,112 @@ mod tests {
             .collect();
         assert_eq!(
             extra,
-            ["/run/zfs-snap/snap/./srv", "/run/zfs-snap/snap/./tank"]
+            [
+                "/run/zfs-snap/snap/./srv",
+                "/run/zfs-snap/snap/./tank",
+                "/tank/data/tmp"
+            ]
         );
         let excluded: Vec<_> = plan
             .live_exclusions
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        assert_eq!(excluded, ["/srv", "/tank", "/run/zfs-snap"]);
+        assert_eq!(
+            excluded,
+            [
+                "/srv",
+                "/tank",
+                "/run/zfs-snap/snap/tank/data/tmp",
+                "/run/zfs-snap"
+            ]
+        );
         let warnings = plan.warnings.join("\n");
         assert!(
             warnings.contains("the runtime root /run/zfs-snap is inside the live path /"),
             "{warnings}"
+        );
+    }
+
+    #[test]
+    fn a_dataset_below_a_tmpfs_below_a_snapshot_gets_a_mirror_of_its_own() {
+        let mut f = Fixture::new();
+        f.filesystems
+            .push(fs("tank/inner", "/tank/data/tmp/inner", false));
+        f.mounts
+            .push(mount(7, "/tank/data/tmp/inner", "zfs", "tank/inner"));
+        f.filesystems
+            .push(fs("tank/inner/deep", "/tank/data/tmp/inner/deep", false));
+        f.mounts.push(mount(
+            8,
+            "/tank/data/tmp/inner/deep",
+            "zfs",
+            "tank/inner/deep",
+        ));
+        let plan = f.plan(&["/tank/data"], false);
+        let at: Vec<(&str, String)> = plan
+            .mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.dataset.as_str(),
+                    m.snapshot_mountpoint.display().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            at,
+            [
+                ("tank/data", "/run/zfs-snap/snap/tank/data".to_owned()),
+                (
+                    "tank/data/child",
+                    "/run/zfs-snap/snap/tank/data/child".to_owned()
+                ),
+                (
+                    "tank/inner",
+                    "/run/zfs-snap/snap-1/tank/data/tmp/inner".to_owned()
+                ),
+                (
+                    "tank/inner/deep",
+                    "/run/zfs-snap/snap-1/tank/data/tmp/inner/deep".to_owned()
+                ),
+            ]
+        );
+        let extra: Vec<_> = plan
+            .extra_roots
+            .iter()
+            .map(|r| (r.borg_path.as_str(), r.level))
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                ("/run/zfs-snap/snap-1/./tank/data/tmp/inner", 1),
+                ("/tank/data/tmp", 0)
+            ]
+        );
+        let excluded: Vec<_> = plan
+            .live_exclusions
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            excluded,
+            [
+                "/run/zfs-snap/snap/tank/data/tmp",
+                "/tank/data/tmp/inner",
+                "/tank/data/tmp/inner/deep"
+            ]
+        );
+        assert!(
+            plan.warnings.join("\n").contains("/tank/data/tmp"),
+            "{:?}",
+            plan.warnings
+        );
+        // A root inside the relocated dataset reads from its mirror.
+        let plan = f.plan(&["/tank/data/tmp/inner/deep"], false);
+        assert_eq!(
+            plan.roots[0].borg_path,
+            "/run/zfs-snap/snap/./tank/data/tmp/inner/deep"
         );
     }
 
@@ -595,7 +770,10 @@ mod tests {
         let plan = f.plan(&["/tank/data"], false);
         assert!(datasets(&plan).contains(&"tank/srv"));
         assert_eq!(plan.extra_roots[0].path, Path::new("/srv"));
-        assert!(plan.live_exclusions.is_empty());
+        assert_eq!(
+            plan.live_exclusions,
+            [PathBuf::from("/run/zfs-snap/snap/tank/data/tmp")]
+        );
     }
 
     #[test]

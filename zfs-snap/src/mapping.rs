@@ -15,9 +15,23 @@ pub struct Mapping {
 
 impl Mapping {
     pub fn new(runtime_root: &Path) -> Self {
+        Self::at_level(runtime_root, 0)
+    }
+
+    /// The mirror at `level` ([`crate::runtime::mirror_dir`]).
+    pub fn at_level(runtime_root: &Path, level: usize) -> Self {
         Self {
-            snapshot_root: runtime_root.join(crate::runtime::MIRROR_DIR),
+            snapshot_root: runtime_root.join(crate::runtime::mirror_dir(level)),
         }
+    }
+
+    /// The mirror at `level` of the same runtime root.
+    pub fn at(&self, level: usize) -> Mapping {
+        let runtime_root = self
+            .snapshot_root
+            .parent()
+            .expect("the mirror is inside the runtime root");
+        Mapping::at_level(runtime_root, level)
     }
 
     /// The directory the mirror hangs from.

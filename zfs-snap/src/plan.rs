@@ -56,6 +56,8 @@ pub struct PlannedRoot {
     pub borg_path: String,
     /// The dataset whose snapshot holds this root, if any.
     pub dataset: Option<String>,
+    /// Which mirror the root is read from ([`crate::runtime::mirror_dir`]).
+    pub level: usize,
 }
 
 impl PlannedRoot {

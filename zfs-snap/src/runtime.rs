@@ -20,6 +20,26 @@ pub const DEFAULT_ROOT: &str = "/run/zfs-snap";
 pub const LOCK_FILE: &str = "lock";
 /// The mirror of the live tree where snapshots are mounted.
 pub const MIRROR_DIR: &str = "snap";
+
+/// The mirror for datasets mounted below a file system that is not in a
+/// snapshot (a tmpfs inside a snapshotted dataset): `snap` at level 0,
+/// `snap-<n>` below `n` such file systems, so every mountpoint directory
+/// zfs-snap needs is one it can create.
+pub fn mirror_dir(level: usize) -> String {
+    if level == 0 {
+        MIRROR_DIR.to_owned()
+    } else {
+        format!("{MIRROR_DIR}-{level}")
+    }
+}
+
+/// Whether `name` (in a runtime root) is one of the mirrors.
+pub fn is_mirror_dir(name: &str) -> bool {
+    name == MIRROR_DIR
+        || name
+            .strip_prefix("snap-")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
 /// Files borg reads (rewritten patterns), each named by [`is_work_file`].
 pub const WORK_DIR: &str = "work";
 /// The cached `borg --version`.

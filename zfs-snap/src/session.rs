@@ -136,9 +136,8 @@ impl<'a> Session<'a> {
         let pools = pools_of(&filesystems);
         let mut mounts = mountinfo::read(&options.mountinfo)?;
         let boot_id = runtime::boot_id();
-        let mirror = root.join(MIRROR_DIR);
         let clean = runtime::take_clean_mark(&root, boot_id.as_deref(), &pools)
-            && !mounts.iter().any(|m| is_snapshot_mount_in(m, &mirror));
+            && !mounts.iter().any(|m| is_snapshot_mount_in(m, &root));
         let snapshots = if clean {
             tracing::debug!("the last run left nothing behind: not listing snapshots");
             Vec::new()
@@ -539,13 +538,30 @@ fn release_ours(zfs: &dyn Zfs, snapshots: &[String], report: &mut Report) {
     }
 }
 
-/// Whether `entry` is a ZFS snapshot mounted below `mirror`: the only kind
-/// of mount zfs-snap makes, and so the only kind it may remove.
-fn is_snapshot_mount_in(entry: &MountEntry, mirror: &Path) -> bool {
-    entry.fstype == "zfs"
-        && entry.source.contains('@')
-        && entry.root == Path::new("/")
-        && is_below(&entry.mount_point, mirror)
+/// Whether `entry` is a ZFS snapshot mounted below one of the mirrors of
+/// `root` ([`runtime::is_mirror_dir`]): the only kind of mount zfs-snap
+/// makes, and so the only kind it may remove.
+fn is_snapshot_mount_in(entry: &MountEntry, root: &Path) -> bool {
+    let in_mirror = entry.mount_point.strip_prefix(root).is_ok_and(|rest| {
+        let mut parts = rest.components();
+        let first = parts.next().and_then(|c| c.as_os_str().to_str());
+        first.is_some_and(runtime::is_mirror_dir) && parts.next().is_some()
+    });
+    entry.fstype == "zfs" && entry.source.contains('@') && entry.root == Path::new("/") && in_mirror
+}
+
+/// The mirror directories present in `root`, not through symlinks.
+fn mirrors_of(root: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| e.file_name().to_str().is_some_and(runtime::is_mirror_dir))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
 }
 
 /// Removes what dead runs of `root` left, and only what is provably theirs:
@@ -592,7 +608,7 @@ pub fn recover(
         .collect();
     let mut sources: Vec<String> = below
         .iter()
-        .filter(|m| is_snapshot_mount_in(m, &mirror))
+        .filter(|m| is_snapshot_mount_in(m, root))
         .map(|m| m.source.clone())
         .collect();
     sources.sort();
@@ -615,7 +631,7 @@ pub fn recover(
     ours.dedup();
     let mut stale: Vec<&MountEntry> = Vec::new();
     for entry in below {
-        if is_snapshot_mount_in(entry, &mirror) && ours.contains(&entry.source) {
+        if is_snapshot_mount_in(entry, root) && ours.contains(&entry.source) {
             stale.push(entry);
         } else {
             report.left_alone.push(format!(
@@ -663,14 +679,16 @@ pub fn recover(
         }
     }
     if !dry_run {
-        remove_empty_dirs(&mirror, &still_mounted);
-    }
-    if mirror.exists() && !dry_run {
-        report.left_alone.push(format!(
-            "{} holds what zfs-snap did not make ({}): left alone",
-            mirror.display(),
-            sample_entries(&mirror)
-        ));
+        for mirror in mirrors_of(root) {
+            remove_empty_dirs(&mirror, &still_mounted);
+            if mirror.exists() {
+                report.left_alone.push(format!(
+                    "{} holds what zfs-snap did not make ({}): left alone",
+                    mirror.display(),
+                    sample_entries(&mirror)
+                ));
+            }
+        }
     }
     remove_work_files(&root.join(WORK_DIR), dry_run, &mut report);
 

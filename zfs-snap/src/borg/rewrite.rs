@@ -158,7 +158,6 @@ pub fn rewrite(
     work_dir: &Path,
     cwd: &Path,
 ) -> Rewritten {
-    let prefix = mapping.pattern_prefix();
     let mut files = Vec::new();
     let mut replace: Vec<(usize, OsString)> = Vec::new();
 
@@ -175,11 +174,12 @@ pub fn rewrite(
     // Each kind of walked path gets its own twins, and its own guard.
     let mut groups: Vec<(String, usize)> = Vec::new();
     for root in plan.borg_roots().filter(|r| r.dataset.is_some()) {
+        let mirror = mapping.at(root.level);
         let group = if root.path_given_relative() {
             let (ups, _) = crate::mapping::python_normpath(&root.given_head());
-            (mapping.relative_prefix(cwd, ups), ups)
+            (mirror.relative_prefix(cwd, ups), ups)
         } else {
-            (prefix.clone(), 0)
+            (mirror.pattern_prefix(), 0)
         };
         if !groups.contains(&group) {
             groups.push(group);
@@ -321,6 +321,7 @@ mod tests {
                         r.display().to_string()
                     },
                     dataset: s.then(|| "tank/x".to_owned()),
+                    level: 0,
                 })
                 .collect(),
             extra_roots: Vec::new(),
@@ -361,6 +362,7 @@ mod tests {
             source: RootSource::Snapshot,
             borg_path: mapping.borg_root(Path::new("/srv"), Path::new("/")),
             dataset: Some("tank/srv".into()),
+            level: 0,
         });
         let out = rewrite(
             &args,
