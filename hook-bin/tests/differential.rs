@@ -86,13 +86,30 @@ fn differs(w: &World, c: &Case, id: &str) -> Option<String> {
 
 /// [`differs`], with `sabotage` added to zfs-snap's borg options only.
 fn differs_with(w: &World, c: &Case, id: &str, sabotage: &[&str]) -> Option<String> {
+    oracles().iter().enumerate().find_map(|(n, borg)| {
+        differs_by(w, c, &format!("{id}-b{n}"), sabotage, borg)
+            .map(|why| format!("with {}:\n{why}", borg.display()))
+    })
+}
+
+/// The borgs to compare with: `ZFS_SNAP_DIFF_BORGS` (paths separated by
+/// `:`; CI gives Debian's 1.4.0 and PyPI's current 1.4.x), else `borg`.
+fn oracles() -> &'static [PathBuf] {
+    static ORACLES: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    ORACLES.get_or_init(|| match std::env::var_os("ZFS_SNAP_DIFF_BORGS") {
+        Some(list) => std::env::split_paths(&list).collect(),
+        None => vec![PathBuf::from("borg")],
+    })
+}
+
+fn differs_by(w: &World, c: &Case, id: &str, sabotage: &[&str], borg: &Path) -> Option<String> {
     for (path, content) in &c.files {
         fs::write(path, content).unwrap();
     }
     let repo = w.repo();
     let stdin = w.dir.path().join("stdin-content");
     fs::write(&stdin, "from stdin\n").unwrap();
-    let plain = borg_cmd(w, Path::new("borg"))
+    let plain = borg_cmd(w, borg)
         .current_dir(&c.cwd)
         .args(words(c, &format!("plain-{id}"), &repo))
         .stdin(fs::File::open(&stdin).unwrap())
@@ -101,7 +118,9 @@ fn differs_with(w: &World, c: &Case, id: &str, sabotage: &[&str]) -> Option<Stri
     let wrapped = w
         .cmd()
         .current_dir(&c.cwd)
-        .args(["wrap", "--", "borg", "create"])
+        .args(["wrap", "--"])
+        .arg(borg)
+        .arg("create")
         .args(sabotage)
         .args(&words(c, &format!("wrapped-{id}"), &repo)[1..])
         .stdin(fs::File::open(&stdin).unwrap())
@@ -211,7 +230,8 @@ fn run_cases(test_seed: u64) {
         }
     }
     eprintln!(
-        "differential: {done} cases (seed {seed}, test {test_seed}); not generated yet: {KNOWN:?}"
+        "differential: {done} cases (seed {seed}, test {test_seed}) against {:?}; not generated: {KNOWN:?}",
+        oracles()
     );
     assert!(
         failures.is_empty(),
