@@ -280,3 +280,37 @@ fn generated_command_lines_archive_what_plain_borg_archives_1() {
 fn generated_command_lines_archive_what_plain_borg_archives_2() {
     run_cases(2);
 }
+
+/// Found by the VM sample: borg 1.4 fails (exit 2) on a PATH that is not
+/// UTF-8 (it keeps its command line in the archive's metadata); zfs-snap
+/// used to mangle it and archive the rest. It refuses it, naming it.
+#[test]
+fn a_path_that_is_not_utf8_is_refused_like_borg_refuses_it() {
+    use std::os::unix::ffi::OsStringExt;
+    if borg().is_none() {
+        return;
+    }
+    let w = World::new();
+    let top = w.dataset("tank", "tank");
+    let odd = top.join(std::ffi::OsString::from_vec(b"raw\xffbyte".to_vec()));
+    fs::create_dir_all(&odd).unwrap();
+    fs::write(odd.join("f"), "f").unwrap();
+    let c = Case {
+        cwd: w.dir.path().to_owned(),
+        options: Vec::new(),
+        roots: vec![odd.into_os_string(), top.clone().into_os_string()],
+        files: Vec::new(),
+    };
+    assert!(differs(&w, &c, "odd").is_none());
+    let out = w.create(
+        "direct",
+        &[&top.join(std::ffi::OsString::from_vec(b"raw\xffbyte".to_vec()))],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not valid UTF-8"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(w.snapshot_names().is_empty());
+}

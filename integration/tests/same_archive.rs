@@ -367,7 +367,11 @@ fn generated_command_lines_on_real_snapshots() {
         let top = format!("tank{tree_n}");
         let rename = |p: &Path| -> std::path::PathBuf {
             let rest = p.strip_prefix("tank").expect("below tank");
-            Path::new(&top).join(rest)
+            if rest.as_os_str().is_empty() {
+                std::path::PathBuf::from(&top)
+            } else {
+                Path::new(&top).join(rest)
+            }
         };
         for name in &spec.datasets {
             let rel = rename(Path::new(name));

@@ -63,6 +63,17 @@ pub fn wrap(
         // paths"): let it say so, rather than read it as the cwd.
         return pass_through(borg, argv, signals);
     }
+    // borg 1.4 keeps its command line in the archive's metadata, which must
+    // be UTF-8: given a path that is not, plain borg fails (exit 2, no
+    // archive). Say so before any snapshot instead of mangling it.
+    if let Some(bad) = args.argv.iter().find(|a| a.to_str().is_none()) {
+        return Err(Error::BorgArgs(format!(
+            "{} is not valid UTF-8: borg 1.4 cannot create an archive whose command line holds it \
+             (it keeps the command line in the archive's metadata); give a pattern or a parent \
+             directory instead",
+            bad.to_string_lossy()
+        )));
+    }
     if let Some(option) = &args.paths_at_run_time {
         return Err(Error::BorgArgs(format!(
             "with {option} borg learns its paths only while it runs, so zfs-snap cannot snapshot \
