@@ -8,7 +8,11 @@
 //!
 //! The faulty run starts with a dead run's leftover (a held snapshot of
 //! ours mounted in the mirror), no clean mark and no cached borg version,
-//! so recovery's calls are crash points too.
+//! so recovery's calls are crash points too. It uses the command backend,
+//! where every zfs call is a process (libzetta's snapshot, hold, release
+//! and destroy are in-process calls, with no point between to crash at);
+//! the next run alternates between the command and libzetta backends, so
+//! both recover what the faulty run left.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -145,7 +149,10 @@ fn plant_dead_run(fx: &Fixture) {
 
 /// Runs the faulty wrap for every crash point with `mode`, each followed by
 /// a clean `wrap` and `cleanup`.
-fn every_call(mode: &str, backend: &str) {
+/// Crash points `part`, `part + parts`, ... (so tests can share them out
+/// and run in parallel), each with every mode.
+fn every_call(part: usize, parts: usize) {
+    let backend = "command";
     let fx = require_zfs!();
     fx.pool.dataset("data", &[]);
     fx.pool.write("data/a.txt", "a\n");
@@ -158,10 +165,11 @@ fn every_call(mode: &str, backend: &str) {
     );
     let counter = fx.work.join("counter");
     let log = fx.work.join("calls.log");
-    let faulty = |at: usize, archive: &str| {
+    let faulty = |at: (usize, &str), archive: &str| {
         let _ = std::fs::remove_file(&counter);
         let _ = std::fs::remove_file(&log);
         let fault = fault.display().to_string();
+        let (at, mode) = at;
         let mut cmd = fx.zfs_snap();
         cmd.args(["--backend", backend])
             .args(["--zfs-command", &format!("{fault} zfs")])
@@ -180,24 +188,35 @@ fn every_call(mode: &str, backend: &str) {
     };
 
     plant_dead_run(&fx);
-    faulty(0, "count").success();
+    faulty((0, "none"), "count").success();
     let calls = read_log(&log);
     let points = calls.lines().count();
     // Past libtest's capture: the count is part of what this test reports.
     let _ = writeln!(
         std::io::stderr(),
-        "[{mode}, {backend}] crash points: {points} external calls:\n{calls}"
+        "[part {part} of {parts}] crash points: {points} external calls, each made to fail, \
+         and followed by SIGKILL and by SIGTERM:\n{calls}"
     );
     assert!(points >= 8, "too few calls counted:\n{calls}");
     assert_intact(&fx, &foreign, "after the counting run");
 
-    for at in 1..=points {
+    let modes = ["fail", "kill", "term"];
+    for (n, (at, mode)) in (1..=points)
+        .filter(|at| at % parts == part)
+        .flat_map(|at| modes.iter().map(move |m| (at, *m)))
+        .enumerate()
+    {
         let call = calls.lines().nth(at - 1).unwrap_or_default().to_owned();
         let context = format!("{mode} at call {call} ({backend})");
         plant_dead_run(&fx);
-        let out = faulty(at, &format!("f{at}"));
+        let out = faulty((at, mode), &format!("f{at}-{mode}"));
         eprintln!("[{context}] faulty run exited {}", out.code());
-        let next = fx.wrap(&[], &["create", &fx.repo.at(&format!("n{at}")), &source]);
+        // The next run recovers with each backend in turn.
+        let next_backend = if n % 2 == 0 { "command" } else { "auto" };
+        let next = fx.wrap(
+            &["--backend", next_backend],
+            &["create", &fx.repo.at(&format!("n{at}-{mode}")), &source],
+        );
         assert_eq!(
             next.code(),
             0,
@@ -220,23 +239,11 @@ fn every_call(mode: &str, backend: &str) {
 }
 
 #[test]
-fn every_call_fails() {
-    every_call("fail", "command");
+fn faults_at_odd_calls() {
+    every_call(1, 2);
 }
 
 #[test]
-fn sigkill_after_every_call() {
-    every_call("kill", "command");
-}
-
-#[test]
-fn sigterm_after_every_call() {
-    every_call("term", "command");
-}
-
-/// libzetta makes snapshot, hold, release and destroy calls in-process:
-/// the crash points left are its zfs listings, mounts and borg.
-#[test]
-fn sigkill_after_every_call_libzetta() {
-    every_call("kill", "libzetta");
+fn faults_at_even_calls() {
+    every_call(0, 2);
 }

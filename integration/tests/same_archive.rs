@@ -348,14 +348,14 @@ mod generate;
 
 /// A sample of the hermetic differential test's generated trees and
 /// command lines, on real datasets and snapshots (`ZFS_SNAP_DIFF_CASES`
-/// runs more than the default 10).
+/// runs more than the default 6).
 #[test]
 fn generated_command_lines_on_real_snapshots() {
     let fx = require_zfs!();
     let cases: usize = std::env::var("ZFS_SNAP_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(6);
     let mut rng = generate::Rng(0x5eed_f00d);
     let live = fx.pool.mountpoint();
     let mut failures = Vec::new();
@@ -386,7 +386,7 @@ fn generated_command_lines_on_real_snapshots() {
             .collect();
         moved.dirs = spec.dirs.iter().map(|d| rename(d)).collect();
         generate::materialize_at(&moved, &live, &top);
-        for _ in 0..5.min(cases - done) {
+        for _ in 0..3.min(cases - done) {
             let c = generate::case(&mut rng, &moved.dirs, &live, &fx.work, done);
             for (path, content) in &c.files {
                 std::fs::write(path, content).unwrap();
