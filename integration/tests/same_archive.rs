@@ -387,12 +387,7 @@ fn generated_command_lines_on_real_snapshots() {
         moved.dirs = spec.dirs.iter().map(|d| rename(d)).collect();
         generate::materialize_at(&moved, &live, &top);
         for _ in 0..3.min(cases - done) {
-            let mut c = generate::case(&mut rng, &moved.dirs, &live, &fx.work, done);
-            // Real datasets are separate file systems: -x means here what
-            // it means to borg (the fake's datasets all share one).
-            if rng.chance(30) {
-                c.options.push(vec!["--one-file-system".into()]);
-            }
+            let c = generate::case(&mut rng, &moved.dirs, &live, &fx.work, done);
             for (path, content) in &c.files {
                 std::fs::write(path, content).unwrap();
             }
