@@ -314,3 +314,37 @@ fn a_path_that_is_not_utf8_is_refused_like_borg_refuses_it() {
     );
     assert!(w.snapshot_names().is_empty());
 }
+
+/// Found by the long run (3 of 2,000 cases): from a cwd inside the tree, a
+/// root `../tank` and a pattern `*/tank`, whose `*` stands for the `..` in
+/// plain borg's walked path `../tank`.
+#[test]
+fn a_leading_star_over_the_dotdots_of_a_relative_root() {
+    if borg().is_none() {
+        return;
+    }
+    let w = World::new();
+    let top = w.dataset("tank", "tank");
+    fs::write(top.join("keep"), "k").unwrap();
+    fs::create_dir_all(top.join("sub/tank")).unwrap();
+    fs::write(top.join("sub/tank/f"), "f").unwrap();
+    for (n, option) in [
+        vec!["-e", "*/tank"],
+        vec!["--pattern", "- */tank"],
+        vec!["-e", "*/sub"],
+        vec!["-e", "sh:**/tank"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = Case {
+            cwd: top.clone(),
+            options: vec![option.iter().map(Into::into).collect()],
+            roots: vec!["../tank".into()],
+            files: Vec::new(),
+        };
+        if let Some(why) = differs(&w, &c, &format!("star{n}")) {
+            panic!("{}\n{why}", show(&c));
+        }
+    }
+}

@@ -162,6 +162,24 @@ pub fn prefixed(pattern: &Pattern, prefix: &str) -> Pattern {
     prefixed_after(pattern, prefix, 0).expect("with no `..` every pattern has a twin")
 }
 
+/// Every twin of `pattern` for paths walked from relative roots that start
+/// with `ups` `..` ([`prefixed_after`]), plus, for a pattern that starts
+/// with `*`, the one where that `*` stands for the `..` themselves (plain
+/// borg's `*/tank` matches `../tank`; the twin must match `<prefix>/tank`).
+pub fn twins_after(pattern: &Pattern, prefix: &str, ups: usize) -> Vec<Pattern> {
+    let mut twins: Vec<Pattern> = prefixed_after(pattern, prefix, ups).into_iter().collect();
+    if ups > 0 && matches!(pattern.style, Style::Fm | Style::Sh) {
+        if let Some(rest) = pattern.text.strip_prefix('*') {
+            let rest = rest.trim_start_matches('*').trim_start_matches('/');
+            twins.push(Pattern {
+                text: format!("{prefix}/{rest}"),
+                ..pattern.clone()
+            });
+        }
+    }
+    twins
+}
+
 /// The twin of `pattern` for paths walked from relative roots that start
 /// with `ups` `..`: plain borg matches `../../x` where the rewritten root
 /// walks `<prefix>/x`. A path-style pattern reaches those paths only if it
@@ -285,6 +303,19 @@ fn escape_regex(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leading_star_may_stand_for_the_dotdots() {
+        let p = parse_exclude("*/tank").unwrap();
+        let twins: Vec<String> = twins_after(&p, "../x/snap/a", 1)
+            .iter()
+            .map(|t| t.text.clone())
+            .collect();
+        assert_eq!(twins, ["../x/snap/a/*/tank", "../x/snap/a/tank"]);
+        assert_eq!(twins_after(&p, "x/snap", 0).len(), 1);
+        let anchored = parse_exclude("data/x").unwrap();
+        assert!(twins_after(&anchored, "../x/snap/a", 1).is_empty());
+    }
 
     const PREFIX: &str = "run/zfs-snap/snap";
 

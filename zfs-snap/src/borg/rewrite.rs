@@ -188,7 +188,7 @@ pub fn rewrite(
     if !groups.is_empty() && sources.has_rules() {
         for rule in &sources.rules {
             for (group_prefix, ups) in &groups {
-                if let Some(twin) = patterns::prefixed_after(rule, group_prefix, *ups) {
+                for twin in patterns::twins_after(rule, group_prefix, *ups) {
                     ours.push(twin.to_string());
                 }
             }
