@@ -91,7 +91,7 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct VmArgs {
     /// Overall limit for the guest, boot included; qemu is killed after it
-    /// [default: 1800 for test, 3600 for bench, 600 otherwise].
+    /// [default: 3000 for test, 3600 for bench, 600 otherwise].
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
     /// Guest memory [default: 6144 for bench, 3072 otherwise].
@@ -316,7 +316,7 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
             share.add_command(&format!("{label} (command backend)"), argv);
         }
     }
-    let code = vm::boot(&img, &share, &vm.opts(1800))?;
+    let code = vm::boot(&img, &share, &vm.opts(3000))?;
     let results = share.results();
     eprintln!("vm-tests: summary:");
     for (rc, label) in &results {
