@@ -138,15 +138,7 @@ fn differs_by(w: &World, c: &Case, id: &str, sabotage: &[&str], borg: &Path) -> 
     let want = archive(w, &format!("plain-{id}"));
     let got = archive(w, &format!("wrapped-{id}"));
     match (want, got) {
-        (Ok(want), Ok(got)) if want == got => {
-            if std::env::var_os("ZFS_SNAP_DIFF_DEBUG").is_some() {
-                eprintln!(
-                    "same: {want:?}\n{}",
-                    String::from_utf8_lossy(&wrapped.stderr)
-                );
-            }
-            None
-        }
+        (Ok(want), Ok(got)) if want == got => None,
         (Ok(want), Ok(got)) => {
             let missing: Vec<&String> = want.iter().filter(|p| !got.contains(p)).collect();
             let extra: Vec<&String> = got.iter().filter(|p| !want.contains(p)).collect();
