@@ -126,6 +126,14 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "BORG COMMAND")]
         command: Vec<OsString>,
     },
+    /// Run a whole command (`borgmatic create`, a script) on one snapshot set: every `borg create`
+    /// it starts through zfs-snap's `borg` link or `zfs-snap wrap` reads the same snapshots, taken
+    /// at the first create that needs them; teardown happens once, when the command ends.
+    Session {
+        /// The command and its arguments, e.g. `borgmatic create --verbosity 1`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
     /// Show what would be snapshotted, where it would be mounted and how each path maps; changes nothing.
     Plan {
         /// Print JSON (documented in docs/plan-json.md).

@@ -4,10 +4,10 @@
 
 mod cli;
 mod exit;
+mod logging;
 mod output;
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     } else {
         Cli::parse_from(args)
     };
-    init_logging(cli.global.verbosity());
+    logging::init(cli.global.verbosity());
     match run(cli, &signals) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
@@ -60,24 +60,6 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code())
         }
     }
-}
-
-fn init_logging(verbosity: i8) {
-    use tracing_subscriber::filter::LevelFilter;
-    let level = match verbosity {
-        i8::MIN..=-2 => LevelFilter::ERROR,
-        -1 => LevelFilter::WARN,
-        0 => LevelFilter::INFO,
-        1 => LevelFilter::DEBUG,
-        _ => LevelFilter::TRACE,
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_max_level(level)
-        .with_target(false)
-        .without_time()
-        .init();
 }
 
 fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
@@ -111,12 +93,12 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
         } => {
             let (borg, argv) = borg_program(configured.as_deref(), command)?;
             let outcome = backup::wrap(&ctx, &borg, &argv, signals)?;
-            if let (Some(path), Some(timings)) = (&global.timings_json, &outcome.timings) {
-                let json = serde_json::to_string_pretty(timings).expect("timings always serialise");
-                if let Err(e) = std::fs::write(path, json + "\n") {
-                    tracing::warn!("cannot write timings to {}: {e}", path.display());
-                }
-            }
+            write_timings(global.timings_json.as_deref(), outcome.timings.as_ref());
+            Ok(exit::from_outcome(&outcome))
+        }
+        Command::Session { command } => {
+            let outcome = zfs_snap::shared::serve(&ctx, &command, signals)?;
+            write_timings(global.timings_json.as_deref(), outcome.timings.as_ref());
             Ok(exit::from_outcome(&outcome))
         }
         Command::Plan {
@@ -150,6 +132,15 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             let report = backup::cleanup(&ctx, dry_run)?;
             output::cleanup(&report, dry_run);
             Ok(exit::OK)
+        }
+    }
+}
+
+fn write_timings(path: Option<&Path>, timings: Option<&zfs_snap::session::Timings>) {
+    if let (Some(path), Some(timings)) = (path, timings) {
+        let json = serde_json::to_string_pretty(timings).expect("timings always serialise");
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            tracing::warn!("cannot write timings to {}: {e}", path.display());
         }
     }
 }

@@ -168,3 +168,60 @@ fn tagging_a_missing_dataset_names_it() {
         "all or nothing"
     );
 }
+
+/// With stderr the journal stream (`JOURNAL_STREAM` names its device and
+/// inode), each line carries its syslog priority for journald; stderr
+/// redirected elsewhere by a child of the unit keeps plain lines.
+#[test]
+fn journal_lines_carry_their_priority() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    // An unknown borg option: a warning; a missing source: an error.
+    let log = w.dir.path().join("journal.log");
+    let run_logged = |journal_stream: &str| {
+        let file = fs::File::create(&log).unwrap();
+        let status = w
+            .cmd()
+            .args(wrap_args("/r", &data.join("nope")))
+            .arg("--an-option-from-the-future")
+            .env("JOURNAL_STREAM", journal_stream)
+            .stderr(file)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(2));
+        fs::read_to_string(&log).unwrap()
+    };
+    let file = fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    drop(file);
+    let text = run_logged(&stream);
+    eprintln!("{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with('<') && l[1..3].ends_with('>')),
+        "every line has a priority: {text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>") && l.contains("an-option-from-the-future")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<3>") && l.contains("does not exist")),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "no colour");
+
+    let text = run_logged("1:2");
+    assert!(!text.lines().any(|l| l.starts_with('<')), "{text}");
+    assert!(text.contains("does not exist"));
+}

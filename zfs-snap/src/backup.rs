@@ -44,44 +44,11 @@ pub fn wrap(
     argv: &[OsString],
     signals: &Signals,
 ) -> Result<Outcome> {
-    let args = match borg::parse(argv)? {
-        Invocation::Other => return pass_through(borg, argv, signals),
-        Invocation::Create(args) => args,
+    let Some(args) = needs_snapshots(argv)? else {
+        return pass_through(borg, argv, signals);
     };
-    if args.dry_run {
-        tracing::info!("borg --dry-run: no snapshot taken, borg reads live paths");
-        return pass_through(borg, argv, signals);
-    }
-    if args.paths_at_run_time.as_deref() == Some("--content-from-command") {
-        tracing::info!(
-            "borg --content-from-command: borg stores a command's output, reads no files; no snapshot taken"
-        );
-        return pass_through(borg, argv, signals);
-    }
-    if args.path_indices.iter().any(|&i| args.argv[i].is_empty()) {
-        // borg refuses an empty PATH ("Empty strings are not accepted as
-        // paths"): let it say so, rather than read it as the cwd.
-        return pass_through(borg, argv, signals);
-    }
-    // borg 1.4 keeps its command line in the archive's metadata, which must
-    // be UTF-8: given a path that is not, plain borg fails (exit 2, no
-    // archive). Say so before any snapshot instead of mangling it.
-    if let Some(bad) = args.argv.iter().find(|a| a.to_str().is_none()) {
-        return Err(Error::BorgArgs(format!(
-            "{} is not valid UTF-8: borg 1.4 cannot create an archive whose command line holds it \
-             (it keeps the command line in the archive's metadata); give a pattern or a parent \
-             directory instead",
-            bad.to_string_lossy()
-        )));
-    }
-    if let Some(option) = &args.paths_at_run_time {
-        return Err(Error::BorgArgs(format!(
-            "with {option} borg learns its paths only while it runs, so zfs-snap cannot snapshot \
-             them first; give the paths as arguments or `R` pattern lines"
-        )));
-    }
-    for option in &args.unknown_options {
-        tracing::warn!(option, "unknown borg option, assumed to take no value");
+    if let Some(id) = crate::shared::joined() {
+        return crate::shared::join(ctx, &id, borg, &args, signals);
     }
     let runtime_root = crate::runtime::prepare(&ctx.options.runtime_root)?;
     borg::check_version_cached(borg, &runtime_root)?;
@@ -133,6 +100,53 @@ pub fn wrap(
     })
 }
 
+/// The create arguments, when `argv` is a `borg create` that reads files
+/// zfs-snap must snapshot first; `None` when borg is to run as given (not a
+/// create, `--dry-run`, `--content-from-command`, an empty PATH borg
+/// refuses itself).
+pub(crate) fn needs_snapshots(argv: &[OsString]) -> Result<Option<CreateArgs>> {
+    let args = match borg::parse(argv)? {
+        Invocation::Other => return Ok(None),
+        Invocation::Create(args) => args,
+    };
+    if args.dry_run {
+        tracing::info!("borg --dry-run: no snapshot taken, borg reads live paths");
+        return Ok(None);
+    }
+    if args.paths_at_run_time.as_deref() == Some("--content-from-command") {
+        tracing::info!(
+            "borg --content-from-command: borg stores a command's output, reads no files; no snapshot taken"
+        );
+        return Ok(None);
+    }
+    if args.path_indices.iter().any(|&i| args.argv[i].is_empty()) {
+        // borg refuses an empty PATH ("Empty strings are not accepted as
+        // paths"): let it say so, rather than read it as the cwd.
+        return Ok(None);
+    }
+    // borg 1.4 keeps its command line in the archive's metadata, which must
+    // be UTF-8: given a path that is not, plain borg fails (exit 2, no
+    // archive). Say so before any snapshot instead of mangling it.
+    if let Some(bad) = args.argv.iter().find(|a| a.to_str().is_none()) {
+        return Err(Error::BorgArgs(format!(
+            "{} is not valid UTF-8: borg 1.4 cannot create an archive whose command line holds it \
+             (it keeps the command line in the archive's metadata); give a pattern or a parent \
+             directory instead",
+            bad.to_string_lossy()
+        )));
+    }
+    if let Some(option) = &args.paths_at_run_time {
+        return Err(Error::BorgArgs(format!(
+            "with {option} borg learns its paths only while it runs, so zfs-snap cannot snapshot \
+             them first; give the paths as arguments or `R` pattern lines"
+        )));
+    }
+    for option in &args.unknown_options {
+        tracing::warn!(option, "unknown borg option, assumed to take no value");
+    }
+    Ok(Some(args))
+}
+
 fn pass_through(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<Outcome> {
     let status = borg::run(borg, argv, signals)?;
     Ok(Outcome {
@@ -155,15 +169,15 @@ fn write_rewrite(
     Ok(rewritten.argv)
 }
 
-fn resolve_roots(roots: &[PathBuf], cwd: &Path) -> Result<Vec<SourceRoot>> {
+pub(crate) fn resolve_roots(roots: &[PathBuf], cwd: &Path) -> Result<Vec<SourceRoot>> {
     roots.iter().map(|r| SourceRoot::resolve(r, cwd)).collect()
 }
 
-fn dev_of(path: &Path) -> Option<u64> {
+pub(crate) fn dev_of(path: &Path) -> Option<u64> {
     std::fs::symlink_metadata(path).ok().map(|m| m.dev())
 }
 
-fn log_plan(plan: &Plan) {
+pub(crate) fn log_plan(plan: &Plan) {
     for note in &plan.notes {
         tracing::info!("{note}");
     }

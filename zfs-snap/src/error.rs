@@ -109,6 +109,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A shared session refused a create, or cannot be reached.
+    #[error("zfs-snap session: {0}")]
+    Session(String),
+
     #[error("teardown left things behind; run `zfs-snap cleanup` to remove them:\n  {}", .problems.join("\n  "))]
     Teardown { problems: Vec<String> },
 }

@@ -10,7 +10,8 @@
 //! Modules, one responsibility each: [`zfs`] (talking to ZFS),
 //! [`mountinfo`] (the mount table), [`discovery`] (which datasets),
 //! [`plan`] (the result), [`mapping`] (live <-> mirror paths), [`mount`],
-//! [`session`] (lifecycle, teardown, recovery), [`borg`] (its command line
+//! [`session`] (lifecycle, teardown, recovery), [`shared`] (one snapshot
+//! set for a whole command: `zfs-snap session`), [`borg`] (its command line
 //! and patterns), [`runtime`] (runtime root and lock), [`signals`],
 //! [`command`] (the one runner of external commands), [`backup`] (the
 //! operations the binary offers).
@@ -28,6 +29,7 @@ pub mod mountinfo;
 pub mod plan;
 pub mod runtime;
 pub mod session;
+pub mod shared;
 pub mod signals;
 pub mod zfs;
 

@@ -46,13 +46,19 @@ pub const WORK_DIR: &str = "work";
 pub const BORG_VERSION_FILE: &str = "borg-version";
 
 /// Whether `name` (in [`WORK_DIR`]) is a file zfs-snap writes there:
-/// `zfs-snap-patterns.lst`, `zfs-snap-patterns-from-<n>.lst`.
+/// `zfs-snap-patterns.lst`, `zfs-snap-patterns-from-<n>.lst`, each also
+/// with `.<k>` before `.lst` (the `k`th create of a shared session).
 pub fn is_work_file(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let Some(stem) = name
         .strip_prefix("zfs-snap-patterns")
         .and_then(|s| s.strip_suffix(".lst"))
     else {
         return false;
+    };
+    let stem = match stem.rsplit_once('.') {
+        Some((head, k)) if digits(k) => head,
+        _ => stem,
     };
     stem.is_empty()
         || stem
@@ -352,6 +358,8 @@ mod tests {
             "zfs-snap-patterns.lst",
             "zfs-snap-patterns-from-0.lst",
             "zfs-snap-patterns-from-12.lst",
+            "zfs-snap-patterns.3.lst",
+            "zfs-snap-patterns-from-0.12.lst",
         ] {
             assert!(is_work_file(ours), "{ours}");
         }
@@ -362,6 +370,9 @@ mod tests {
             "zfs-snap-patterns-from-1a.lst",
             "patterns-from-0.lst",
             "zfs-snap-patterns",
+            "zfs-snap-patterns..lst",
+            "zfs-snap-patterns.x.lst",
+            "zfs-snap-patterns-from-.2.lst",
         ] {
             assert!(!is_work_file(theirs), "{theirs}");
         }

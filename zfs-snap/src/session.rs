@@ -61,13 +61,11 @@ pub struct Session<'a> {
     mountinfo_path: PathBuf,
     owner: Owner,
     snapshot_name: String,
-    /// Created snapshots, by pool.
-    created: BTreeMap<String, Vec<String>>,
-    /// Held snapshots, by pool.
-    held: BTreeMap<String, Vec<String>>,
-    /// Snapshots whose hold call failed, by pool: the hold may or may not
-    /// have been placed (zfs killed after the ioctl), so teardown asks.
-    maybe_held: BTreeMap<String, Vec<String>>,
+    /// The points in time frozen so far: one for a plain run; a shared
+    /// session adds one each time a create needs datasets not frozen yet.
+    points: Vec<Point>,
+    /// Each frozen dataset's snapshot (`dataset@name`).
+    frozen: BTreeMap<String, String>,
     /// Mount targets, in the order mounted.
     mounted: Vec<PathBuf>,
     /// Directories we created, in the order created.
@@ -85,6 +83,20 @@ pub struct Session<'a> {
     finished: bool,
     timings: Timings,
     _lock: Lock,
+}
+
+/// One point in time: the snapshots made by one atomic call per pool, all
+/// called `name` (a name unique to the run and the point).
+#[derive(Default)]
+struct Point {
+    name: String,
+    /// Created snapshots, by pool.
+    created: BTreeMap<String, Vec<String>>,
+    /// Held snapshots, by pool.
+    held: BTreeMap<String, Vec<String>>,
+    /// Snapshots whose hold call failed, by pool: the hold may or may not
+    /// have been placed (zfs killed after the ioctl), so teardown asks.
+    maybe_held: BTreeMap<String, Vec<String>>,
 }
 
 /// How long each phase of a run took, in milliseconds, and how many
@@ -165,9 +177,8 @@ impl<'a> Session<'a> {
             mountinfo_path: options.mountinfo.clone(),
             snapshot_name: format!("{SNAPSHOT_PREFIX}{run_id}"),
             owner,
-            created: BTreeMap::new(),
-            held: BTreeMap::new(),
-            maybe_held: BTreeMap::new(),
+            points: Vec::new(),
+            frozen: BTreeMap::new(),
             mounted: Vec::new(),
             dirs: Vec::new(),
             work_files: Vec::new(),
@@ -192,6 +203,12 @@ impl<'a> Session<'a> {
         &self.root
     }
 
+    /// The run's id: in its snapshots' names and ownership value, and a
+    /// shared session's id.
+    pub fn run_id(&self) -> &str {
+        &self.owner.run_id
+    }
+
     pub fn snapshot_name(&self) -> &str {
         &self.snapshot_name
     }
@@ -200,23 +217,47 @@ impl<'a> Session<'a> {
         &self.mountinfo_path
     }
 
-    /// Snapshots every planned dataset (one atomic call per pool), holds
-    /// them and mounts them in the mirror. `interrupted` is asked between
-    /// steps; a signal stops the run before borg starts.
+    /// Snapshots every planned dataset not frozen yet (one atomic call per
+    /// pool), holds them and mounts each planned snapshot in the mirror.
+    /// The first call of a run is its point in time; a later one (a shared
+    /// session's next create, needing more datasets) adds another point.
+    /// `interrupted` is asked between steps; a signal stops the run before
+    /// borg starts.
     pub fn freeze(&mut self, plan: &Plan, interrupted: &dyn Fn() -> Option<i32>) -> Result<()> {
         let check = || match interrupted() {
             Some(signal) => Err(Error::Interrupted { signal }),
             None => Ok(()),
         };
-        let by_pool = plan.snapshots_by_pool(&self.snapshot_name);
+        let name = match self.points.len() {
+            0 => self.snapshot_name.clone(),
+            n => format!("{}.{}", self.snapshot_name, n + 1),
+        };
+        let mut by_pool = plan.snapshots_by_pool(&name);
+        for names in by_pool.values_mut() {
+            names.retain(|n| !self.frozen.contains_key(dataset_of(n)));
+        }
+        by_pool.retain(|_, names| !names.is_empty());
         if by_pool.len() > 1 {
             tracing::info!(
                 pools = by_pool.len(),
                 "datasets span several pools: each pool's snapshot is atomic, but ZFS cannot make them atomic across pools"
             );
         }
-        self.timings.pools = by_pool.len();
-        self.timings.datasets = plan.mounts.len();
+        if !by_pool.is_empty() && !self.points.is_empty() {
+            tracing::warn!(
+                datasets = by_pool.values().map(Vec::len).sum::<usize>(),
+                name = %name,
+                "this create needs datasets the session has not frozen yet: they are snapshotted now, a later point in time than the session's first snapshot"
+            );
+        }
+        self.timings.pools = self.timings.pools.max(by_pool.len());
+        self.timings.datasets += by_pool.values().map(Vec::len).sum::<usize>();
+        if !by_pool.is_empty() {
+            self.points.push(Point {
+                name: name.clone(),
+                ..Point::default()
+            });
+        }
         let started = Instant::now();
         for (pool, names) in &by_pool {
             check()?;
@@ -229,39 +270,51 @@ impl<'a> Session<'a> {
                 return Err(e);
             }
             self.uncertain = in_doubt;
-            self.created.insert(pool.clone(), names.clone());
-            tracing::info!(pool, snapshots = names.len(), name = %self.snapshot_name, "snapshot taken");
+            self.point().created.insert(pool.clone(), names.clone());
+            for snapshot in names {
+                self.frozen
+                    .insert(dataset_of(snapshot).to_owned(), snapshot.clone());
+            }
+            tracing::info!(pool, snapshots = names.len(), name = %name, "snapshot taken");
         }
-        self.timings.snapshot_ms = ms(started);
+        self.timings.snapshot_ms += ms(started);
         let started = Instant::now();
         for (pool, names) in &by_pool {
             check()?;
-            if let Err(e) = self.zfs.hold_run(pool, &self.snapshot_name, names) {
-                self.maybe_held.insert(pool.clone(), names.clone());
+            if let Err(e) = self.zfs.hold_run(pool, &name, names) {
+                self.point().maybe_held.insert(pool.clone(), names.clone());
                 return Err(e);
             }
-            self.held.insert(pool.clone(), names.clone());
+            self.point().held.insert(pool.clone(), names.clone());
         }
-        self.timings.hold_ms = ms(started);
+        self.timings.hold_ms += ms(started);
         let started = Instant::now();
         for planned in &plan.mounts {
             check()?;
             let target = &planned.snapshot_mountpoint;
+            if self.mounted.contains(target) {
+                continue;
+            }
+            let snapshot = self.frozen[&planned.dataset].clone();
             self.make_dirs(target).map_err(|e| Error::Mount {
-                snapshot: format!("{}@{}", planned.dataset, self.snapshot_name),
+                snapshot: snapshot.clone(),
                 target: target.clone(),
                 reason: format!(
                     "cannot create the mountpoint: {e} (is it inside a read-only snapshot \
                      whose dataset has no such directory?)"
                 ),
             })?;
-            let snapshot = format!("{}@{}", planned.dataset, self.snapshot_name);
             self.mounter.mount(&snapshot, target)?;
             self.mounted.push(target.clone());
             tracing::debug!(snapshot, target = %target.display(), "mounted");
         }
-        self.timings.mount_ms = ms(started);
+        self.timings.mount_ms += ms(started);
         check()
+    }
+
+    /// The point being frozen.
+    fn point(&mut self) -> &mut Point {
+        self.points.last_mut().expect("freeze pushes a point first")
     }
 
     /// Phase timings so far; the caller adds discovery and borg.
@@ -301,7 +354,7 @@ impl<'a> Session<'a> {
                         snapshots = made.len(),
                         "the snapshot call failed after ZFS made the snapshots; removing them"
                     );
-                    self.created.insert(pool.to_owned(), made);
+                    self.point().created.insert(pool.to_owned(), made);
                 }
                 self.uncertain = in_doubt;
             }
@@ -420,20 +473,22 @@ impl<'a> Session<'a> {
             // Not empty: someone else's files are there; they stay.
             let _ = std::fs::remove_dir(self.work_dir());
         }
-        for (pool, names) in std::mem::take(&mut self.held) {
-            if let Err(e) = self.zfs.release_run(&pool, &self.snapshot_name, &names) {
-                report.problems.push(format!("releasing holds: {e}"));
+        for point in std::mem::take(&mut self.points).into_iter().rev() {
+            for (pool, names) in &point.held {
+                if let Err(e) = self.zfs.release_run(pool, &point.name, names) {
+                    report.problems.push(format!("releasing holds: {e}"));
+                }
             }
-        }
-        for names in std::mem::take(&mut self.maybe_held).into_values() {
-            release_ours(self.zfs, &names, &mut report);
-        }
-        for (pool, names) in std::mem::take(&mut self.created) {
-            match self.zfs.destroy_run(&pool, &self.snapshot_name, &names) {
-                Ok(()) => report.destroyed.extend(names),
-                Err(e) => {
-                    tracing::debug!(error = %e, "batched destroy failed; destroying one by one");
-                    destroy_each(self.zfs, &names, &mut report);
+            for names in point.maybe_held.values() {
+                release_ours(self.zfs, names, &mut report);
+            }
+            for (pool, names) in point.created {
+                match self.zfs.destroy_run(&pool, &point.name, &names) {
+                    Ok(()) => report.destroyed.extend(names),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "batched destroy failed; destroying one by one");
+                        destroy_each(self.zfs, &names, &mut report);
+                    }
                 }
             }
         }
@@ -462,6 +517,12 @@ impl Drop for Session<'_> {
             tracing::error!("{problem}");
         }
     }
+}
+
+fn dataset_of(snapshot: &str) -> &str {
+    snapshot
+        .split_once('@')
+        .map_or(snapshot, |(dataset, _)| dataset)
 }
 
 /// Destroys each snapshot; a busy one is marked for deferred destroy. One
@@ -691,6 +752,7 @@ pub fn recover(
         }
     }
     remove_work_files(&root.join(WORK_DIR), dry_run, &mut report);
+    remove_dead_socket(&root.join(crate::shared::SOCKET), dry_run);
 
     if ours.is_empty() || dry_run {
         report.destroyed.extend(ours);
@@ -735,6 +797,21 @@ fn not_safe_to_unmount(entry: &MountEntry, mountinfo_path: &Path) -> Option<Stri
 
 /// Removes the files zfs-snap writes in `work` (by name), then `work` if
 /// empty; anything else there is someone else's and stays.
+/// A dead session's socket (the caller holds the lock, so no session
+/// serves on it); anything else of that name is not ours and stays.
+fn remove_dead_socket(path: &Path, dry_run: bool) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && !dry_run {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::debug!(path = %path.display(), "removed a dead session's socket"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a dead session's socket")
+            }
+        }
+    }
+}
+
 fn remove_work_files(work: &Path, dry_run: bool, report: &mut Report) {
     if !std::fs::symlink_metadata(work).is_ok_and(|m| m.is_dir()) {
         return;

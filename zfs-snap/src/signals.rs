@@ -41,7 +41,7 @@ impl Signals {
             .spawn(move || {
                 let mut interrupts = 0;
                 loop {
-                    let Some((signal, from_terminal)) = wait_for(&set) else {
+                    let Some((signal, from_terminal, sender)) = wait_for(&set) else {
                         continue;
                     };
                     thread_shared
@@ -60,7 +60,11 @@ impl Signals {
                         // The terminal already delivered ^C to borg (same process group).
                         (signal, from_terminal && signal == Signal::SIGINT)
                     };
-                    if child > 0 && !already_delivered {
+                    // A child that signals its own process group (borgmatic
+                    // passes signals on that way, and zfs-snap is in it)
+                    // has the signal already: sending it back would loop.
+                    let from_child = child > 0 && sender == child;
+                    if child > 0 && !already_delivered && !from_child {
                         tracing::info!(signal = %signal, pid = child, "passing signal to borg");
                         let _ = kill(Pid::from_raw(child), signal);
                     } else if child == 0 {
@@ -85,9 +89,10 @@ impl Signals {
     }
 }
 
-/// Waits for one of `set`; returns it and whether the kernel sent it on a
-/// terminal's behalf (rather than a process calling kill(2)).
-fn wait_for(set: &SigSet) -> Option<(Signal, bool)> {
+/// Waits for one of `set`; returns it, whether the kernel sent it on a
+/// terminal's behalf (rather than a process calling kill(2)), and the
+/// sending process (0 for the kernel).
+fn wait_for(set: &SigSet) -> Option<(Signal, bool, i32)> {
     let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
     // SAFETY: `set` is a valid sigset and `info` a writable siginfo_t.
     let n = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
@@ -97,5 +102,13 @@ fn wait_for(set: &SigSet) -> Option<(Signal, bool)> {
     // SAFETY: sigwaitinfo succeeded, so it filled `info`.
     let info = unsafe { info.assume_init() };
     let signal = Signal::try_from(n).ok()?;
-    Some((signal, info.si_code == libc::SI_KERNEL))
+    let from_kernel = info.si_code == libc::SI_KERNEL;
+    // SAFETY: for signals sent by kill(2) and by the kernel alike, si_pid
+    // is set (0 when the kernel sent it).
+    let sender = if from_kernel {
+        0
+    } else {
+        unsafe { info.si_pid() }
+    };
+    Some((signal, from_kernel, sender))
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::signals::Signals;
 
 pub use args::{parse, CreateArgs, Invocation};
-pub use rewrite::{rewrite, Rewritten, Sources};
+pub use rewrite::{rewrite, rewrite_numbered, Rewritten, Sources};
 
 /// [`check_version`], remembering a good answer in `cache_dir` keyed on the
 /// borg program's identity (path, inode, size, times), so a nightly run does

@@ -158,6 +158,22 @@ pub fn rewrite(
     work_dir: &Path,
     cwd: &Path,
 ) -> Rewritten {
+    rewrite_numbered(args, sources, plan, mapping, work_dir, None, cwd)
+}
+
+/// [`rewrite`], for the `n`th create of a shared session: its files carry
+/// `.n` (`zfs-snap-patterns.3.lst`), so creates that run at once do not
+/// share them.
+pub fn rewrite_numbered(
+    args: &CreateArgs,
+    sources: &Sources,
+    plan: &Plan,
+    mapping: &Mapping,
+    work_dir: &Path,
+    n: Option<usize>,
+    cwd: &Path,
+) -> Rewritten {
+    let tag = n.map_or(String::new(), |n| format!(".{n}"));
     let mut files = Vec::new();
     let mut replace: Vec<(usize, OsString)> = Vec::new();
 
@@ -224,7 +240,7 @@ pub fn rewrite(
                 lines[*line] = format!("R {root}");
             }
         }
-        let path = work_dir.join(format!("zfs-snap-patterns-from-{n}.lst"));
+        let path = work_dir.join(format!("zfs-snap-patterns-from-{n}{tag}.lst"));
         replace.push((
             file.at.index,
             with_value(
@@ -236,7 +252,7 @@ pub fn rewrite(
         files.push((path, lines.join("\n") + "\n"));
     }
 
-    let generated = work_dir.join("zfs-snap-patterns.lst");
+    let generated = work_dir.join(format!("zfs-snap-patterns{tag}.lst"));
     let insert_roots_after = args
         .path_indices
         .last()

@@ -1,0 +1,435 @@
+//! One snapshot set for a whole command (`zfs-snap session -- borgmatic
+//! create`): the session takes the runtime root's lock, recovers what dead
+//! runs left, runs the command with [`SESSION_ENV`] set and serves every
+//! `borg create` it starts (through the `borg` link or `zfs-snap wrap`) on
+//! a Unix socket in the runtime root. The first create that needs
+//! snapshots takes them (one atomic call per pool); a later create reuses
+//! them, and snapshots only datasets not frozen yet, as a later point in
+//! time. Teardown happens once, when the command has ended and every create
+//! it started has finished.
+//!
+//! The protocol is one JSON line each way, then one more from the client
+//! when its borg has exited:
+//! `{"session", "argv", "cwd"}` → `{"ready": argv}` or `{"refused": text}`
+//! → `{"status": code}`. Only a peer with the session's own uid is served;
+//! the runtime root is 0700 besides.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::{dev_of, log_plan, needs_snapshots, resolve_roots, Context, Outcome};
+use crate::borg::{self, CreateArgs, Sources};
+use crate::command::CommandLine;
+use crate::discovery::{discover, World};
+use crate::error::{Error, Result};
+use crate::session::{Report, Session};
+use crate::signals::Signals;
+
+/// Set for the session's command: the session's id. A create that sees it
+/// is served by the session instead of taking snapshots itself.
+pub const SESSION_ENV: &str = "ZFS_SNAP_SESSION";
+/// The session's socket, in the runtime root: a name zfs-snap owns.
+pub const SOCKET: &str = "session.sock";
+/// After a signal, how long the session waits for the creates still
+/// running before it tears down anyway.
+const GRACE_AFTER_SIGNAL: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    session: String,
+    argv: Vec<String>,
+    /// The working directory's bytes (it need not be UTF-8).
+    cwd: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Reply {
+    Ready(Vec<String>),
+    Refused(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Done {
+    /// borg's exit code, `128 + N` for a signal.
+    status: i32,
+}
+
+/// The session this process belongs to, from [`SESSION_ENV`].
+pub fn joined() -> Option<String> {
+    std::env::var(SESSION_ENV).ok().filter(|id| !id.is_empty())
+}
+
+/// A create inside a session: asks the session for the rewritten command
+/// line (it freezes what this create needs), runs borg with it, and tells
+/// the session borg's status.
+pub(crate) fn join(
+    ctx: &Context<'_>,
+    id: &str,
+    borg: &CommandLine,
+    args: &CreateArgs,
+    signals: &Signals,
+) -> Result<Outcome> {
+    let root = crate::runtime::canonical(&ctx.options.runtime_root)?;
+    let socket = root.join(SOCKET);
+    let unreachable = |e: std::io::Error| {
+        Error::Session(format!(
+            "{SESSION_ENV}={id} says this borg belongs to a zfs-snap session, but no session \
+             serves {}: {e}. Run it inside `zfs-snap session -- ...`, or unset {SESSION_ENV}",
+            socket.display()
+        ))
+    };
+    let mut stream = UnixStream::connect(&socket).map_err(unreachable)?;
+    borg::check_version_cached(borg, &root)?;
+    let request = Request {
+        session: id.to_owned(),
+        argv: args
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        cwd: ctx.cwd.as_os_str().as_bytes().to_vec(),
+    };
+    send(&mut stream, &request).map_err(unreachable)?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(unreachable)?);
+    let reply: Reply = receive(&mut reader).map_err(|e| {
+        Error::Session(format!(
+            "the session serving {} ended before answering: {e}",
+            socket.display()
+        ))
+    })?;
+    let argv: Vec<OsString> = match reply {
+        Reply::Ready(argv) => argv.into_iter().map(OsString::from).collect(),
+        Reply::Refused(reason) => return Err(Error::Session(reason)),
+    };
+    if let Some(signal) = signals.received() {
+        return Err(Error::Interrupted { signal });
+    }
+    let status = borg::run(borg, &argv, signals)?;
+    let _ = send(
+        &mut stream,
+        &Done {
+            status: exit_code(status),
+        },
+    );
+    Ok(Outcome {
+        status,
+        teardown: Ok(Report::default()),
+        timings: None,
+    })
+}
+
+/// `zfs-snap session -- COMMAND...`: runs `command` with every create it
+/// starts served from one snapshot set, and tears that down once at the end.
+/// The outcome's status is the command's.
+pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Result<Outcome> {
+    if let Some(id) = joined() {
+        return Err(Error::Session(format!(
+            "already inside session {id} ({SESSION_ENV} is set): run the command without \
+             `zfs-snap session`, it is served by that session"
+        )));
+    }
+    let Some((program, args)) = command.split_first() else {
+        return Err(Error::Session(
+            "nothing to run: use `zfs-snap session -- borgmatic create ...`".into(),
+        ));
+    };
+    let (mut session, filesystems, mounts, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
+    let root = session.runtime_root().to_owned();
+    let id = session.run_id().to_owned();
+    let listener = listen(&root.join(SOCKET))?;
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .env(SESSION_ENV, &id)
+        .env("ZFS_SNAP_RUNTIME_ROOT", &root);
+    crate::command::unblock_signals_in_child(&mut command);
+    let mut child = command.spawn().map_err(|source| Error::Spawn {
+        command: program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    signals.set_child(Some(child.id()));
+    tracing::info!(session = %id, pid = child.id(), command = %program.to_string_lossy(), "session started");
+    let mut server = Server {
+        ctx,
+        signals,
+        session: &mut session,
+        id: &id,
+        first_view: Some((filesystems, mounts)),
+        creates: 0,
+        running: Vec::new(),
+    };
+    let status = server.run_until_exit(&listener, &mut child);
+    signals.set_child(None);
+    server.drain(&listener);
+    drop(listener);
+    let _ = std::fs::remove_file(root.join(SOCKET));
+    let status = status?;
+    let creates = server.creates;
+    let (teardown, timings) = session.finish();
+    tracing::info!(
+        %status,
+        creates,
+        datasets = timings.datasets,
+        pools = timings.pools,
+        snapshot_ms = timings.snapshot_ms.round(),
+        teardown_ms = timings.teardown_ms.round(),
+        processes = timings.processes,
+        "session done"
+    );
+    Ok(Outcome {
+        status,
+        teardown,
+        timings: Some(timings),
+    })
+}
+
+/// Binds the session's socket. A socket of that name is a dead session's
+/// (we hold the lock): it is replaced. Anything else there is not ours.
+fn listen(path: &Path) -> Result<UnixListener> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(io)?,
+        Ok(_) => {
+            return Err(io(std::io::Error::other(
+                "exists and is not zfs-snap's session socket; move it away",
+            )))
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    Ok(listener)
+}
+
+struct Server<'s, 'a> {
+    ctx: &'s Context<'a>,
+    signals: &'s Signals,
+    session: &'s mut Session<'a>,
+    id: &'s str,
+    /// The look at ZFS and the mount table the session began with, for its
+    /// first create; later ones look again.
+    first_view: Option<(
+        Vec<crate::zfs::Filesystem>,
+        Vec<crate::mountinfo::MountEntry>,
+    )>,
+    creates: usize,
+    /// Creates that were answered and whose borg has not ended.
+    running: Vec<UnixStream>,
+}
+
+impl Server<'_, '_> {
+    fn run_until_exit(&mut self, listener: &UnixListener, child: &mut Child) -> Result<ExitStatus> {
+        loop {
+            if let Some(status) = child.try_wait().map_err(|source| Error::Spawn {
+                command: "the session's command".into(),
+                source,
+            })? {
+                return Ok(status);
+            }
+            self.accept(listener);
+            self.reap();
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// After the command ended: waits for the creates still running (a
+    /// borg left in the background, or one stopping after a signal), at
+    /// most [`GRACE_AFTER_SIGNAL`] once a signal came. New creates are
+    /// refused.
+    fn drain(&mut self, listener: &UnixListener) {
+        let mut deadline = None;
+        let mut said = false;
+        loop {
+            self.reap();
+            self.refuse_all(listener, "the session's command has ended");
+            if self.running.is_empty() {
+                return;
+            }
+            if !said {
+                tracing::info!(
+                    creates = self.running.len(),
+                    "waiting for borg creates still running before teardown"
+                );
+                said = true;
+            }
+            if deadline.is_none() && self.signals.received().is_some() {
+                deadline = Some(Instant::now() + GRACE_AFTER_SIGNAL);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                tracing::warn!(
+                    creates = self.running.len(),
+                    "borg creates still running after a signal and {}s: tearing down anyway",
+                    GRACE_AFTER_SIGNAL.as_secs()
+                );
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn accept(&mut self, listener: &UnixListener) {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => self.handle(stream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "session socket: accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn refuse_all(&mut self, listener: &UnixListener, why: &str) {
+        while let Ok((mut stream, _)) = listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            let _ = send(&mut stream, &Reply::Refused(why.to_owned()));
+        }
+    }
+
+    /// Forgets the creates whose borg has ended (a status line, or the
+    /// connection closed).
+    fn reap(&mut self) {
+        self.running.retain_mut(|stream| {
+            let mut buf = [0u8; 256];
+            match stream.read(&mut buf) {
+                Ok(0) => false,
+                Ok(n) => {
+                    if let Ok(done) = serde_json::from_slice::<Done>(buf[..n].trim_ascii()) {
+                        tracing::debug!(status = done.status, "a create of the session ended");
+                    }
+                    true
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => true,
+                Err(_) => false,
+            }
+        });
+    }
+
+    fn handle(&mut self, mut stream: UnixStream) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let reply = match self.answer(&stream) {
+            Ok(argv) => Reply::Ready(argv),
+            Err(e) => {
+                tracing::error!("refused a create: {e}");
+                Reply::Refused(e.to_string())
+            }
+        };
+        let ready = matches!(reply, Reply::Ready(_));
+        if send(&mut stream, &reply).is_ok() && ready && stream.set_nonblocking(true).is_ok() {
+            self.running.push(stream);
+        }
+    }
+
+    fn answer(&mut self, stream: &UnixStream) -> Result<Vec<String>> {
+        let refuse = |text: String| Err(Error::Session(text));
+        let me = nix::unistd::geteuid().as_raw();
+        match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(peer) if peer.uid() == me => {}
+            Ok(peer) => return refuse(format!("uid {} may not use this session", peer.uid())),
+            Err(e) => return refuse(format!("cannot tell who is asking: {e}")),
+        }
+        let request: Request = receive(&mut BufReader::new(stream))
+            .map_err(|e| Error::Session(format!("unreadable request: {e}")))?;
+        if request.session != self.id {
+            return refuse(format!(
+                "this borg belongs to session {}, but {} is held by session {}: a stale \
+                 {SESSION_ENV}? Unset it, or run the command inside its own `zfs-snap session`",
+                request.session,
+                self.session.runtime_root().display(),
+                self.id
+            ));
+        }
+        if let Some(signal) = self.signals.received() {
+            return refuse(format!("the session is stopping (signal {signal})"));
+        }
+        let argv: Vec<OsString> = request.argv.into_iter().map(OsString::from).collect();
+        let Some(args) = needs_snapshots(&argv)? else {
+            return refuse("not a borg create that reads files: run it as it is".into());
+        };
+        let cwd = PathBuf::from(OsString::from_vec(request.cwd));
+        self.creates += 1;
+        let argv = self.freeze_for(&args, &cwd)?;
+        Ok(argv
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect())
+    }
+
+    /// What `wrap` does up to borg, on the session's snapshot set.
+    fn freeze_for(&mut self, args: &CreateArgs, cwd: &Path) -> Result<Vec<OsString>> {
+        let ctx = self.ctx;
+        let sources = Sources::read(args, cwd)?;
+        let roots = resolve_roots(&sources.roots(), cwd)?;
+        let (filesystems, mounts) = match self.first_view.take() {
+            Some(view) => view,
+            None => (
+                ctx.zfs.filesystems()?,
+                crate::mountinfo::read(self.session.mountinfo_path())?,
+            ),
+        };
+        let plan = discover(
+            &World {
+                filesystems: &filesystems,
+                mounts: &mounts,
+                runtime_root: self.session.runtime_root(),
+                cwd,
+                dev_of: &dev_of,
+            },
+            &roots,
+            args.one_file_system,
+        );
+        log_plan(&plan);
+        let signals = self.signals;
+        self.session.freeze(&plan, &|| signals.received())?;
+        let rewritten = borg::rewrite_numbered(
+            args,
+            &sources,
+            &plan,
+            self.session.mapping(),
+            &self.session.work_dir(),
+            Some(self.creates),
+            cwd,
+        );
+        self.session.write_work_files(&rewritten.files)?;
+        Ok(rewritten.argv)
+    }
+}
+
+fn send<T: Serialize>(stream: &mut UnixStream, message: &T) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+fn receive<T: for<'de> Deserialize<'de>>(reader: &mut impl BufRead) -> std::io::Result<T> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    serde_json::from_str(&line).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
