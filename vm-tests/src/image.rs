@@ -35,6 +35,11 @@ const GUEST_PACKAGES: &[&str] = &[
     "python3",
     "zfsutils-linux",
     "borgbackup",
+    // For the guest that boots systemd as PID 1 (`vmtests.systemd=1`):
+    // borgmatic's upstream unit runs systemd-inhibit, which asks logind
+    // over D-Bus.
+    "systemd",
+    "dbus",
 ];
 /// Source packages pinned to bookworm-backports inside the guest (OpenZFS 2.3, borg 1.4).
 const BACKPORTS_SOURCES: &[&str] = &["zfs-linux", "borgbackup"];
@@ -299,7 +304,12 @@ fn keys(r: &Resolved) -> Keys {
     ]);
     let zfs = format!("zfs-{}-k{}-{}", r.zfs_pkg, r.kernel_pkg, &zfs_recipe[..8]);
     let pip_list: Vec<String> = r.pip.iter().map(|(k, v)| format!("{k}=={v}")).collect();
-    let py_recipe = sha256_hex(&[RECIPE_VERSION, &PIP_OPTS.join(" "), "byte-compiled by pip"]);
+    let py_recipe = sha256_hex(&[
+        RECIPE_VERSION,
+        &PIP_OPTS.join(" "),
+        "byte-compiled by pip",
+        "sample/systemd from the sdist",
+    ]);
     let pylib = format!("pylib-{}-{}", pip_list.join("-"), &py_recipe[..8]);
     let pkg_list: Vec<String> = r.packages.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let recipe = sha256_hex(&[
@@ -614,6 +624,40 @@ fn build_pylib(r: &Resolved, d: &Path) -> Result<()> {
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
         .env("PIP_ROOT_USER_ACTION", "ignore"))?;
+    // borgmatic's upstream systemd units ship only in its sdist.
+    let sdist = d.join("sdist");
+    run(cmd(python())
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+        ])
+        .arg(&sdist)
+        .args(&specs)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1"))?;
+    let units = d.join("systemd");
+    fs::create_dir_all(&units)?;
+    for e in fs::read_dir(&sdist)?.flatten() {
+        run(cmd("tar")
+            .arg("-xzf")
+            .arg(e.path())
+            .arg("-C")
+            .arg(&sdist)
+            .args(["--wildcards", "*/sample/systemd/*"]))?;
+    }
+    walk(&sdist, &mut |p| {
+        if p.parent().is_some_and(|d| d.ends_with("sample/systemd")) {
+            let _ = fs::copy(p, units.join(p.file_name().unwrap()));
+        }
+    })?;
+    if !units.join("borgmatic.service").exists() {
+        bail!("borgmatic's sdist has no sample/systemd/borgmatic.service");
+    }
     // Console scripts carry the host interpreter's path; the image has its own wrapper.
     let _ = fs::remove_dir_all(site.join("bin"));
     // pip byte-compiled the modules with this machine's python. That is only of use
@@ -775,6 +819,11 @@ fn build_image(
     fs::create_dir_all(wrapper.parent().unwrap())?;
     fs::write(&wrapper, BORGMATIC_WRAPPER)?;
     chmod(&wrapper, 0o755)?;
+    // Its upstream units, where a user who downloaded them would keep them.
+    run(cmd("cp")
+        .arg("-a")
+        .arg(py_dir.join("systemd"))
+        .arg(rootfs.join("usr/local/share/borgmatic-systemd")))?;
 
     // Kernel modules.
     let modroot = rootfs.join(format!("lib/modules/{}", r.kabi));

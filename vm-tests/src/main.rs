@@ -130,6 +130,7 @@ impl VmArgs {
             timeout: Duration::from_secs(self.timeout.unwrap_or(defaults.timeout_secs)),
             memory_mb: self.memory.unwrap_or(defaults.memory_mb),
             vartmp: self.vartmp.clone().unwrap_or(defaults.vartmp.into()),
+            systemd: false,
         }
     }
 }
@@ -279,6 +280,10 @@ const COMMAND_BACKEND_TESTS: &[&str] = &[
     "sigkill_leftovers_are_removed_by_cleanup_and_by_the_next_run",
 ];
 
+/// Test executables whose name starts with this run in a guest that boots
+/// systemd as PID 1 (one boot of their own); the others in the plain guest.
+const SYSTEMD_TESTS_PREFIX: &str = "systemd";
+
 fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Result<i32> {
     let img = image::ensure(false)?;
     let bin = build_zfs_snap()?;
@@ -286,6 +291,11 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
     if exes.is_empty() {
         eprintln!("vm-tests: warning: package {package} has no test executables");
     }
+    let label_of = |exe: &PathBuf| exe.file_name().unwrap().to_string_lossy().into_owned();
+    let (systemd_exes, plain_exes): (Vec<&PathBuf>, Vec<&PathBuf>) = exes
+        .iter()
+        .partition(|e| label_of(e).starts_with(SYSTEMD_TESTS_PREFIX));
+
     let mut share = Share::new()?;
     share.add_zfs_snap(&bin)?;
     if !no_smoke {
@@ -293,11 +303,11 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
         share.add_command("smoke", vec!["env".into(), "SMOKE_QUICK=1".into(), s]);
     }
     let mut second_pass = Vec::new();
-    for exe in &exes {
+    for exe in &plain_exes {
         let g = share.add_file(exe, None)?;
         let mut argv = vec![g.clone(), "--test-threads=2".to_string()];
         argv.extend(test_args.iter().cloned());
-        let label = exe.file_name().unwrap().to_string_lossy().into_owned();
+        let label = label_of(exe);
         share.add_command(&label, argv);
         second_pass.push((g, label));
     }
@@ -316,8 +326,31 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
             share.add_command(&format!("{label} (command backend)"), argv);
         }
     }
-    let code = vm::boot(&img, &share, &vm.opts(3000))?;
-    let results = share.results();
+    let passes = if test_args.is_empty() { 2 } else { 1 };
+    let mut expected = passes * plain_exes.len() + usize::from(!no_smoke);
+    let mut code = vm::boot(&img, &share, &vm.opts(3000))?;
+    let mut results = share.results();
+
+    if !systemd_exes.is_empty() {
+        let mut share = Share::new_named("systemd")?;
+        share.add_zfs_snap(&bin)?;
+        for exe in &systemd_exes {
+            let g = share.add_file(exe, None)?;
+            let mut argv = vec![g, "--test-threads=1".to_string()];
+            argv.extend(test_args.iter().cloned());
+            share.add_command(&format!("{} (systemd guest)", label_of(exe)), argv);
+        }
+        expected += systemd_exes.len();
+        let opts = VmOpts {
+            systemd: true,
+            ..vm.opts(1200)
+        };
+        let systemd_code = vm::boot(&img, &share, &opts)?;
+        results.extend(share.results());
+        if code == 0 {
+            code = systemd_code;
+        }
+    }
     eprintln!("vm-tests: summary:");
     for (rc, label) in &results {
         eprintln!(
@@ -330,8 +363,6 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
             }
         );
     }
-    let passes = if test_args.is_empty() { 2 } else { 1 };
-    let expected = passes * exes.len() + usize::from(!no_smoke);
     if results.len() < expected && code == 0 {
         eprintln!(
             "vm-tests: only {} of {expected} executables reported a result",

@@ -27,6 +27,8 @@ pub struct VmOpts {
     pub memory_mb: u32,
     /// Size of the /var/tmp tmpfs in the guest (file vdevs go there).
     pub vartmp: String,
+    /// Boot systemd as PID 1 (`vmtests.systemd=1`); the job runs as a unit.
+    pub systemd: bool,
 }
 
 /// A prepared share directory: executables in bin/, the job in .vm/.
@@ -41,17 +43,29 @@ impl Share {
     /// waiting for the VM lock never disturbs the share of the one running), and
     /// removes the shares of processes that are gone.
     pub fn new() -> Result<Share> {
+        Share::new_named("")
+    }
+
+    /// [`Share::new`], as `share-<pid>-<name>`: a second share of the same
+    /// process (the systemd guest's).
+    pub fn new_named(name: &str) -> Result<Share> {
         let base = target_dir().join("vm-tests");
         fs::create_dir_all(&base)?;
         for e in fs::read_dir(&base)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("share-") {
+            if let Some(pid) = name
+                .strip_prefix("share-")
+                .map(|rest| rest.split('-').next().unwrap_or(rest))
+            {
                 if !Path::new("/proc").join(pid).exists() {
                     let _ = fs::remove_dir_all(e.path());
                 }
             }
         }
-        let dir = base.join(format!("share-{}", std::process::id()));
+        let dir = match name {
+            "" => base.join(format!("share-{}", std::process::id())),
+            name => base.join(format!("share-{}-{name}", std::process::id())),
+        };
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
         }
@@ -207,6 +221,11 @@ pub fn qemu_command(image: &Image, share: &Path, opts: &VmOpts) -> Command {
         // Keep ZFS's cache small: guest memory also holds the rootfs and /var/tmp.
         "zfs.zfs_arc_max=268435456",
         &format!("vmtests.vartmp={}", opts.vartmp),
+        if opts.systemd {
+            "vmtests.systemd=1"
+        } else {
+            ""
+        },
     ]
     .join(" ");
     c.args(["-accel", "tcg", "-smp", "2", "-m"])
@@ -409,6 +428,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             memory_mb: 2048,
             vartmp: "1G".into(),
+            systemd: false,
         };
         let c = show(&qemu_command(&img, Path::new("/s"), &opts));
         assert!(c.contains("-accel tcg"), "{c}");

@@ -32,6 +32,30 @@ for m in virtio_pci 9pnet_virtio 9p loop spl zfs; do
 done
 
 mkdir -p /share
+if grep -qw vmtests.systemd=1 /proc/cmdline; then
+    # The systemd guest: systemd becomes PID 1 and runs the job as a unit
+    # (its output on the console), which powers the machine off at the end.
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose share /share ||
+        echo "vm-tests init: cannot mount the 9p share" >&2
+    mkdir -p /etc/systemd/system/multi-user.target.wants
+    cat >/etc/systemd/system/vm-tests-job.service <<'UNIT'
+[Unit]
+Description=vm-tests job
+After=basic.target dbus.socket
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'if [ -x /share/.vm/run.sh ]; then /share/.vm/run.sh; else echo "vm-tests init: no /share/.vm/run.sh" >&2; fi; sync; umount /share; echo o >/proc/sysrq-trigger'
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/console
+UNIT
+    ln -sf ../vm-tests-job.service /etc/systemd/system/multi-user.target.wants/vm-tests-job.service
+    for unit in serial-getty@ttyS0.service getty@tty1.service console-getty.service; do
+        ln -sf /dev/null "/etc/systemd/system/$unit"
+    done
+    exec /lib/systemd/systemd --log-level=warning
+fi
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose share /share; then
     echo "vm-tests init: cannot mount the 9p share" >&2
 elif [ -x /share/.vm/run.sh ]; then

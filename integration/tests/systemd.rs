@@ -1,0 +1,466 @@
+//! borgmatic under real systemd: borgmatic's upstream units (from its
+//! sdist, installed as its docs say) with zfs-snap's drop-in
+//! (systemd/borgmatic.service.d/zfs-snap.conf). Runs in the vm-tests guest
+//! that boots systemd as PID 1 (`vm-tests test` gives executables named
+//! `systemd*` that guest); anywhere else it skips loudly, and inside a VM
+//! without systemd it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use integration::*;
+
+const DROP_IN: &str = include_str!("../../systemd/borgmatic.service.d/zfs-snap.conf");
+/// Where the guest image keeps borgmatic's upstream units (vm-tests image.rs).
+const UPSTREAM_UNITS: &str = "/usr/local/share/borgmatic-systemd";
+const LINK: &str = "/usr/local/lib/zfs-snap/borg";
+const RUNTIME_ROOT: &str = "/run/zfs-snap";
+/// Repositories on the root file system: the unit has a private /tmp and /var/tmp.
+const REPOS: &str = "/srv/zfs-snap-test";
+
+/// One borgmatic unit: its tests run one at a time.
+static UNIT: Mutex<()> = Mutex::new(());
+
+fn require_systemd() -> bool {
+    if Path::new("/run/systemd/system").is_dir() {
+        return true;
+    }
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        panic!(
+            "{REQUIRE_ENV} is set but systemd is not PID 1: run these tests with \
+             `vm-tests test`, which boots them in its systemd guest"
+        );
+    }
+    skip("needs systemd as PID 1 (the vm-tests systemd guest)");
+    false
+}
+
+fn systemctl(args: &[&str]) -> Out {
+    run(Command::new("systemctl").args(args))
+}
+
+/// Installs zfs-snap, its link, borgmatic where upstream's unit looks for
+/// it, upstream's units and our drop-in, plus a test drop-in that only
+/// removes what a test cannot wait for (upstream's one-minute delay) or
+/// does not have (an encrypted credential).
+fn install() {
+    std::fs::create_dir_all("/usr/local/lib/zfs-snap").unwrap();
+    std::fs::copy(zfs_snap_bin(), "/usr/local/bin/zfs-snap").unwrap();
+    let _ = std::fs::remove_file(LINK);
+    std::os::unix::fs::symlink("/usr/local/bin/zfs-snap", LINK).unwrap();
+    std::fs::create_dir_all("/root/.local/bin").unwrap();
+    let _ = std::fs::remove_file("/root/.local/bin/borgmatic");
+    std::os::unix::fs::symlink(which("borgmatic").unwrap(), "/root/.local/bin/borgmatic").unwrap();
+    for unit in ["borgmatic.service", "borgmatic.timer"] {
+        std::fs::copy(
+            Path::new(UPSTREAM_UNITS).join(unit),
+            Path::new("/etc/systemd/system").join(unit),
+        )
+        .unwrap_or_else(|e| panic!("upstream {unit}: {e}"));
+    }
+    let dropins = Path::new("/etc/systemd/system/borgmatic.service.d");
+    std::fs::create_dir_all(dropins).unwrap();
+    write_file(&dropins.join("zfs-snap.conf"), DROP_IN);
+    write_file(
+        &dropins.join("zz-test.conf"),
+        "[Service]\nExecStartPre=\nLoadCredentialEncrypted=\n",
+    );
+    systemctl(&["daemon-reload"]).success();
+}
+
+/// `/etc/borgmatic/config.yaml` (where upstream's unit finds it) for
+/// `sources` and two repositories; after each repository, a command
+/// appends to `changing`, so a later create reading the live tree would
+/// see it.
+fn configure(sources: &[PathBuf], changing: &Path, extra: &str) -> [PathBuf; 2] {
+    let repos = [1, 2].map(|n| PathBuf::from(format!("{REPOS}/repo-{n}")));
+    for repo in &repos {
+        let _ = std::fs::remove_dir_all(repo);
+        std::fs::create_dir_all(repo.parent().unwrap()).unwrap();
+        must("borg", &["init", "-e", "none", &repo.display().to_string()]);
+    }
+    let sources: String = sources
+        .iter()
+        .map(|s| format!("    - {}\n", s.display()))
+        .collect();
+    write_file(
+        Path::new("/etc/borgmatic/config.yaml"),
+        &format!(
+            "source_directories:\n{sources}\
+             repositories:\n    - path: {r1}\n      label: one\n    - path: {r2}\n      label: two\n\
+             local_path: {LINK}\n\
+             archive_name_format: 'sd-{{now:%Y%m%dT%H%M%S.%f}}'\n\
+             unknown_unencrypted_repo_access_is_ok: true\n\
+             relocated_repo_access_is_ok: true\n\
+             store_config_files: false\n\
+             keep_daily: 7\n\
+             commands:\n    - after: repository\n      run:\n          - date +%s%N >> {changing}\n\
+             {extra}",
+            r1 = repos[0].display(),
+            r2 = repos[1].display(),
+            changing = changing.display(),
+        ),
+    );
+    repos
+}
+
+fn archives(repo: &Path) -> Vec<String> {
+    must("borg", &["list", "--short", &repo.display().to_string()])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn paths_in(repo: &Path, archive: &str) -> Vec<String> {
+    let mut v: Vec<String> = must(
+        "borg",
+        &[
+            "list",
+            "--format",
+            "{path}{NL}",
+            &format!("{}::{archive}", repo.display()),
+        ],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    v.sort();
+    v
+}
+
+fn file_in(repo: &Path, archive: &str, path: &Path) -> String {
+    must(
+        "borg",
+        &[
+            "extract",
+            "--stdout",
+            &format!("{}::{archive}", repo.display()),
+            path.strip_prefix("/").unwrap().to_str().unwrap(),
+        ],
+    )
+}
+
+/// The transaction groups in which snapshots named like ours were made in
+/// `pool`, from ZFS's own internal history: one atomic call per pool is
+/// one txg.
+fn snapshot_txgs(pool: &str) -> Vec<(String, String)> {
+    must("zpool", &["history", "-i", pool])
+        .lines()
+        .filter(|l| l.contains("] snapshot ") && l.contains("@zfs-snap-"))
+        .filter_map(|l| {
+            let txg = l.split("[txg:").nth(1)?.split(']').next()?.to_owned();
+            let name = l.split("] snapshot ").nth(1)?.split(' ').next()?.to_owned();
+            Some((txg, name))
+        })
+        .collect()
+}
+
+/// Nothing of zfs-snap's is left: no snapshot carrying our ownership
+/// property, no hold, no socket, no process of the unit.
+#[track_caller]
+fn assert_nothing_left(fx: &Fixture) {
+    let ours = fx.pool.snapshots_with_local_owner();
+    assert!(ours.is_empty(), "snapshots left: {ours:?}");
+    let holds = fx.pool.holds();
+    assert!(holds.is_empty(), "holds left: {holds:?}");
+    assert!(!Path::new(RUNTIME_ROOT).join("session.sock").exists());
+    let state = systemctl(&["show", "-p", "ActiveState", "--value", "borgmatic.service"]);
+    assert_ne!(state.stdout.trim(), "active", "the unit still runs");
+    assert_ne!(state.stdout.trim(), "deactivating");
+}
+
+#[test]
+fn a_two_repository_borgmatic_run_reads_one_snapshot_set() {
+    let fx = require_zfs!();
+    if !require_systemd() {
+        return;
+    }
+    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
+    install();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.dataset("data/child", &[]);
+    p.write("data/a.txt", "a\n");
+    p.write("data/child/b.txt", "b\n");
+    let changing = p.write("data/changing", "as snapshotted\n");
+    let repos = configure(&[p.path("data")], &changing, "");
+
+    let started = Instant::now();
+    let out = systemctl(&["start", "borgmatic.service"]);
+    let took = started.elapsed();
+    let journal = must(
+        "journalctl",
+        &["-u", "borgmatic", "--no-pager", "-o", "cat"],
+    );
+    assert_eq!(out.code(), 0, "{}\n{journal}", out.dump());
+    eprintln!("borgmatic.service (2 repositories, session): {took:.1?}");
+
+    let one = archives(&repos[0]);
+    let two = archives(&repos[1]);
+    assert_eq!((one.len(), two.len()), (1, 1), "{one:?} {two:?}\n{journal}");
+    let paths_one = paths_in(&repos[0], &one[0]);
+    assert_eq!(
+        paths_one,
+        paths_in(&repos[1], &two[0]),
+        "identical path lists"
+    );
+    let rel = |s: &str| p.path(s).display().to_string()[1..].to_owned();
+    for path in ["data/a.txt", "data/child/b.txt", "data/changing"] {
+        assert!(paths_one.contains(&rel(path)), "{path}: {paths_one:?}");
+    }
+    assert!(
+        !paths_one.iter().any(|p| p.contains("zfs-snap")),
+        "original paths only: {paths_one:?}"
+    );
+    // The live file changed after the first repository; both archives hold
+    // it as snapshotted.
+    assert_ne!(read_file(&changing), "as snapshotted\n");
+    for (repo, archive) in [(&repos[0], &one[0]), (&repos[1], &two[0])] {
+        assert_eq!(file_in(repo, archive, &changing), "as snapshotted\n");
+    }
+    let txgs = snapshot_txgs(&p.name);
+    let mut distinct: Vec<&String> = txgs.iter().map(|(t, _)| t).collect();
+    distinct.dedup();
+    assert_eq!(
+        (txgs.len(), distinct.len()),
+        (2, 1),
+        "data and data/child in one atomic snapshot, once for both repositories: {txgs:?}"
+    );
+    assert_nothing_left(&fx);
+}
+
+#[test]
+fn systemctl_stop_while_borg_runs_tears_down_and_the_next_start_works() {
+    let fx = require_zfs!();
+    if !require_systemd() {
+        return;
+    }
+    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
+    install();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/a.txt", "a\n");
+    let changing = p.write("data/changing", "x\n");
+    let fifo = p.path("data/fifo");
+    mkfifo(&fifo);
+    // borg opens the FIFO and waits for a writer that never comes.
+    let repos = configure(&[p.path("data")], &changing, "read_special: true\n");
+    systemctl(&["start", "--no-block", "borgmatic.service"]).success();
+    wait_until(
+        Duration::from_secs(300),
+        "borg create reading the FIFO",
+        || {
+            must("pgrep", &["-f", "-a", "borg"])
+                .lines()
+                .any(|l| l.contains(" create ") && l.contains("zfs-snap/snap/"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let out = systemctl(&["stop", "borgmatic.service"]);
+    let took = started.elapsed();
+    let mut journal = String::new();
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    eprintln!("systemctl stop took {took:.1?}");
+    wait_until(Duration::from_secs(20), "the session's last line", || {
+        journal = must(
+            "journalctl",
+            &["-u", "borgmatic", "--no-pager", "-o", "cat"],
+        );
+        journal.contains("session done")
+    });
+    assert!(
+        took < Duration::from_secs(60),
+        "stopped within its timeout, not killed: {took:?}\n{journal}"
+    );
+    assert_nothing_left(&fx);
+    let stray = run(Command::new("pgrep").args(["-f", "borg create"]));
+    assert_ne!(stray.code(), 0, "no borg left: {}", stray.stdout);
+
+    std::fs::remove_file(&fifo).unwrap();
+    systemctl(&["reset-failed", "borgmatic.service"]);
+    let out = systemctl(&["start", "borgmatic.service"]);
+    assert_eq!(
+        out.code(),
+        0,
+        "{}\n{}",
+        out.dump(),
+        must(
+            "journalctl",
+            &["-u", "borgmatic", "--no-pager", "-o", "cat"]
+        )
+    );
+    assert_eq!(archives(&repos[0]).len(), 1);
+    assert_eq!(archives(&repos[1]).len(), 1);
+    assert_nothing_left(&fx);
+}
+
+/// The unit's journal entries as (priority, message).
+fn journal_entries() -> Vec<(String, String)> {
+    must(
+        "journalctl",
+        &["-u", "borgmatic", "--no-pager", "-o", "json"],
+    )
+    .lines()
+    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    .filter_map(|v| {
+        let message = v["MESSAGE"].as_str()?.to_owned();
+        Some((v["PRIORITY"].as_str()?.to_owned(), message))
+    })
+    .collect()
+}
+
+#[test]
+fn journal_shows_zfs_snap_warnings_and_errors_at_their_priority() {
+    let fx = require_zfs!();
+    if !require_systemd() {
+        return;
+    }
+    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
+    install();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    let changing = p.write("data/changing", "x\n");
+    // A dead run's leftover (recovery warns) and a source that does not
+    // exist (the create is refused: an error).
+    let leftover = format!("{}@zfs-snap-20260101T000000Z-1", p.ds("data"));
+    zfs(&[
+        "snapshot",
+        "-o",
+        &format!("{OWNER_PROPERTY}=20260101T000000Z-1:{RUNTIME_ROOT}"),
+        &leftover,
+    ]);
+    let missing = p.path("data/not-there");
+    configure(&[p.path("data"), missing.clone()], &changing, "");
+    must("journalctl", &["--rotate"]);
+    must("journalctl", &["--vacuum-time=1s"]);
+    let out = systemctl(&["start", "borgmatic.service"]);
+    assert_ne!(out.code(), 0, "a missing source fails the run");
+    let mut entries = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "zfs-snap's lines in the journal",
+        || {
+            entries = journal_entries();
+            entries.iter().any(|(_, m)| m.contains("session done"))
+        },
+    );
+    let shown: String = entries
+        .iter()
+        .map(|(p, m)| format!("<{p}> {m}\n"))
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|(p, m)| p == "4" && m.contains("removed what an earlier run left behind")),
+        "{shown}"
+    );
+    assert!(
+        entries.iter().any(|(p, m)| p == "3"
+            && m.contains(&missing.display().to_string())
+            && m.contains("does not exist")),
+        "{shown}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|(p, m)| p == "6" && m.contains("session started")),
+        "{shown}"
+    );
+    assert!(!shown.contains('\x1b'), "no colour in the journal");
+    assert!(
+        !entries.iter().any(|(_, m)| m.starts_with('<')),
+        "journald took the priority prefixes: {shown}"
+    );
+    systemctl(&["reset-failed", "borgmatic.service"]);
+    assert_nothing_left(&fx);
+}
+
+#[test]
+fn the_timer_fires_the_service() {
+    let fx = require_zfs!();
+    if !require_systemd() {
+        return;
+    }
+    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
+    install();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    let changing = p.write("data/changing", "x\n");
+    let repos = configure(&[p.path("data")], &changing, "");
+    let timer = Path::new("/etc/systemd/system/borgmatic.timer.d");
+    std::fs::create_dir_all(timer).unwrap();
+    write_file(
+        &timer.join("zz-test.conf"),
+        "[Timer]\nOnCalendar=\nOnActiveSec=2s\nAccuracySec=1s\nRandomizedDelaySec=0\nPersistent=false\n",
+    );
+    systemctl(&["daemon-reload"]).success();
+    systemctl(&["start", "borgmatic.timer"]).success();
+    wait_until(Duration::from_secs(300), "the timer's run", || {
+        archives(&repos[1]).len() == 1
+            && systemctl(&["show", "-p", "ActiveState", "--value", "borgmatic.service"])
+                .stdout
+                .trim()
+                == "inactive"
+    });
+    let result = systemctl(&["show", "-p", "Result", "--value", "borgmatic.service"]);
+    assert_eq!(result.stdout.trim(), "success");
+    systemctl(&["stop", "borgmatic.timer"]).success();
+    std::fs::remove_dir_all(timer).unwrap();
+    systemctl(&["daemon-reload"]).success();
+    assert_nothing_left(&fx);
+}
+
+/// A benchmark, not a timed test: one two-repository `borgmatic create`
+/// through `zfs-snap session` against the same through the `borg` link
+/// alone (each create its own snapshot set), in one boot.
+#[test]
+fn session_against_plain_runs_measured() {
+    let fx = require_zfs!();
+    if !require_systemd() {
+        return;
+    }
+    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
+    install();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.dataset("data/child", &[]);
+    for i in 0..200 {
+        p.write(&format!("data/child/f{i}"), &format!("{i}\n"));
+    }
+    let changing = p.write("data/changing", "x\n");
+    let repos = configure(&[p.path("data")], &changing, "");
+    let borgmatic = which("borgmatic").unwrap();
+    let measure = |session: bool| {
+        let before = snapshot_txgs(&p.name).len();
+        let mut cmd = if session {
+            let mut c = Command::new("/usr/local/bin/zfs-snap");
+            c.args(["session", "--"]).arg(&borgmatic);
+            c
+        } else {
+            Command::new(&borgmatic)
+        };
+        cmd.args(["create", "--verbosity", "0"]);
+        let started = Instant::now();
+        run(&mut cmd).success();
+        (started.elapsed(), snapshot_txgs(&p.name).len() - before)
+    };
+    // Once each to warm borg's caches and the page cache, then measured.
+    measure(true);
+    measure(false);
+    let (with_session, snaps_session) = measure(true);
+    let (plain, snaps_plain) = measure(false);
+    eprintln!(
+        "MEASURED two-repository borgmatic create: session {:.2} s ({snaps_session} snapshots), \
+         plain link {:.2} s ({snaps_plain} snapshots), ratio plain/session {:.2}",
+        with_session.as_secs_f64(),
+        plain.as_secs_f64(),
+        plain.as_secs_f64() / with_session.as_secs_f64()
+    );
+    assert_eq!(snaps_session, 2, "one set of data + data/child");
+    assert_eq!(snaps_plain, 4, "one set per repository");
+    assert_eq!(archives(&repos[0]).len(), 4);
+    assert_nothing_left(&fx);
+}
