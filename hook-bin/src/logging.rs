@@ -1,8 +1,11 @@
-//! Logs on stderr: plain lines for a terminal or a file, and for the
-//! systemd journal (stderr is the stream `JOURNAL_STREAM` names) each line
+//! Logs on stderr: plain lines for a terminal or a file; for the systemd
+//! journal (stderr is the stream `JOURNAL_STREAM` names) each line
 //! prefixed with its syslog priority (`<3>` error, `<4>` warning, `<6>`
 //! info, `<7>` debug), which journald turns into the entry's priority, with
-//! no colour and no timestamp of our own (the journal has one).
+//! no colour and no timestamp of our own (the journal has one); and when
+//! zfs-snap stands in for a borg asked for `--log-json` (borgmatic always
+//! asks), borg's own JSON log lines, so the caller files each of ours at
+//! its level instead of reading unknown stderr text as an error.
 
 use std::io::IsTerminal;
 
@@ -12,7 +15,16 @@ use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-pub fn init(verbosity: i8) {
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Lines for people (and the journal, when stderr is it).
+    Text,
+    /// borg's `--log-json` lines: `{"type": "log_message", "levelname", ...}`.
+    BorgJson,
+}
+
+pub fn init(verbosity: i8, style: Style) {
     let level = match verbosity {
         i8::MIN..=-2 => LevelFilter::ERROR,
         -1 => LevelFilter::WARN,
@@ -20,9 +32,12 @@ pub fn init(verbosity: i8) {
         1 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
     };
-    let journal = stderr_is_journal();
-    let colour =
-        !journal && std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let json = style == Style::BorgJson;
+    let journal = !json && stderr_is_journal();
+    let colour = !journal
+        && !json
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none();
     let plain = tracing_subscriber::fmt::format()
         .with_ansi(colour)
         .with_target(false)
@@ -34,6 +49,7 @@ pub fn init(verbosity: i8) {
         .event_format(Lines {
             inner: plain,
             journal,
+            json,
         })
         .init();
 }
@@ -75,6 +91,7 @@ fn priority(level: &Level) -> u8 {
 struct Lines {
     inner: Format<tracing_subscriber::fmt::format::Full, ()>,
     journal: bool,
+    json: bool,
 }
 
 impl<S, N> FormatEvent<S, N> for Lines
@@ -88,6 +105,28 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
+        if self.json {
+            let mut text = String::new();
+            let bare = self.inner.clone().with_level(false);
+            bare.format_event(ctx, Writer::new(&mut text), event)?;
+            let level = match *event.metadata().level() {
+                Level::ERROR => "ERROR",
+                Level::WARN => "WARNING",
+                Level::INFO => "INFO",
+                Level::DEBUG | Level::TRACE => "DEBUG",
+            };
+            let time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let line = serde_json::json!({
+                "type": "log_message",
+                "time": time,
+                "levelname": level,
+                "name": "zfs-snap",
+                "message": format!("zfs-snap: {}", text.trim()),
+            });
+            return writeln!(writer, "{line}");
+        }
         if !self.journal {
             return self.inner.format_event(ctx, writer, event);
         }

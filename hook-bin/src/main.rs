@@ -52,7 +52,14 @@ fn main() -> ExitCode {
     } else {
         Cli::parse_from(args)
     };
-    logging::init(cli.global.verbosity());
+    // Standing in for a borg asked for JSON logs, ours are JSON too.
+    let style = match &cli.command {
+        Command::Wrap { command, .. } if command.iter().any(|a| a == "--log-json") => {
+            logging::Style::BorgJson
+        }
+        _ => logging::Style::Text,
+    };
+    logging::init(cli.global.verbosity(), style);
     match run(cli, &signals) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {

@@ -225,3 +225,35 @@ fn journal_lines_carry_their_priority() {
     assert!(!text.lines().any(|l| l.starts_with('<')), "{text}");
     assert!(text.contains("does not exist"));
 }
+
+/// Standing in for a borg asked for `--log-json` (borgmatic always asks),
+/// zfs-snap's own lines are borg's JSON log lines, each at its level: the
+/// caller files them as log messages, not as unknown stderr text.
+#[test]
+fn with_log_json_our_lines_are_borg_json_log_lines() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", "--log-json", "/r::a"])
+        .arg(data.join("nope"))
+        .arg("--an-option-from-the-future"));
+    assert_eq!(out.status.code(), Some(2));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let level_of = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().unwrap().contains(needle))
+            .map(|l| l["levelname"].as_str().unwrap().to_owned())
+    };
+    assert!(lines.iter().all(|l| l["type"] == "log_message"));
+    assert_eq!(
+        level_of("an-option-from-the-future").as_deref(),
+        Some("WARNING")
+    );
+    assert_eq!(level_of("does not exist").as_deref(), Some("ERROR"));
+}

@@ -5,6 +5,7 @@
 //! `systemd*` that guest); anywhere else it skips loudly, and inside a VM
 //! without systemd it fails.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -46,8 +47,13 @@ fn systemctl(args: &[&str]) -> Out {
 /// removes what a test cannot wait for (upstream's one-minute delay) or
 /// does not have (an encrypted credential).
 fn install() {
+    // A test that failed may have left the unit running or failed.
+    systemctl(&["stop", "borgmatic.timer", "borgmatic.service"]);
+    systemctl(&["reset-failed", "borgmatic.service"]);
     std::fs::create_dir_all("/usr/local/lib/zfs-snap").unwrap();
-    std::fs::copy(zfs_snap_bin(), "/usr/local/bin/zfs-snap").unwrap();
+    // By rename: a zfs-snap still running keeps its old file.
+    std::fs::copy(zfs_snap_bin(), "/usr/local/bin/.zfs-snap.new").unwrap();
+    std::fs::rename("/usr/local/bin/.zfs-snap.new", "/usr/local/bin/zfs-snap").unwrap();
     let _ = std::fs::remove_file(LINK);
     std::os::unix::fs::symlink("/usr/local/bin/zfs-snap", LINK).unwrap();
     std::fs::create_dir_all("/root/.local/bin").unwrap();
@@ -252,7 +258,8 @@ fn systemctl_stop_while_borg_runs_tears_down_and_the_next_start_works() {
         Duration::from_secs(300),
         "borg create reading the FIFO",
         || {
-            must("pgrep", &["-f", "-a", "borg"])
+            run(Command::new("pgrep").args(["-f", "-a", "borg"]))
+                .stdout
                 .lines()
                 .any(|l| l.contains(" create ") && l.contains("zfs-snap/snap/"))
         },
@@ -323,8 +330,7 @@ fn journal_shows_zfs_snap_warnings_and_errors_at_their_priority() {
     let p = &fx.pool;
     p.dataset("data", &[]);
     let changing = p.write("data/changing", "x\n");
-    // A dead run's leftover (recovery warns) and a source that does not
-    // exist (the create is refused: an error).
+    // A dead run's leftover: recovery removes it and warns.
     let leftover = format!("{}@zfs-snap-20260101T000000Z-1", p.ds("data"));
     zfs(&[
         "snapshot",
@@ -332,19 +338,24 @@ fn journal_shows_zfs_snap_warnings_and_errors_at_their_priority() {
         &format!("{OWNER_PROPERTY}=20260101T000000Z-1:{RUNTIME_ROOT}"),
         &leftover,
     ]);
-    let missing = p.path("data/not-there");
-    configure(&[p.path("data"), missing.clone()], &changing, "");
+    configure(&[p.path("data")], &changing, "");
     must("journalctl", &["--rotate"]);
     must("journalctl", &["--vacuum-time=1s"]);
+    systemctl(&["start", "borgmatic.service"]).success();
+    // A runtime root others may write to: zfs-snap refuses it (an error).
+    std::fs::set_permissions(RUNTIME_ROOT, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = systemctl(&["start", "borgmatic.service"]);
-    assert_ne!(out.code(), 0, "a missing source fails the run");
+    std::fs::set_permissions(RUNTIME_ROOT, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_ne!(out.code(), 0, "a refused runtime root fails the run");
     let mut entries = Vec::new();
     wait_until(
         Duration::from_secs(30),
         "zfs-snap's lines in the journal",
         || {
             entries = journal_entries();
-            entries.iter().any(|(_, m)| m.contains("session done"))
+            entries
+                .iter()
+                .any(|(_, m)| m.contains("refusing runtime root"))
         },
     );
     let shown: String = entries
@@ -358,9 +369,23 @@ fn journal_shows_zfs_snap_warnings_and_errors_at_their_priority() {
         "{shown}"
     );
     assert!(
-        entries.iter().any(|(p, m)| p == "3"
-            && m.contains(&missing.display().to_string())
-            && m.contains("does not exist")),
+        entries
+            .iter()
+            .any(|(p, m)| p == "3" && m.contains("refusing runtime root")),
+        "{shown}"
+    );
+    // The link's lines reach the journal through borgmatic, which reads
+    // them as borg's JSON log lines: at their own level, not as errors.
+    assert!(
+        entries
+            .iter()
+            .any(|(p, m)| p == "6" && m.contains("zfs-snap: running borg")),
+        "{shown}"
+    );
+    assert!(
+        !entries
+            .iter()
+            .any(|(p, m)| p.as_str() < "4" && m.contains("running borg")),
         "{shown}"
     );
     assert!(

@@ -336,7 +336,12 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
         share.add_zfs_snap(&bin)?;
         for exe in &systemd_exes {
             let g = share.add_file(exe, None)?;
-            let mut argv = vec![g, "--test-threads=1".to_string()];
+            // Their figures (a benchmark among them) are worth seeing.
+            let mut argv = vec![
+                g,
+                "--test-threads=1".to_string(),
+                "--show-output".to_string(),
+            ];
             argv.extend(test_args.iter().cloned());
             share.add_command(&format!("{} (systemd guest)", label_of(exe)), argv);
         }

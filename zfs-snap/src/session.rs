@@ -66,8 +66,8 @@ pub struct Session<'a> {
     points: Vec<Point>,
     /// Each frozen dataset's snapshot (`dataset@name`).
     frozen: BTreeMap<String, String>,
-    /// Mount targets, in the order mounted.
-    mounted: Vec<PathBuf>,
+    /// Mount targets, in the order mounted, with the snapshot mounted there.
+    mounted: Vec<(PathBuf, String)>,
     /// Directories we created, in the order created.
     dirs: Vec<PathBuf>,
     /// Files we wrote in the work directory.
@@ -228,9 +228,19 @@ impl<'a> Session<'a> {
             Some(signal) => Err(Error::Interrupted { signal }),
             None => Ok(()),
         };
+        // A later point's name is as unguessable as the first: someone who
+        // saw the first in `zfs list` must not be able to make the next.
         let name = match self.points.len() {
             0 => self.snapshot_name.clone(),
-            n => format!("{}.{}", self.snapshot_name, n + 1),
+            n => format!(
+                "{}.{}-{}",
+                self.snapshot_name,
+                n + 1,
+                random_hex().map_err(|source| Error::Io {
+                    path: PathBuf::from(RANDOM_SOURCE),
+                    source,
+                })?
+            ),
         };
         let mut by_pool = plan.snapshots_by_pool(&name);
         for names in by_pool.values_mut() {
@@ -271,10 +281,6 @@ impl<'a> Session<'a> {
             }
             self.uncertain = in_doubt;
             self.point().created.insert(pool.clone(), names.clone());
-            for snapshot in names {
-                self.frozen
-                    .insert(dataset_of(snapshot).to_owned(), snapshot.clone());
-            }
             tracing::info!(pool, snapshots = names.len(), name = %name, "snapshot taken");
         }
         self.timings.snapshot_ms += ms(started);
@@ -286,30 +292,56 @@ impl<'a> Session<'a> {
                 return Err(e);
             }
             self.point().held.insert(pool.clone(), names.clone());
+            // Frozen, for later creates, once held.
+            for snapshot in names {
+                self.frozen
+                    .insert(dataset_of(snapshot).to_owned(), snapshot.clone());
+            }
         }
         self.timings.hold_ms += ms(started);
         let started = Instant::now();
+        let earlier = self.mounted.len();
         for planned in &plan.mounts {
             check()?;
             let target = &planned.snapshot_mountpoint;
-            if self.mounted.contains(target) {
+            if self.mounted.iter().any(|(t, _)| t == target) {
                 continue;
             }
             let snapshot = self.frozen[&planned.dataset].clone();
-            self.make_dirs(target).map_err(|e| Error::Mount {
-                snapshot: snapshot.clone(),
-                target: target.clone(),
-                reason: format!(
-                    "cannot create the mountpoint: {e} (is it inside a read-only snapshot \
-                     whose dataset has no such directory?)"
-                ),
-            })?;
-            self.mounter.mount(&snapshot, target)?;
-            self.mounted.push(target.clone());
-            tracing::debug!(snapshot, target = %target.display(), "mounted");
+            self.mount_at(&snapshot, target)?;
+        }
+        // A snapshot mounted now above an earlier mount (the parent's, in a
+        // later point) hides it: mount the earlier one again on top.
+        let fresh: Vec<PathBuf> = self.mounted[earlier..]
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect();
+        let hidden: Vec<(PathBuf, String)> = self.mounted[..earlier]
+            .iter()
+            .filter(|(t, _)| fresh.iter().any(|f| t != f && t.starts_with(f)))
+            .cloned()
+            .collect();
+        for (target, snapshot) in hidden {
+            check()?;
+            self.mount_at(&snapshot, &target)?;
         }
         self.timings.mount_ms += ms(started);
         check()
+    }
+
+    fn mount_at(&mut self, snapshot: &str, target: &Path) -> Result<()> {
+        self.make_dirs(target).map_err(|e| Error::Mount {
+            snapshot: snapshot.to_owned(),
+            target: target.to_owned(),
+            reason: format!(
+                "cannot create the mountpoint: {e} (is it inside a read-only snapshot \
+                 whose dataset has no such directory?)"
+            ),
+        })?;
+        self.mounter.mount(snapshot, target)?;
+        self.mounted.push((target.to_owned(), snapshot.to_owned()));
+        tracing::debug!(snapshot, target = %target.display(), "mounted");
+        Ok(())
     }
 
     /// The point being frozen.
@@ -448,7 +480,7 @@ impl<'a> Session<'a> {
 
     fn teardown(&mut self) -> Report {
         let mut report = Report::default();
-        for target in std::mem::take(&mut self.mounted).into_iter().rev() {
+        for (target, _) in std::mem::take(&mut self.mounted).into_iter().rev() {
             match unmount_patiently(self.mounter, &target) {
                 Ok(_) => report.unmounted.push(target),
                 Err(e) => report.problems.push(e.to_string()),
@@ -795,10 +827,8 @@ fn not_safe_to_unmount(entry: &MountEntry, mountinfo_path: &Path) -> Option<Stri
         })
 }
 
-/// Removes the files zfs-snap writes in `work` (by name), then `work` if
-/// empty; anything else there is someone else's and stays.
-/// A dead session's socket (the caller holds the lock, so no session
-/// serves on it); anything else of that name is not ours and stays.
+/// Removes a dead session's socket (the caller holds the lock, so no
+/// session serves on it); anything else of that name is not ours and stays.
 fn remove_dead_socket(path: &Path, dry_run: bool) {
     use std::os::unix::fs::FileTypeExt;
     let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
@@ -812,6 +842,8 @@ fn remove_dead_socket(path: &Path, dry_run: bool) {
     }
 }
 
+/// Removes the files zfs-snap writes in `work` (by name), then `work` if
+/// empty; anything else there is someone else's and stays.
 fn remove_work_files(work: &Path, dry_run: bool, report: &mut Report) {
     if !std::fs::symlink_metadata(work).is_ok_and(|m| m.is_dir()) {
         return;
@@ -927,10 +959,16 @@ const RANDOM_SOURCE: &str = "/dev/urandom";
 /// unpredictable, because `zfs hold -r`/`destroy -r pool@name` act on every
 /// snapshot of that name in the pool: one made beforehand under a guessed
 /// name would be held and destroyed with ours.
-fn new_run_id() -> std::io::Result<String> {
+/// 64 random bits, as 16 hex digits.
+pub(crate) fn random_hex() -> std::io::Result<String> {
     use std::io::Read;
     let mut random = [0u8; 8];
     std::fs::File::open(RANDOM_SOURCE)?.read_exact(&mut random)?;
+    Ok(format!("{:016x}", u64::from_le_bytes(random)))
+}
+
+fn new_run_id() -> std::io::Result<String> {
+    let random = random_hex()?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -938,12 +976,11 @@ fn new_run_id() -> std::io::Result<String> {
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     Ok(format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z-{}-{:016x}",
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z-{}-{random}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
         std::process::id(),
-        u64::from_le_bytes(random)
     ))
 }
 

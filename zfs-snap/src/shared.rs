@@ -22,6 +22,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
+
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,9 @@ struct Request {
     argv: Vec<String>,
     /// The working directory's bytes (it need not be UTF-8).
     cwd: Vec<u8>,
+    /// Each pattern file the command line names (path bytes, text), as the
+    /// client read it: `/dev/stdin` or `/dev/fd/63` mean the client's.
+    files: Vec<(Vec<u8>, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,6 +86,16 @@ pub(crate) fn join(
 ) -> Result<Outcome> {
     let root = crate::runtime::canonical(&ctx.options.runtime_root)?;
     let socket = root.join(SOCKET);
+    // Before connecting: the session answers one create at a time.
+    borg::check_version_cached(borg, &root)?;
+    let mut files = Vec::new();
+    for path in Sources::files_named(args, &ctx.cwd) {
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::PatternFile {
+            path: path.clone(),
+            source,
+        })?;
+        files.push((path.into_os_string().into_vec(), text));
+    }
     let unreachable = |e: std::io::Error| {
         Error::Session(format!(
             "{SESSION_ENV}={id} says this borg belongs to a zfs-snap session, but no session \
@@ -90,7 +104,6 @@ pub(crate) fn join(
         ))
     };
     let mut stream = UnixStream::connect(&socket).map_err(unreachable)?;
-    borg::check_version_cached(borg, &root)?;
     let request = Request {
         session: id.to_owned(),
         argv: args
@@ -99,6 +112,7 @@ pub(crate) fn join(
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         cwd: ctx.cwd.as_os_str().as_bytes().to_vec(),
+        files,
     };
     send(&mut stream, &request).map_err(unreachable)?;
     let mut reader = BufReader::new(stream.try_clone().map_err(unreachable)?);
@@ -115,6 +129,10 @@ pub(crate) fn join(
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
+    // borg inherits the connection: the session sees it close only when
+    // both this process and borg are gone (this one killed, borg still
+    // reading the mirror, is not "ended").
+    inheritable(&stream);
     let status = borg::run(borg, &argv, signals)?;
     let _ = send(
         &mut stream,
@@ -144,10 +162,19 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
             "nothing to run: use `zfs-snap session -- borgmatic create ...`".into(),
         ));
     };
-    let (mut session, filesystems, mounts, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
+    let (mut session, _, _, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
     let root = session.runtime_root().to_owned();
-    let id = session.run_id().to_owned();
-    let listener = listen(&root.join(SOCKET))?;
+    // Not the run id (that is in the snapshots' names, which anyone may
+    // list): the session's own secret, for its creates to name it.
+    let id = crate::session::random_hex().map_err(|source| Error::Io {
+        path: PathBuf::from("/dev/urandom"),
+        source,
+    })?;
+    let socket = SocketFile(root.join(SOCKET));
+    let listener = listen(&socket.0)?;
+    if let Some(signal) = signals.received() {
+        return Err(Error::Interrupted { signal });
+    }
     let mut command = std::process::Command::new(program);
     command
         .args(args)
@@ -159,21 +186,28 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         source,
     })?;
     signals.set_child(Some(child.id()));
-    tracing::info!(session = %id, pid = child.id(), command = %program.to_string_lossy(), "session started");
+    if let Some(signal) = signals.received() {
+        // It came between spawn and set_child: not passed on yet.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::try_from(signal).ok(),
+        );
+    }
+    tracing::info!(pid = child.id(), command = %program.to_string_lossy(), "session started");
     let mut server = Server {
         ctx,
         signals,
         session: &mut session,
         id: &id,
-        first_view: Some((filesystems, mounts)),
         creates: 0,
+        broken: None,
         running: Vec::new(),
     };
     let status = server.run_until_exit(&listener, &mut child);
     signals.set_child(None);
     server.drain(&listener);
     drop(listener);
-    let _ = std::fs::remove_file(root.join(SOCKET));
+    drop(socket);
     let status = status?;
     let creates = server.creates;
     let (teardown, timings) = session.finish();
@@ -192,6 +226,15 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         teardown,
         timings: Some(timings),
     })
+}
+
+/// Removes the session's socket when the session ends, however it ends.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Binds the session's socket. A socket of that name is a dead session's
@@ -220,12 +263,9 @@ struct Server<'s, 'a> {
     signals: &'s Signals,
     session: &'s mut Session<'a>,
     id: &'s str,
-    /// The look at ZFS and the mount table the session began with, for its
-    /// first create; later ones look again.
-    first_view: Option<(
-        Vec<crate::zfs::Filesystem>,
-        Vec<crate::mountinfo::MountEntry>,
-    )>,
+    /// Why the session serves no more creates: a freeze failed half-way
+    /// (a snapshot made but not held), so its snapshots are not to be read.
+    broken: Option<String>,
     creates: usize,
     /// Creates that were answered and whose borg has not ended.
     running: Vec<UnixStream>,
@@ -297,6 +337,9 @@ impl Server<'_, '_> {
     fn refuse_all(&mut self, listener: &UnixListener, why: &str) {
         while let Ok((mut stream, _)) = listener.accept() {
             let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+            // Read the request first: a reply before it reads as a broken pipe.
+            let _ = receive::<Request>(&mut BufReader::new(&stream));
             let _ = send(&mut stream, &Reply::Refused(why.to_owned()));
         }
     }
@@ -358,13 +401,27 @@ impl Server<'_, '_> {
         if let Some(signal) = self.signals.received() {
             return refuse(format!("the session is stopping (signal {signal})"));
         }
+        if let Some(why) = &self.broken {
+            return refuse(format!("an earlier create of this session failed: {why}"));
+        }
         let argv: Vec<OsString> = request.argv.into_iter().map(OsString::from).collect();
         let Some(args) = needs_snapshots(&argv)? else {
             return refuse("not a borg create that reads files: run it as it is".into());
         };
         let cwd = PathBuf::from(OsString::from_vec(request.cwd));
+        if !cwd.is_absolute() {
+            return refuse(format!(
+                "working directory {} is not absolute",
+                cwd.display()
+            ));
+        }
+        let files: Vec<(PathBuf, String)> = request
+            .files
+            .into_iter()
+            .map(|(path, text)| (PathBuf::from(OsString::from_vec(path)), text))
+            .collect();
         self.creates += 1;
-        let argv = self.freeze_for(&args, &cwd)?;
+        let argv = self.freeze_for(&args, &cwd, &files)?;
         Ok(argv
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -372,17 +429,26 @@ impl Server<'_, '_> {
     }
 
     /// What `wrap` does up to borg, on the session's snapshot set.
-    fn freeze_for(&mut self, args: &CreateArgs, cwd: &Path) -> Result<Vec<OsString>> {
+    fn freeze_for(
+        &mut self,
+        args: &CreateArgs,
+        cwd: &Path,
+        files: &[(PathBuf, String)],
+    ) -> Result<Vec<OsString>> {
         let ctx = self.ctx;
-        let sources = Sources::read(args, cwd)?;
-        let roots = resolve_roots(&sources.roots(), cwd)?;
-        let (filesystems, mounts) = match self.first_view.take() {
-            Some(view) => view,
-            None => (
-                ctx.zfs.filesystems()?,
-                crate::mountinfo::read(self.session.mountinfo_path())?,
-            ),
+        let read = |path: &Path| {
+            files
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, text)| text.clone())
+                .ok_or_else(|| Error::Session(format!("{} was not sent", path.display())))
         };
+        let sources = Sources::read_with(args, cwd, &read)?;
+        let roots = resolve_roots(&sources.roots(), cwd)?;
+        // A fresh look for every create: the command's own hooks may have
+        // loaded keys or mounted datasets since the session began.
+        let filesystems = ctx.zfs.filesystems()?;
+        let mounts = crate::mountinfo::read(self.session.mountinfo_path())?;
         let plan = discover(
             &World {
                 filesystems: &filesystems,
@@ -396,7 +462,10 @@ impl Server<'_, '_> {
         );
         log_plan(&plan);
         let signals = self.signals;
-        self.session.freeze(&plan, &|| signals.received())?;
+        if let Err(e) = self.session.freeze(&plan, &|| signals.received()) {
+            self.broken = Some(e.to_string());
+            return Err(e);
+        }
         let rewritten = borg::rewrite_numbered(
             args,
             &sources,
@@ -426,6 +495,12 @@ fn receive<T: for<'de> Deserialize<'de>>(reader: &mut impl BufRead) -> std::io::
         ));
     }
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+}
+
+fn inheritable(stream: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETFD on a descriptor this stream owns and keeps open.
+    unsafe { nix::libc::fcntl(stream.as_raw_fd(), nix::libc::F_SETFD, 0) };
 }
 
 fn exit_code(status: ExitStatus) -> i32 {

@@ -42,6 +42,31 @@ impl Sources {
     /// Reads the roots (PATH positionals and `R` lines, in command-line
     /// order) and every pattern, opening pattern files relative to `cwd`.
     pub fn read(args: &CreateArgs, cwd: &Path) -> Result<Sources> {
+        Sources::read_with(args, cwd, &read)
+    }
+
+    /// The pattern files `args` names, relative to `cwd`: what
+    /// [`Sources::read`] opens.
+    pub fn files_named(args: &CreateArgs, cwd: &Path) -> Vec<PathBuf> {
+        args.patterns
+            .iter()
+            .filter_map(|pattern| match *pattern {
+                PatternOption::ExcludeFrom(at) | PatternOption::PatternsFrom(at) => {
+                    Some(cwd.join(args.value(at)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// [`Sources::read`], with pattern files read by `read` (a session
+    /// reads the text its client read: `/dev/stdin` or `/dev/fd/63` are the
+    /// client's, not the server's).
+    pub fn read_with(
+        args: &CreateArgs,
+        cwd: &Path,
+        read: &dyn Fn(&Path) -> Result<String>,
+    ) -> Result<Sources> {
         // `-` is borg's stdin, not a path: it passes through as it is.
         let mut roots: Vec<(usize, PathBuf, Origin)> = args
             .path_indices

@@ -1,0 +1,147 @@
+//! `zfs-snap session` on real ZFS: later points of a session (a create that
+//! needs datasets the session has not frozen yet), nested either way, and a
+//! killed session recovered by the next one.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use integration::*;
+
+fn link(fx: &Fixture) -> PathBuf {
+    let link = fx.work.join("bin/borg");
+    if !link.exists() {
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(zfs_snap_bin(), &link).expect("symlink borg -> zfs-snap");
+    }
+    link
+}
+
+/// Snapshot names of ours made in `pool`, in order, from ZFS's internal
+/// history, with the txg each was made in.
+fn made(pool: &str) -> Vec<(String, String)> {
+    must("zpool", &["history", "-i", pool])
+        .lines()
+        .filter(|l| l.contains("] snapshot ") && l.contains("@zfs-snap-"))
+        .filter_map(|l| {
+            let txg = l.split("[txg:").nth(1)?.split(']').next()?.to_owned();
+            let name = l.split("] snapshot ").nth(1)?.split(' ').next()?.to_owned();
+            Some((txg, name))
+        })
+        .collect()
+}
+
+/// A parent frozen in a later point than its child: the parent's snapshot
+/// is mounted over the child's, which is mounted again on top, so the
+/// second create reads the child as the session froze it first.
+#[test]
+fn a_later_point_does_not_hide_what_an_earlier_one_froze() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("p", &[]);
+    p.dataset("p/c", &[]);
+    p.write("p/top.txt", "top\n");
+    let file = p.write("p/c/file", "as frozen first\n");
+    let script = fx.script(
+        "two-creates",
+        &format!(
+            "set -e\n\
+             {link} create {one} {child}\n\
+             echo changed > {file}\n\
+             {link} create {two} {parent}\n",
+            link = sh_quote(link(&fx)),
+            one = sh_quote(fx.repo.at("one")),
+            two = sh_quote(fx.repo.at("two")),
+            child = sh_quote(p.path("p/c")),
+            parent = sh_quote(p.path("p")),
+            file = sh_quote(&file),
+        ),
+    );
+    let mut cmd = fx.zfs_snap();
+    cmd.args(["session", "--"]).arg(&script);
+    let out = run(&mut cmd).success();
+    out.expect_stderr("later point in time");
+
+    let two = fx.repo.list("two");
+    let rel = |s: &str| p.path(s).display().to_string()[1..].to_owned();
+    for path in ["p/top.txt", "p/c/file"] {
+        assert!(two.contains(&rel(path)), "{path}: {two:?}\n{}", out.dump());
+    }
+    let dest = fx.work.join("two");
+    fx.repo.extract("two", &dest);
+    assert_eq!(
+        read_file(&dest.join(rel("p/c/file"))),
+        "as frozen first\n",
+        "the child as the session's first point froze it"
+    );
+    let snaps = made(&p.name);
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert_ne!(snaps[0].0, snaps[1].0, "two points, two txgs: {snaps:?}");
+    let second = snaps[1].1.split('@').nth(1).unwrap();
+    let first = snaps[0].1.split('@').nth(1).unwrap();
+    assert!(
+        second.starts_with(&format!("{first}.2-")) && second.len() == first.len() + 3 + 16,
+        "a later point's name carries fresh random bits: {first} {second}"
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn a_killed_session_is_recovered_by_the_next_session() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("a", &[]);
+    p.dataset("b", &[]);
+    p.write("a/f", "a\n");
+    p.write("b/f", "b\n");
+    let ready = fx.work.join("ready");
+    let script = fx.script(
+        "two-points-then-wait",
+        &format!(
+            "set -e\n\
+             {link} create {one} {a}\n\
+             {link} create {two} {b}\n\
+             touch {ready}\n\
+             sleep 600\n",
+            link = sh_quote(link(&fx)),
+            one = sh_quote(fx.repo.at("one")),
+            two = sh_quote(fx.repo.at("two")),
+            a = sh_quote(p.path("a")),
+            b = sh_quote(p.path("b")),
+            ready = sh_quote(&ready),
+        ),
+    );
+    let mut cmd = fx.zfs_snap();
+    cmd.args(["session", "--"]).arg(&script).process_group(0);
+    let mut session = fx.spawn(cmd);
+    wait_until(
+        Duration::from_secs(300),
+        "both creates of the session",
+        || ready.exists() || !session.alive(),
+    );
+    assert!(session.alive(), "{}", session.stderr_so_far());
+    assert_eq!(fx.owned_snapshots().len(), 2, "two points, both alive");
+    assert!(fx.root.join("session.sock").exists());
+    // The whole process group, as a power cut or SIGKILL of a unit.
+    must("kill", &["-KILL", "--", &format!("-{}", session.pid())]);
+    session.wait(Duration::from_secs(30));
+
+    let mut next = fx.zfs_snap();
+    next.args(["session", "--", "true"]);
+    let out = run(&mut next).success();
+    out.expect_stderr("removed what an earlier run left behind");
+    fx.assert_clean();
+    assert!(!fx.root.join("session.sock").exists());
+
+    // A create claiming the dead session is refused, and takes nothing.
+    let mut stale = fx.zfs_snap();
+    stale
+        .env("ZFS_SNAP_SESSION", "0123456789abcdef")
+        .args(["wrap", "--", "borg", "create"])
+        .arg(fx.repo.at("stale"))
+        .arg(p.path("a"));
+    run(&mut stale)
+        .expect_code(2)
+        .expect_stderr("no session serves");
+    assert!(fx.owned_snapshots().is_empty());
+}
