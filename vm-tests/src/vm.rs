@@ -221,8 +221,10 @@ pub fn qemu_command(image: &Image, share: &Path, opts: &VmOpts) -> Command {
         // Keep ZFS's cache small: guest memory also holds the rootfs and /var/tmp.
         "zfs.zfs_arc_max=268435456",
         &format!("vmtests.vartmp={}", opts.vartmp),
+        // systemd's own status lines (a unit a test makes fail on purpose)
+        // would mix with the tests' output on the console.
         if opts.systemd {
-            "vmtests.systemd=1"
+            "vmtests.systemd=1 systemd.show_status=0"
         } else {
             ""
         },
