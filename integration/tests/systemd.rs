@@ -490,9 +490,25 @@ fn session_against_plain_runs_measured() {
             Command::new(&borgmatic)
         };
         cmd.args(["create", "--verbosity", "0"]);
+        cmd.env("ZFS_SNAP_VERBOSITY", "1");
         let started = Instant::now();
-        run(&mut cmd).success();
-        (started.elapsed(), snapshot_txgs(&p.name).len() - before)
+        let out = run(&mut cmd).success();
+        let elapsed = started.elapsed();
+        // zfs-snap's own phase lines, to see where the time goes.
+        for line in out.stderr.lines().filter(|l| {
+            [
+                "done",
+                "session",
+                "unmount",
+                "running borg",
+                "borg finished",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+        }) {
+            eprintln!("  [{}] {line}", if session { "session" } else { "link" });
+        }
+        (elapsed, snapshot_txgs(&p.name).len() - before)
     };
     // Once to warm borg's caches and the page cache, then measured.
     measure(true);
