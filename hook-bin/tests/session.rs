@@ -71,30 +71,15 @@ fn every_create_of_the_command_reads_one_snapshot_set() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(w.snapshot_calls(), 1, "{}", w.calls());
     assert!(stdout(&out).contains("two"), "borg list passed through");
-    assert_eq!(w.archive_paths("one"), {
-        let mut cmd = Command::new("borg");
-        let repo2 = format!("{}::two", second_repo(&w));
-        cmd.args(["list", "--format", "{path}{NL}", &repo2])
-            .env("BORG_BASE_DIR", w.dir.path().join("borg-home"))
-            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes");
-        let mut paths: Vec<String> = stdout(&run(&mut cmd)).lines().map(str::to_owned).collect();
-        paths.sort();
-        paths
-    });
+    let repo2 = second_repo(&w);
+    assert_eq!(w.archive_paths("one"), w.archive_paths_in(&repo2, "two"));
     assert!(w
         .archive_paths("one")
         .contains(&archived(&data.join("file"))));
     assert_eq!(file_in(&w, "one", &data.join("file")), "before");
-    let dest = w.dir.path().join("extract-two");
-    std::fs::create_dir_all(&dest).unwrap();
-    let mut cmd = Command::new("borg");
-    cmd.args(["extract", &format!("{}::two", second_repo(&w))])
-        .env("BORG_BASE_DIR", w.dir.path().join("borg-home"))
-        .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-        .current_dir(&dest);
-    assert!(run(&mut cmd).status.success());
+    let two = w.extract_from(&repo2, "two");
     assert_eq!(
-        std::fs::read_to_string(dest.join(archived(&data.join("file")))).unwrap(),
+        std::fs::read_to_string(two.join(archived(&data.join("file")))).unwrap(),
         "before",
         "the second create read the session's snapshot, not the live file"
     );

@@ -609,6 +609,21 @@ impl Pool {
         write_file(&self.path(rel), content)
     }
 
+    /// `(txg, snapshot)` for every snapshot named like ours (`@zfs-snap-`)
+    /// ever made in the pool, in order, from ZFS's own internal history:
+    /// one atomic call per pool is one txg.
+    pub fn snapshots_made(&self) -> Vec<(String, String)> {
+        must("zpool", &["history", "-i", &self.name])
+            .lines()
+            .filter(|l| l.contains("] snapshot ") && l.contains("@zfs-snap-"))
+            .filter_map(|l| {
+                let txg = l.split("[txg:").nth(1)?.split(']').next()?.to_owned();
+                let name = l.split("] snapshot ").nth(1)?.split(' ').next()?.to_owned();
+                Some((txg, name))
+            })
+            .collect()
+    }
+
     /// `zfs list -H -t snapshot -o name,<owner property> -r <pool>`.
     pub fn snapshots(&self) -> Vec<(String, String)> {
         zfs(&[

@@ -17,20 +17,6 @@ fn link(fx: &Fixture) -> PathBuf {
     link
 }
 
-/// Snapshot names of ours made in `pool`, in order, from ZFS's internal
-/// history, with the txg each was made in.
-fn made(pool: &str) -> Vec<(String, String)> {
-    must("zpool", &["history", "-i", pool])
-        .lines()
-        .filter(|l| l.contains("] snapshot ") && l.contains("@zfs-snap-"))
-        .filter_map(|l| {
-            let txg = l.split("[txg:").nth(1)?.split(']').next()?.to_owned();
-            let name = l.split("] snapshot ").nth(1)?.split(' ').next()?.to_owned();
-            Some((txg, name))
-        })
-        .collect()
-}
-
 /// A parent frozen in a later point than its child: the parent's snapshot
 /// is mounted over the child's, which is mounted again on top, so the
 /// second create reads the child as the session froze it first.
@@ -74,7 +60,7 @@ fn a_later_point_does_not_hide_what_an_earlier_one_froze() {
         "as frozen first\n",
         "the child as the session's first point froze it"
     );
-    let snaps = made(&p.name);
+    let snaps = p.snapshots_made();
     assert_eq!(snaps.len(), 2, "{snaps:?}");
     assert_ne!(snaps[0].0, snaps[1].0, "two points, two txgs: {snaps:?}");
     let second = snaps[1].1.split('@').nth(1).unwrap();

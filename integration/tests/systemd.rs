@@ -41,6 +41,20 @@ fn require_systemd() -> bool {
     false
 }
 
+/// The test's fixture, with the borgmatic unit to itself and zfs-snap
+/// installed; or a loud skip (`return`).
+macro_rules! systemd_fixture {
+    () => {{
+        let fx = require_zfs!();
+        if !require_systemd() {
+            return;
+        }
+        let unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
+        install();
+        (fx, unit)
+    }};
+}
+
 fn systemctl(args: &[&str]) -> Out {
     run(Command::new("systemctl").args(args))
 }
@@ -151,21 +165,6 @@ fn file_in(repo: &Path, archive: &str, path: &Path) -> String {
     )
 }
 
-/// The transaction groups in which snapshots named like ours were made in
-/// `pool`, from ZFS's own internal history: one atomic call per pool is
-/// one txg.
-fn snapshot_txgs(pool: &str) -> Vec<(String, String)> {
-    must("zpool", &["history", "-i", pool])
-        .lines()
-        .filter(|l| l.contains("] snapshot ") && l.contains("@zfs-snap-"))
-        .filter_map(|l| {
-            let txg = l.split("[txg:").nth(1)?.split(']').next()?.to_owned();
-            let name = l.split("] snapshot ").nth(1)?.split(' ').next()?.to_owned();
-            Some((txg, name))
-        })
-        .collect()
-}
-
 /// Nothing of zfs-snap's is left: no snapshot carrying our ownership
 /// property, no hold, no socket, no process of the unit.
 #[track_caller]
@@ -185,12 +184,7 @@ fn assert_nothing_left(fx: &Fixture) {
 
 #[test]
 fn a_two_repository_borgmatic_run_reads_one_snapshot_set() {
-    let fx = require_zfs!();
-    if !require_systemd() {
-        return;
-    }
-    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
-    install();
+    let (fx, _unit) = systemd_fixture!();
     let p = &fx.pool;
     p.dataset("data", &[]);
     p.dataset("data/child", &[]);
@@ -232,7 +226,7 @@ fn a_two_repository_borgmatic_run_reads_one_snapshot_set() {
     for (repo, archive) in [(&repos[0], &one[0]), (&repos[1], &two[0])] {
         assert_eq!(file_in(repo, archive, &changing), "as snapshotted\n");
     }
-    let txgs = snapshot_txgs(&p.name);
+    let txgs = p.snapshots_made();
     let mut distinct: Vec<&String> = txgs.iter().map(|(t, _)| t).collect();
     distinct.dedup();
     assert_eq!(
@@ -245,12 +239,7 @@ fn a_two_repository_borgmatic_run_reads_one_snapshot_set() {
 
 #[test]
 fn systemctl_stop_while_borg_runs_tears_down_and_the_next_start_works() {
-    let fx = require_zfs!();
-    if !require_systemd() {
-        return;
-    }
-    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
-    install();
+    let (fx, _unit) = systemd_fixture!();
     let p = &fx.pool;
     p.dataset("data", &[]);
     p.write("data/a.txt", "a\n");
@@ -343,12 +332,7 @@ fn journal_entries() -> Vec<(String, String)> {
 
 #[test]
 fn journal_shows_zfs_snap_warnings_and_errors_at_their_priority() {
-    let fx = require_zfs!();
-    if !require_systemd() {
-        return;
-    }
-    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
-    install();
+    let (fx, _unit) = systemd_fixture!();
     let p = &fx.pool;
     p.dataset("data", &[]);
     let changing = p.write("data/changing", "x\n");
@@ -427,12 +411,7 @@ fn journal_shows_zfs_snap_warnings_and_errors_at_their_priority() {
 
 #[test]
 fn the_timer_fires_the_service() {
-    let fx = require_zfs!();
-    if !require_systemd() {
-        return;
-    }
-    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
-    install();
+    let (fx, _unit) = systemd_fixture!();
     let p = &fx.pool;
     p.dataset("data", &[]);
     let changing = p.write("data/changing", "x\n");
@@ -465,12 +444,7 @@ fn the_timer_fires_the_service() {
 /// alone (each create its own snapshot set), in one boot.
 #[test]
 fn session_against_plain_runs_measured() {
-    let fx = require_zfs!();
-    if !require_systemd() {
-        return;
-    }
-    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
-    install();
+    let (fx, _unit) = systemd_fixture!();
     let p = &fx.pool;
     p.dataset("data", &[]);
     p.dataset("data/child", &[]);
@@ -481,7 +455,7 @@ fn session_against_plain_runs_measured() {
     let repos = configure(&[p.path("data")], &changing, CREATE_ONLY);
     let borgmatic = which("borgmatic").unwrap();
     let measure = |session: bool| {
-        let before = snapshot_txgs(&p.name).len();
+        let before = p.snapshots_made().len();
         let mut cmd = if session {
             let mut c = Command::new("/usr/local/bin/zfs-snap");
             c.args(["session", "--"]).arg(&borgmatic);
@@ -508,7 +482,7 @@ fn session_against_plain_runs_measured() {
         }) {
             eprintln!("  [{}] {line}", if session { "session" } else { "link" });
         }
-        (elapsed, snapshot_txgs(&p.name).len() - before)
+        (elapsed, p.snapshots_made().len() - before)
     };
     // Once to warm borg's caches and the page cache, then measured.
     measure(true);
@@ -531,12 +505,7 @@ fn session_against_plain_runs_measured() {
 /// creates, run in a session; both read one snapshot set.
 #[test]
 fn the_standalone_unit_runs_a_script_on_one_snapshot_set() {
-    let fx = require_zfs!();
-    if !require_systemd() {
-        return;
-    }
-    let _unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
-    install();
+    let (fx, _unit) = systemd_fixture!();
     for (name, text) in [
         (
             "zfs-snap-backup.service",
@@ -584,6 +553,6 @@ fn the_standalone_unit_runs_a_script_on_one_snapshot_set() {
     );
     assert_eq!(file_in(&repos[0], "a", &changing), "as snapshotted\n");
     assert_eq!(file_in(&repos[1], "b", &changing), "as snapshotted\n");
-    assert_eq!(snapshot_txgs(&p.name).len(), 1);
+    assert_eq!(p.snapshots_made().len(), 1);
     assert_nothing_left(&fx);
 }

@@ -57,21 +57,18 @@ pub fn wrap(
 
     let started = Instant::now();
     let (mut session, filesystems, mounts, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
-    let plan = discover(
-        &World {
-            filesystems: &filesystems,
-            mounts: &mounts,
-            runtime_root: session.runtime_root(),
-            cwd: &ctx.cwd,
-            dev_of: &dev_of,
-        },
+    let plan = discover_here(
+        &filesystems,
+        &mounts,
+        session.runtime_root(),
+        &ctx.cwd,
         &roots,
         args.one_file_system,
     );
     log_plan(&plan);
     session.timings_mut().discovery_ms = started.elapsed().as_secs_f64() * 1000.0;
     session.freeze(&plan, &|| signals.received())?;
-    let argv = write_rewrite(&mut session, &args, &sources, &plan, &ctx.cwd)?;
+    let argv = write_rewrite(&mut session, &args, &sources, &plan, None, &ctx.cwd)?;
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
@@ -156,24 +153,50 @@ fn pass_through(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Res
     })
 }
 
-fn write_rewrite(
+/// Rewrites `args` for `plan` and writes the files it needs; `n`: the
+/// create's number in a shared session ([`borg::rewrite_numbered`]).
+pub(crate) fn write_rewrite(
     session: &mut Session<'_>,
     args: &CreateArgs,
     sources: &Sources,
     plan: &Plan,
+    n: Option<usize>,
     cwd: &Path,
 ) -> Result<Vec<OsString>> {
     let work_dir = session.work_dir();
-    let rewritten = borg::rewrite(args, sources, plan, session.mapping(), &work_dir, cwd);
+    let rewritten =
+        borg::rewrite_numbered(args, sources, plan, session.mapping(), &work_dir, n, cwd);
     session.write_work_files(&rewritten.files)?;
     Ok(rewritten.argv)
+}
+
+/// The plan for `roots` on this host (its own device numbers).
+pub(crate) fn discover_here(
+    filesystems: &[crate::zfs::Filesystem],
+    mounts: &[crate::mountinfo::MountEntry],
+    runtime_root: &Path,
+    cwd: &Path,
+    roots: &[SourceRoot],
+    one_file_system: bool,
+) -> Plan {
+    discover(
+        &World {
+            filesystems,
+            mounts,
+            runtime_root,
+            cwd,
+            dev_of: &dev_of,
+        },
+        roots,
+        one_file_system,
+    )
 }
 
 pub(crate) fn resolve_roots(roots: &[PathBuf], cwd: &Path) -> Result<Vec<SourceRoot>> {
     roots.iter().map(|r| SourceRoot::resolve(r, cwd)).collect()
 }
 
-pub(crate) fn dev_of(path: &Path) -> Option<u64> {
+fn dev_of(path: &Path) -> Option<u64> {
     std::fs::symlink_metadata(path).ok().map(|m| m.dev())
 }
 
@@ -194,15 +217,12 @@ pub fn plan(ctx: &Context<'_>, roots: &[PathBuf], one_file_system: bool) -> Resu
     let roots = resolve_roots(roots, &ctx.cwd)?;
     let filesystems = ctx.zfs.filesystems()?;
     let mounts = mountinfo::read(&ctx.options.mountinfo)?;
-    let runtime_root = &crate::runtime::canonical(&ctx.options.runtime_root)?;
-    Ok(discover(
-        &World {
-            filesystems: &filesystems,
-            mounts: &mounts,
-            runtime_root,
-            cwd: &ctx.cwd,
-            dev_of: &dev_of,
-        },
+    let runtime_root = crate::runtime::canonical(&ctx.options.runtime_root)?;
+    Ok(discover_here(
+        &filesystems,
+        &mounts,
+        &runtime_root,
+        &ctx.cwd,
         &roots,
         one_file_system,
     ))

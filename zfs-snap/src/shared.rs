@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::{dev_of, log_plan, needs_snapshots, resolve_roots, Context, Outcome};
+use crate::backup::{
+    discover_here, log_plan, needs_snapshots, resolve_roots, write_rewrite, Context, Outcome,
+};
 use crate::borg::{self, CreateArgs, Sources};
 use crate::command::CommandLine;
-use crate::discovery::{discover, World};
 use crate::error::{Error, Result};
 use crate::session::{Report, Session};
 use crate::signals::Signals;
@@ -449,14 +450,11 @@ impl Server<'_, '_> {
         // loaded keys or mounted datasets since the session began.
         let filesystems = ctx.zfs.filesystems()?;
         let mounts = crate::mountinfo::read(self.session.mountinfo_path())?;
-        let plan = discover(
-            &World {
-                filesystems: &filesystems,
-                mounts: &mounts,
-                runtime_root: self.session.runtime_root(),
-                cwd,
-                dev_of: &dev_of,
-            },
+        let plan = discover_here(
+            &filesystems,
+            &mounts,
+            self.session.runtime_root(),
+            cwd,
             &roots,
             args.one_file_system,
         );
@@ -466,17 +464,7 @@ impl Server<'_, '_> {
             self.broken = Some(e.to_string());
             return Err(e);
         }
-        let rewritten = borg::rewrite_numbered(
-            args,
-            &sources,
-            &plan,
-            self.session.mapping(),
-            &self.session.work_dir(),
-            Some(self.creates),
-            cwd,
-        );
-        self.session.write_work_files(&rewritten.files)?;
-        Ok(rewritten.argv)
+        write_rewrite(self.session, args, &sources, &plan, Some(self.creates), cwd)
     }
 }
 

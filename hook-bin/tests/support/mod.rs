@@ -343,11 +343,16 @@ impl World {
 
     /// Sorted paths in an archive.
     pub fn archive_paths(&self, archive: &str) -> Vec<String> {
+        self.archive_paths_in(&self.repo(), archive)
+    }
+
+    /// Sorted paths in an archive of another repository.
+    pub fn archive_paths_in(&self, repo: &str, archive: &str) -> Vec<String> {
         let out = self.borg(&[
             "list",
             "--format",
             "{path}{NL}",
-            &format!("{}::{archive}", self.repo()),
+            &format!("{repo}::{archive}"),
         ]);
         let mut paths: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
         paths.sort();
@@ -355,10 +360,15 @@ impl World {
     }
 
     pub fn extract(&self, archive: &str) -> PathBuf {
+        self.extract_from(&self.repo(), archive)
+    }
+
+    /// [`World::extract`] from another repository.
+    pub fn extract_from(&self, repo: &str, archive: &str) -> PathBuf {
         let dest = self.dir.path().join(format!("extract-{archive}"));
         fs::create_dir_all(&dest).unwrap();
         let mut cmd = Command::new("borg");
-        cmd.args(["extract", &format!("{}::{archive}", self.repo())])
+        cmd.args(["extract", &format!("{repo}::{archive}")])
             .env("BORG_PASSPHRASE", "")
             .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
             .env("BORG_BASE_DIR", self.dir.path().join("borg-home"))
