@@ -91,12 +91,50 @@ pub struct Global {
     )]
     pub timings_json: Option<PathBuf>,
 
+    /// Where each create and run is recorded for monitoring (`zfs-snap metrics`, the exporter);
+    /// `none` records nothing.
+    #[arg(long, global = true, env = "ZFS_SNAP_STATE_DIR", default_value = zfs_snap::state::DEFAULT_DIR, value_name = "DIR")]
+    pub state_dir: String,
+
+    /// After a create without `--json`: ask borg for the archive's figures (`borg info --json`,
+    /// `borg list --json`): `auto` for local repositories only, `always`, or `never`.
+    #[arg(
+        long,
+        global = true,
+        env = "ZFS_SNAP_METRICS_INFO",
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub metrics_info: zfs_snap::state::InfoPolicy,
+
+    /// Also write the Prometheus exposition to FILE after each run (node_exporter's textfile
+    /// collector; name it `*.prom`), atomically.
+    #[arg(
+        long,
+        global = true,
+        env = "ZFS_SNAP_METRICS_TEXTFILE",
+        value_name = "FILE"
+    )]
+    pub metrics_textfile: Option<PathBuf>,
+
     /// The mount table to read (tests point this at a fake one).
     #[arg(long, global = true, env = "ZFS_SNAP_MOUNTINFO", default_value = zfs_snap::mountinfo::DEFAULT_PATH, hide = true)]
     pub mountinfo: PathBuf,
 }
 
 impl Global {
+    /// Where runs are recorded; `None` with `--state-dir none` (or empty).
+    pub fn state(&self) -> Option<zfs_snap::state::Settings> {
+        if self.state_dir.is_empty() || self.state_dir == "none" {
+            return None;
+        }
+        Some(zfs_snap::state::Settings {
+            dir: PathBuf::from(&self.state_dir),
+            info: self.metrics_info,
+            textfile: self.metrics_textfile.clone(),
+        })
+    }
+
     pub fn verbosity(&self) -> i8 {
         (self.verbosity + self.verbose as i8 - self.quiet as i8).clamp(-2, 2)
     }
@@ -160,6 +198,20 @@ pub enum Command {
     Tags {
         #[arg(long)]
         json: bool,
+    },
+    /// Print the Prometheus exposition of what runs recorded in the state directory.
+    Metrics,
+    /// Serve the exposition at http://ADDR/metrics (and nothing else), read from the state
+    /// directory on every scrape; never runs borg or zfs. Stops cleanly on SIGTERM.
+    Exporter {
+        /// Address and port to listen on; loopback unless you mean otherwise.
+        #[arg(
+            long,
+            env = "ZFS_SNAP_EXPORTER_LISTEN",
+            default_value = "127.0.0.1:9996",
+            value_name = "ADDR:PORT"
+        )]
+        listen: String,
     },
     /// Remove what dead runs of this runtime root left behind: mounts of our snapshots in the mirror, our snapshots (ownership property set locally), our files. Anything else is left alone, with a warning.
     Cleanup {

@@ -11,8 +11,6 @@ use zfs_snap::Error;
 pub const OK: u8 = 0;
 pub const WARNING: u8 = 1;
 pub const ERROR: u8 = 2;
-/// EX_TEMPFAIL: try again later.
-pub const LOCKED: u8 = 75;
 
 /// Why zfs-snap stopped without borg's status to report.
 #[derive(Debug)]
@@ -39,9 +37,8 @@ impl From<Error> for Failure {
 impl Failure {
     pub fn code(&self) -> u8 {
         match self {
-            Failure::Library(Error::LockHeld { .. }) => LOCKED,
-            Failure::Library(Error::Interrupted { signal }) => 128u8.saturating_add(*signal as u8),
-            _ => ERROR,
+            Failure::Library(e) => e.exit_code(),
+            Failure::Usage(_) => ERROR,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod exit;
+mod exporter;
 mod logging;
 mod output;
 
@@ -71,6 +72,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
     let global = &cli.global;
+    // These read the state directory only: no zfs, no borg.
+    match &cli.command {
+        Command::Metrics => {
+            let dir = state_dir(global)?;
+            let recorded = zfs_snap::state::read(&dir);
+            for (path, why) in &recorded.unreadable {
+                tracing::warn!("{}: {why}; left out of the metrics", path.display());
+            }
+            print!("{}", zfs_snap::metrics::render(&recorded));
+            return Ok(exit::OK);
+        }
+        Command::Exporter { listen } => {
+            exporter::serve(listen, &state_dir(global)?, signals)?;
+            return Ok(exit::OK);
+        }
+        _ => {}
+    }
     let zfs = zfs_snap::zfs::open(
         global.backend,
         CommandLine::parse("zfs", &global.zfs_command)?,
@@ -92,6 +110,7 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             mountinfo: global.mountinfo.clone(),
         },
         cwd,
+        state: global.state(),
     };
     match cli.command {
         Command::Wrap {
@@ -140,7 +159,14 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             output::cleanup(&report, dry_run);
             Ok(exit::OK)
         }
+        Command::Metrics | Command::Exporter { .. } => unreachable!("handled above"),
     }
+}
+
+fn state_dir(global: &cli::Global) -> Result<PathBuf, Failure> {
+    global.state().map(|s| s.dir).ok_or_else(|| {
+        Failure::Usage("--state-dir is `none`: there is no recorded state to show".into())
+    })
 }
 
 fn write_timings(path: Option<&Path>, timings: Option<&zfs_snap::session::Timings>) {

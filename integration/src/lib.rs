@@ -885,6 +885,18 @@ pub fn borg_env<'a>(cmd: &'a mut Command, base: &Path) -> &'a mut Command {
         .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
         .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
         .env("BORG_BASE_DIR", base)
+        // Each test records in its own state directory, and without the
+        // extra `borg info` (two Python start-ups per create under TCG);
+        // the monitoring tests turn it on.
+        .env("ZFS_SNAP_STATE_DIR", state_dir_of(base))
+        .env("ZFS_SNAP_METRICS_INFO", "never")
+        .env_remove("ZFS_SNAP_METRICS_TEXTFILE")
+}
+
+/// The state directory zfs-snap records in, for a test whose borg base
+/// directory is `base`.
+pub fn state_dir_of(base: &Path) -> PathBuf {
+    base.join("zfs-snap-state")
 }
 
 /// A borg repository in the test's work directory.
@@ -1047,6 +1059,11 @@ impl Fixture {
 
     fn init_repo(&self, repo: &Repo) {
         run(repo.borg().args(["init", "-e", "none"]).arg(&repo.path)).success();
+    }
+
+    /// Where this test's zfs-snap calls record for monitoring.
+    pub fn state_dir(&self) -> PathBuf {
+        state_dir_of(&self.repo.base)
     }
 
     /// The zfs-snap command with this test's runtime root and borg's environment.

@@ -17,6 +17,7 @@ use crate::mountinfo;
 use crate::plan::Plan;
 use crate::session::{self, Options, Report, Session, Timings};
 use crate::signals::Signals;
+use crate::state;
 use crate::zfs::{Search, Zfs};
 
 /// What a run works with.
@@ -25,6 +26,8 @@ pub struct Context<'a> {
     pub mounter: &'a dyn Mounter,
     pub options: Options,
     pub cwd: PathBuf,
+    /// Where runs are recorded for monitoring; `None`: not recorded.
+    pub state: Option<crate::state::Settings>,
 }
 
 /// How a wrapped borg call ended.
@@ -35,6 +38,32 @@ pub struct Outcome {
     pub teardown: Result<Report>,
     /// Phase timings, when snapshots were taken.
     pub timings: Option<Timings>,
+    /// For a create: when borg ran, and its stdout when it had `--json`.
+    pub create: Option<CreateRun>,
+}
+
+/// When a `borg create` ran (Unix seconds) and what it printed on stdout
+/// (only kept with `--json`).
+#[derive(Debug)]
+pub struct CreateRun {
+    pub start: f64,
+    pub end: f64,
+    pub stdout: Option<Vec<u8>>,
+}
+
+impl CreateRun {
+    /// Runs borg as [`borg::run`] does, keeping stdout with `--json`.
+    pub(crate) fn run(
+        borg: &CommandLine,
+        args: &CreateArgs,
+        argv: &[OsString],
+        signals: &Signals,
+    ) -> Result<(ExitStatus, CreateRun)> {
+        let start = state::now();
+        let (status, stdout) = borg::run_teeing(borg, argv, signals, args.json)?;
+        let end = state::now();
+        Ok((status, CreateRun { start, end, stdout }))
+    }
 }
 
 /// Runs `borg ARGV`: `create` from snapshots, anything else untouched.
@@ -47,16 +76,64 @@ pub fn wrap(
     let Some(args) = needs_snapshots(argv)? else {
         return pass_through(borg, argv, signals);
     };
-    if let Some(id) = crate::shared::joined() {
-        return crate::shared::join(ctx, &id, borg, &args, signals);
+    let start = state::now();
+    let joined = crate::shared::joined();
+    let result = match &joined {
+        Some(id) => crate::shared::join(ctx, id, borg, &args, signals),
+        None => wrap_here(ctx, borg, &args, signals, start),
+    };
+    if let Some(settings) = &ctx.state {
+        let (status, run) = match &result {
+            Ok(outcome) => (borg::exit_code(outcome.status), outcome.create.as_ref()),
+            Err(e) => (i32::from(e.exit_code()), None),
+        };
+        if let (Err(_), None) = (&result, &joined) {
+            // Stopped before borg ended: the run failed too.
+            state::record_run(
+                settings,
+                &state::Run {
+                    kind: "wrap",
+                    start,
+                    status,
+                    timings: &Timings::default(),
+                    creates: 1,
+                    recovered: &Report::default(),
+                    teardown: Ok(&Report::default()),
+                },
+            );
+        }
+        state::record_create(
+            settings,
+            &state::Create {
+                borg,
+                args: &args,
+                cwd: &ctx.cwd,
+                start: run.map_or(start, |r| r.start),
+                end: run.map_or_else(state::now, |r| r.end),
+                status,
+                stdout: run.and_then(|r| r.stdout.as_deref()),
+            },
+        );
     }
+    result
+}
+
+/// A create outside a session: snapshots of its own, borg, teardown.
+fn wrap_here(
+    ctx: &Context<'_>,
+    borg: &CommandLine,
+    args: &CreateArgs,
+    signals: &Signals,
+    start: f64,
+) -> Result<Outcome> {
     let runtime_root = crate::runtime::prepare(&ctx.options.runtime_root)?;
     borg::check_version_cached(borg, &runtime_root)?;
-    let sources = Sources::read(&args, &ctx.cwd)?;
+    let sources = Sources::read(args, &ctx.cwd)?;
     let roots = resolve_roots(&sources.roots(), &ctx.cwd)?;
 
     let started = Instant::now();
-    let (mut session, filesystems, mounts, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
+    let (mut session, filesystems, mounts, recovered) =
+        Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
     let plan = discover_here(
         &filesystems,
         &mounts,
@@ -68,15 +145,13 @@ pub fn wrap(
     log_plan(&plan);
     session.timings_mut().discovery_ms = started.elapsed().as_secs_f64() * 1000.0;
     session.freeze(&plan, &|| signals.received())?;
-    let argv = write_rewrite(&mut session, &args, &sources, &plan, None, &ctx.cwd)?;
+    let argv = write_rewrite(&mut session, args, &sources, &plan, None, &ctx.cwd)?;
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
-    let started = Instant::now();
-    let status = borg::run(borg, &argv, signals)?;
-    let borg_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (status, create) = CreateRun::run(borg, args, &argv, signals)?;
     let (teardown, mut timings) = session.finish();
-    timings.borg_ms = borg_ms;
+    timings.borg_ms = (create.end - create.start) * 1000.0;
     tracing::info!(
         backend = %timings.backend,
         datasets = timings.datasets,
@@ -90,11 +165,34 @@ pub fn wrap(
         processes = timings.processes,
         "done"
     );
+    if let Some(settings) = &ctx.state {
+        state::record_run(
+            settings,
+            &state::Run {
+                kind: "wrap",
+                start,
+                status: borg::exit_code(status),
+                timings: &timings,
+                creates: 1,
+                recovered: &recovered,
+                teardown: teardown.as_ref().map_err(problems),
+            },
+        );
+    }
     Ok(Outcome {
         status,
         teardown,
         timings: Some(timings),
+        create: Some(create),
     })
+}
+
+/// How many things a failed teardown left.
+pub(crate) fn problems(e: &Error) -> usize {
+    match e {
+        Error::Teardown { problems } => problems.len(),
+        _ => 1,
+    }
 }
 
 /// The create arguments, when `argv` is a `borg create` that reads files
@@ -150,6 +248,7 @@ fn pass_through(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Res
         status,
         teardown: Ok(Report::default()),
         timings: None,
+        create: None,
     })
 }
 

@@ -118,6 +118,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The exit code for a run this error stopped: 75 (EX_TEMPFAIL) when
+    /// another run holds the lock, 128+N after signal N, else 2 (an error,
+    /// as borg and borgmatic read it).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::LockHeld { .. } => 75,
+            Error::Interrupted { signal } => 128u8.saturating_add(*signal as u8),
+            _ => 2,
+        }
+    }
+
     /// True when ZFS said the snapshot or dataset does not exist: after a
     /// release, that is a snapshot whose deferred destroy has fired.
     pub fn says_missing(&self) -> bool {

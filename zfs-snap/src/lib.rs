@@ -14,7 +14,8 @@
 //! set for a whole command: `zfs-snap session`), [`borg`] (its command line
 //! and patterns), [`runtime`] (runtime root and lock), [`signals`],
 //! [`command`] (the one runner of external commands), [`backup`] (the
-//! operations the binary offers).
+//! operations the binary offers), [`state`] (what runs recorded, for
+//! monitoring) and [`metrics`] (its Prometheus exposition).
 
 pub mod backup;
 pub mod borg;
@@ -24,6 +25,7 @@ pub mod error;
 #[cfg(feature = "libzetta")]
 pub mod lzc;
 pub mod mapping;
+pub mod metrics;
 pub mod mount;
 pub mod mountinfo;
 pub mod plan;
@@ -31,6 +33,7 @@ pub mod runtime;
 pub mod session;
 pub mod shared;
 pub mod signals;
+pub mod state;
 pub mod zfs;
 
 pub use error::{Error, Result};

@@ -19,7 +19,6 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 
@@ -28,7 +27,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::{
-    discover_here, log_plan, needs_snapshots, resolve_roots, write_rewrite, Context, Outcome,
+    discover_here, log_plan, needs_snapshots, resolve_roots, write_rewrite, Context, CreateRun,
+    Outcome,
 };
 use crate::borg::{self, CreateArgs, Sources};
 use crate::command::CommandLine;
@@ -134,17 +134,18 @@ pub(crate) fn join(
     // both this process and borg are gone (this one killed, borg still
     // reading the mirror, is not "ended").
     inheritable(&stream);
-    let status = borg::run(borg, &argv, signals)?;
+    let (status, create) = CreateRun::run(borg, args, &argv, signals)?;
     let _ = send(
         &mut stream,
         &Done {
-            status: exit_code(status),
+            status: borg::exit_code(status),
         },
     );
     Ok(Outcome {
         status,
         teardown: Ok(Report::default()),
         timings: None,
+        create: Some(create),
     })
 }
 
@@ -163,7 +164,8 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
             "nothing to run: use `zfs-snap session -- borgmatic create ...`".into(),
         ));
     };
-    let (mut session, _, _, _) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
+    let start = crate::state::now();
+    let (mut session, _, _, recovered) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
     let root = session.runtime_root().to_owned();
     // Not the run id (that is in the snapshots' names, which anyone may
     // list): the session's own secret, for its creates to name it.
@@ -181,6 +183,20 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         .args(args)
         .env(SESSION_ENV, &id)
         .env("ZFS_SNAP_RUNTIME_ROOT", &root);
+    // Its creates record where the session does.
+    match &ctx.state {
+        Some(settings) => {
+            command
+                .env("ZFS_SNAP_STATE_DIR", &settings.dir)
+                .env("ZFS_SNAP_METRICS_INFO", settings.info.as_str());
+            if let Some(textfile) = &settings.textfile {
+                command.env("ZFS_SNAP_METRICS_TEXTFILE", textfile);
+            }
+        }
+        None => {
+            command.env("ZFS_SNAP_STATE_DIR", "");
+        }
+    }
     crate::command::unblock_signals_in_child(&mut command);
     let mut child = command.spawn().map_err(|source| Error::Spawn {
         command: program.to_string_lossy().into_owned(),
@@ -222,10 +238,25 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         processes = timings.processes,
         "session done"
     );
+    if let Some(settings) = &ctx.state {
+        crate::state::record_run(
+            settings,
+            &crate::state::Run {
+                kind: "session",
+                start,
+                status: borg::exit_code(status),
+                timings: &timings,
+                creates: creates as u64,
+                recovered: &recovered,
+                teardown: teardown.as_ref().map_err(crate::backup::problems),
+            },
+        );
+    }
     Ok(Outcome {
         status,
         teardown,
         timings: Some(timings),
+        create: None,
     })
 }
 
@@ -489,10 +520,4 @@ fn inheritable(stream: &UnixStream) {
     use std::os::fd::AsRawFd;
     // SAFETY: F_SETFD on a descriptor this stream owns and keeps open.
     unsafe { nix::libc::fcntl(stream.as_raw_fd(), nix::libc::F_SETFD, 0) };
-}
-
-fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }

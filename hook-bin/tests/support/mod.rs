@@ -209,8 +209,16 @@ impl World {
             .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
             .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
             .env("BORG_BASE_DIR", self.dir.path().join("borg-home"))
+            .env("ZFS_SNAP_STATE_DIR", self.state_dir())
+            .env("ZFS_SNAP_METRICS_INFO", "never")
+            .env_remove("ZFS_SNAP_METRICS_TEXTFILE")
             .current_dir(self.dir.path());
         cmd
+    }
+
+    /// Where this world's runs are recorded for monitoring.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("zfs-snap-state")
     }
 
     pub fn calls(&self) -> String {

@@ -107,6 +107,19 @@ const LONG: &[(&str, Arity)] = &[
     ("--reuse-path", Arity::One),
 ];
 
+/// The common options that say how to reach a repository, for other borg
+/// calls to the same one.
+const REACH: &[&str] = &[
+    "--remote-path",
+    "--rsh",
+    "--lock-wait",
+    "--umask",
+    "--remote-ratelimit",
+    "--upload-ratelimit",
+    "--remote-buffer",
+    "--upload-buffer",
+];
+
 /// Short options that take a value; every other short option is a flag.
 const SHORT_WITH_VALUE: &[(char, &str)] = &[
     ('e', "--exclude"),
@@ -161,6 +174,12 @@ pub struct CreateArgs {
     pub paths_at_run_time: Option<String>,
     /// Options we did not recognise (assumed to take no value).
     pub unknown_options: Vec<String>,
+    /// `--json`: borg prints the archive's figures on stdout.
+    pub json: bool,
+    /// The options, wherever given, that say how to reach the repository
+    /// (`--remote-path`, `--rsh`, `--lock-wait`, ...), as `--name=value`:
+    /// a later `borg info` of the same repository needs them too.
+    pub reach: Vec<OsString>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,6 +220,7 @@ fn is_option_like(arg: &[u8]) -> bool {
 /// Parses the arguments that follow the borg program.
 pub fn parse(argv: &[OsString]) -> Result<Invocation> {
     let mut i = 0;
+    let mut reach = Vec::new();
     // Common options may precede the subcommand.
     let create_index = loop {
         let Some(arg) = argv.get(i) else {
@@ -213,7 +233,16 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
             }
             return Ok(Invocation::Other);
         }
-        i = skip_option(argv, i, &mut |_, _, _| {}, &mut Vec::new())?;
+        i = skip_option(
+            argv,
+            i,
+            &mut |name, value, _| {
+                if let Some(at) = value.filter(|_| REACH.contains(&name)) {
+                    reach.push(reach_option(argv, name, at));
+                }
+            },
+            &mut Vec::new(),
+        )?;
     };
 
     let mut args = CreateArgs {
@@ -226,6 +255,8 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
         one_file_system: false,
         paths_at_run_time: None,
         unknown_options: Vec::new(),
+        json: false,
+        reach,
     };
     let mut positionals = Vec::new();
     let mut i = create_index + 1;
@@ -248,6 +279,10 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
             i,
             &mut |name, value, _| match (name, value) {
                 ("--dry-run", _) => args.dry_run = true,
+                ("--json", _) => args.json = true,
+                (name, Some(at)) if REACH.contains(&name) => {
+                    args.reach.push(reach_option(argv, name, at))
+                }
                 ("--one-file-system", _) => args.one_file_system = true,
                 (
                     "--paths-from-stdin"
@@ -277,6 +312,12 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
     args.archive_index = archive;
     args.path_indices = paths.to_vec();
     Ok(Invocation::Create(args))
+}
+
+fn reach_option(argv: &[OsString], name: &str, at: ValueAt) -> OsString {
+    let mut option = OsString::from(format!("{name}="));
+    option.push(OsStr::from_bytes(&argv[at.index].as_bytes()[at.offset..]));
+    option
 }
 
 /// Consumes the option at `argv[i]` (and its values); calls `seen` with the
@@ -472,6 +513,28 @@ mod tests {
         ]);
         assert_eq!(c.create_index, 4);
         assert_eq!(paths(&c), ["/x"]);
+    }
+
+    #[test]
+    fn json_and_the_options_that_reach_the_repository() {
+        let c = create(&[
+            "--remote-path",
+            "borg1",
+            "create",
+            "--json",
+            "--rsh=ssh -p 2",
+            "--lock-wait",
+            "5",
+            "--stats",
+            "r::a",
+            "/x",
+        ]);
+        assert!(c.json);
+        assert_eq!(
+            c.reach,
+            ["--remote-path=borg1", "--rsh=ssh -p 2", "--lock-wait=5"]
+        );
+        assert!(!create(&["create", "r::a", "/x"]).json);
     }
 
     #[test]

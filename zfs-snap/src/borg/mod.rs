@@ -98,23 +98,81 @@ pub fn for_borg(borg: CommandLine) -> CommandLine {
     borg.with_env(RUNNING_ENV, std::process::id().to_string())
 }
 
+/// borg's exit code of `status`, `128 + N` for signal N.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
 /// Runs borg with our stdio and environment, passing signals on; returns
 /// its exit status.
 pub fn run(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<ExitStatus> {
+    run_teeing(borg, argv, signals, false).map(|(status, _)| status)
+}
+
+/// At most this much of borg's stdout is kept by [`run_teeing`] (its
+/// `--json` document is a few KiB); all of it is passed on.
+const KEEP_STDOUT: usize = 16 << 20;
+
+/// [`run`]; with `keep_stdout`, borg's stdout goes through a pipe, on to
+/// ours unchanged, and its first [`KEEP_STDOUT`] bytes are returned too
+/// (`create --json` prints the archive's figures there).
+pub fn run_teeing(
+    borg: &CommandLine,
+    argv: &[OsString],
+    signals: &Signals,
+    keep_stdout: bool,
+) -> Result<(ExitStatus, Option<Vec<u8>>)> {
     let shown = borg.display_with(argv);
     tracing::info!(command = %shown, "running borg");
     let started = Instant::now();
     let mut command = borg.command(argv);
+    if keep_stdout {
+        command.stdout(std::process::Stdio::piped());
+    }
     let mut child = command
         .spawn()
         .map_err(|source| borg.spawn_error(argv, source))?;
     signals.set_child(Some(child.id()));
+    let tee = child
+        .stdout
+        .take()
+        .map(|out| std::thread::spawn(move || tee(out)));
     let status = child.wait();
     signals.set_child(None);
+    let kept = tee.and_then(|t| t.join().ok());
     let status = status.map_err(|source| Error::Spawn {
         command: shown,
         source,
     })?;
     tracing::info!(%status, elapsed_s = started.elapsed().as_secs_f64(), "borg finished");
-    Ok(status)
+    Ok((status, kept))
+}
+
+/// Copies `from` to our stdout until EOF, keeping the first
+/// [`KEEP_STDOUT`] bytes. A stdout that fails stops the copying, not the
+/// reading: borg never blocks on a full pipe.
+fn tee(mut from: impl std::io::Read) -> Vec<u8> {
+    use std::io::Write;
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut out = Some(std::io::stdout());
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if let Some(o) = &mut out {
+            if o.write_all(&buf[..n]).and_then(|_| o.flush()).is_err() {
+                out = None;
+            }
+        }
+        let room = KEEP_STDOUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
 }

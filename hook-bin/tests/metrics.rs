@@ -1,0 +1,681 @@
+//! Monitoring: what creates through zfs-snap record, the exposition
+//! `zfs-snap metrics` and the exporter make of it, promtool's verdict on it
+//! and on the alert rules, and a real Prometheus scraping the exporter.
+//! Against the fake zfs, real borg 1.4 and Debian's prometheus; borg itself
+//! (`borg info --json`, `borg list --json`) is the oracle for every figure.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn rules_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring")
+}
+
+/// Debian's `promtool` and `prometheus`, or a loud skip.
+fn prometheus_tools() -> Option<()> {
+    let ok = ["promtool", "prometheus"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        eprintln!("SKIPPED: needs promtool and prometheus (apt-get install prometheus)");
+        if std::env::var_os("ZFS_SNAP_REQUIRE_PROMETHEUS").is_some() {
+            panic!("ZFS_SNAP_REQUIRE_PROMETHEUS is set but prometheus is missing");
+        }
+        return None;
+    }
+    Some(())
+}
+
+/// The samples of an exposition: `name{labels}` -> value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (key, value) = l.rsplit_once(' ').unwrap();
+            (key.to_owned(), value.parse::<f64>().unwrap())
+        })
+        .collect()
+}
+
+fn of(samples: &BTreeMap<String, f64>, name: &str, repo: &str) -> f64 {
+    let key = format!("{name}{{repository=\"{repo}\"}}");
+    *samples
+        .get(&key)
+        .unwrap_or_else(|| panic!("no {key} in {samples:#?}"))
+}
+
+fn metrics(w: &World) -> String {
+    let out = run(w.cmd().arg("metrics"));
+    assert!(out.status.success());
+    stdout(&out)
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A world with one dataset of a few files, and a second repository.
+fn world() -> (World, PathBuf, String) {
+    let w = World::new();
+    let data = w.dataset("tank/data", "data");
+    for i in 0..20 {
+        w.write(&data.join(format!("f{i}")), &"x".repeat(i * 100));
+    }
+    let repo2 = w.dir.path().join("repo2");
+    w.borg(&["init", "-e", "none", repo2.to_str().unwrap()]);
+    (w, data, repo2.display().to_string())
+}
+
+/// The names the seed promises and dashboard 20334 reads: each must come
+/// with `# HELP` and `# TYPE`.
+const PROMISED: &[&str] = &[
+    "borg_last_backup_timestamp",
+    "borg_backup_duration_seconds",
+    "borg_backup_size_bytes",
+    "borg_repository_size_bytes",
+    "borg_backup_files_count",
+    "borg_total_backups",
+    "borg_total_chunks",
+    "borg_total_compressed_size",
+    "borg_total_size",
+    "borg_total_deduplicated_compressed_size",
+    "borg_total_deduplicated_size",
+    "borg_last_backup_duration",
+    "borg_last_backup_files",
+    "borg_last_backup_deduplicated_compressed_size",
+    "borg_last_backup_compressed_size",
+    "borg_last_backup_size",
+];
+
+/// Where a create's figures come from: what borg printed for it with
+/// `--json`, or else `borg info --json` of its archive. (borg's create-time
+/// sizes count the archive's own metadata stream too; `borg info` does
+/// not: a few hundred bytes apart for the same archive.)
+enum Oracle<'a> {
+    Info,
+    Printed(&'a Value),
+}
+
+/// Checks every figure of `repo` against borg's own.
+fn assert_figures_match_borg(
+    w: &World,
+    m: &BTreeMap<String, f64>,
+    repo: &str,
+    archive: &str,
+    oracle: Oracle<'_>,
+) {
+    let info = json_of(&w.borg(&["info", "--json", &format!("{repo}::{archive}")]));
+    let (a, cache, duration) = match oracle {
+        Oracle::Info => (
+            &info["archives"][0]["stats"],
+            &info["cache"]["stats"],
+            &info["archives"][0]["duration"],
+        ),
+        Oracle::Printed(json) => (
+            &json["archive"]["stats"],
+            &json["cache"]["stats"],
+            &json["archive"]["duration"],
+        ),
+    };
+    assert_eq!(
+        a["nfiles"], info["archives"][0]["stats"]["nfiles"],
+        "the same archive"
+    );
+    let list = json_of(&w.borg(&["list", "--json", repo]));
+    let n = |v: &Value| v.as_u64().unwrap() as f64;
+    for (name, want) in [
+        ("borg_backup_size_bytes", n(&a["original_size"])),
+        ("borg_backup_files_count", n(&a["nfiles"])),
+        ("borg_last_backup_size", n(&a["original_size"])),
+        ("borg_last_backup_files", n(&a["nfiles"])),
+        ("borg_last_backup_compressed_size", n(&a["compressed_size"])),
+        (
+            "borg_last_backup_deduplicated_compressed_size",
+            n(&a["deduplicated_size"]),
+        ),
+        ("borg_repository_size_bytes", n(&cache["unique_csize"])),
+        ("borg_total_chunks", n(&cache["total_chunks"])),
+        ("borg_total_compressed_size", n(&cache["total_csize"])),
+        ("borg_total_size", n(&cache["total_size"])),
+        (
+            "borg_total_deduplicated_compressed_size",
+            n(&cache["unique_csize"]),
+        ),
+        ("borg_total_deduplicated_size", n(&cache["unique_size"])),
+        (
+            "borg_total_backups",
+            list["archives"].as_array().unwrap().len() as f64,
+        ),
+    ] {
+        assert_eq!(of(m, name, repo), want, "{name} of {repo}");
+    }
+    let duration = duration.as_f64().unwrap();
+    assert!((of(m, "borg_last_backup_duration", repo) - duration).abs() < 1e-3);
+}
+
+#[test]
+fn creates_with_and_without_json_record_what_borg_says() {
+    let Some(_) = borg() else { return };
+    let Some(_) = prometheus_tools() else { return };
+    let (w, data, repo2) = world();
+    let repo = w.repo();
+    let before = now();
+    let textfile = w.dir.path().join("textfile/zfs-snap.prom");
+    std::fs::create_dir_all(textfile.parent().unwrap()).unwrap();
+    // Without --json: zfs-snap asks borg info (auto: a local repository).
+    let plain = run(w
+        .cmd()
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .env("ZFS_SNAP_METRICS_TEXTFILE", &textfile)
+        .args(["wrap", "--", "borg", "create", &format!("{repo}::one")])
+        .arg(&data));
+    assert!(plain.status.success());
+    assert!(plain.stdout.is_empty(), "nothing of ours on borg's stdout");
+    // With --json: borg's own output, passed on unchanged and read.
+    let json = run(w
+        .cmd()
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .env("ZFS_SNAP_METRICS_TEXTFILE", &textfile)
+        .args(["wrap", "--", "borg", "create", "--json"])
+        .arg(format!("{repo2}::two"))
+        .arg(&data));
+    assert!(json.status.success());
+    let printed = json_of(&json);
+    assert_eq!(
+        printed["archive"]["name"], "two",
+        "borg's JSON reaches stdout"
+    );
+
+    let text = metrics(&w);
+    for name in PROMISED {
+        assert!(text.contains(&format!("# HELP {name} ")), "HELP of {name}");
+        assert!(
+            text.contains(&format!("# TYPE {name} gauge")),
+            "TYPE of {name}"
+        );
+    }
+    let m = samples(&text);
+    assert_figures_match_borg(&w, &m, &repo, "one", Oracle::Info);
+    assert_figures_match_borg(&w, &m, &repo2, "two", Oracle::Printed(&printed));
+    for r in [&repo, &repo2] {
+        let t = of(&m, "borg_last_backup_timestamp", r);
+        assert!(before <= t && t <= now(), "{t} in [{before}, now]");
+        assert_eq!(of(&m, "zfs_snap_creates_total", r), 1.0);
+        assert_eq!(of(&m, "zfs_snap_create_failures_total", r), 0.0);
+        assert_eq!(of(&m, "zfs_snap_create_last_status", r), 0.0);
+    }
+    let state = w.state_dir();
+    let record = |r: &str| -> Value {
+        let dir = state.join("repositories");
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.unwrap().path()).unwrap()))
+            .map(Result::unwrap)
+            .find(|v| v["repository"] == r)
+            .unwrap()
+    };
+    assert_eq!(
+        record(&repo)["last_success"]["figures_from"],
+        "borg info",
+        "no --json: one borg info"
+    );
+    assert_eq!(
+        record(&repo2)["last_success"]["figures_from"],
+        "create --json"
+    );
+    assert_eq!(m["zfs_snap_runs_total"], 2.0);
+    assert_eq!(m["zfs_snap_last_run_success"], 1.0);
+    assert_eq!(m["zfs_snap_last_run_datasets"], 1.0);
+    assert_eq!(
+        m["zfs_snap_last_run_info{backend=\"command\",kind=\"wrap\"}"],
+        1.0
+    );
+
+    // A failed create (the archive exists): failure figures move, the last
+    // success stays.
+    let success_before = record(&repo)["last_success"].clone();
+    let failed = run(w
+        .cmd()
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .env("ZFS_SNAP_METRICS_TEXTFILE", &textfile)
+        .args(["wrap", "--", "borg", "create", &format!("{repo}::one")])
+        .arg(&data));
+    assert_eq!(failed.status.code(), Some(2));
+    let text = metrics(&w);
+    let m = samples(&text);
+    assert_eq!(record(&repo)["last_success"], success_before);
+    assert_eq!(of(&m, "zfs_snap_creates_total", &repo), 2.0);
+    assert_eq!(of(&m, "zfs_snap_create_failures_total", &repo), 1.0);
+    assert_eq!(of(&m, "zfs_snap_create_last_status", &repo), 2.0);
+    assert_figures_match_borg(&w, &m, &repo, "one", Oracle::Info);
+    assert_eq!(m["zfs_snap_last_run_success"], 0.0);
+    assert_eq!(m["zfs_snap_run_failures_total"], 1.0);
+
+    // The textfile is the same exposition, written whole.
+    assert_eq!(std::fs::read_to_string(&textfile).unwrap(), text);
+    let leftovers: Vec<_> = std::fs::read_dir(textfile.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+
+    assert_promtool_accepts(&text);
+}
+
+/// promtool, Prometheus's own parser and linter, accepts the exposition.
+/// Its one finding is the seed's `borg_backup_files_count`, kept on purpose
+/// (the seed's users query it; `borg_last_backup_files` is the same figure
+/// by the conventions): promtool says a gauge should not end in `_count`.
+/// A parse error exits 1; lint findings exit 3 and are listed.
+fn assert_promtool_accepts(text: &str) {
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let findings: Vec<String> = stdout(&out)
+        .lines()
+        .chain(stderr(&out).lines())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        findings,
+        ["borg_backup_files_count non-histogram and non-summary metrics should not have \"_count\" suffix"],
+        "promtool check metrics (exit {:?})",
+        out.status.code()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "lint findings only, no parse error"
+    );
+}
+
+#[test]
+fn a_session_records_each_create_and_the_run() {
+    let Some(borg) = borg() else { return };
+    let (w, data, repo2) = world();
+    let repo = w.repo();
+    let link_dir = w.dir.path().join("link");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_zfs-snap"), link_dir.join("borg")).unwrap();
+    let printed = w.dir.path().join("printed.json");
+    let script = "\"$LINK\" create --json \"$REPO::a\" \"$DATA\" >\"$PRINTED\"\n\
+                  \"$LINK\" create \"$REPO2::b\" \"$DATA\"\n";
+    let out = run(w
+        .cmd()
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .args(["session", "--", "sh", "-ec", script])
+        .env("ZFS_SNAP_BORG", &borg)
+        .env("LINK", link_dir.join("borg"))
+        .env("REPO", &repo)
+        .env("REPO2", &repo2)
+        .env("DATA", &data)
+        .env("PRINTED", &printed));
+    assert!(out.status.success());
+    let m = samples(&metrics(&w));
+    let printed: Value = serde_json::from_slice(&std::fs::read(&printed).unwrap()).unwrap();
+    assert_figures_match_borg(&w, &m, &repo, "a", Oracle::Printed(&printed));
+    assert_figures_match_borg(&w, &m, &repo2, "b", Oracle::Info);
+    assert_eq!(m["zfs_snap_last_run_creates"], 2.0);
+    assert_eq!(m["zfs_snap_runs_total"], 1.0, "one run: the session");
+    assert_eq!(
+        m["zfs_snap_last_run_info{backend=\"command\",kind=\"session\"}"],
+        1.0
+    );
+    w.assert_clean();
+}
+
+#[test]
+fn a_state_directory_others_may_write_is_refused_and_the_backup_goes_on() {
+    let Some(_) = borg() else { return };
+    let (w, data, _) = world();
+    let state = w.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", &format!("{}::a", w.repo())])
+        .arg(&data));
+    assert!(out.status.success(), "recording never fails a backup");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("state directory {} refused", state.display()))
+            && err.contains("others may write to it"),
+        "{err}"
+    );
+    assert!(
+        !state.join("repositories").exists(),
+        "nothing written there"
+    );
+}
+
+#[test]
+fn the_alert_fires_after_25_hours_without_a_backup_and_not_before() {
+    let Some(_) = prometheus_tools() else { return };
+    let dir = rules_dir();
+    let check = run(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(dir.join("zfs-snap.rules.yml")));
+    assert!(check.status.success());
+    let test = run(Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(dir.join("zfs-snap.rules.test.yml"))
+        .current_dir(&dir));
+    assert!(test.status.success(), "{}", stdout(&test));
+    assert!(stdout(&test).contains("SUCCESS"));
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.0 request; the status code and body.
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+struct Exporter {
+    child: Child,
+    port: u16,
+}
+
+impl Exporter {
+    fn start(w: &World) -> Exporter {
+        let port = free_port();
+        let child = w
+            .cmd()
+            .args(["exporter", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http(port, "GET", "/metrics").is_err() {
+            assert!(Instant::now() < deadline, "the exporter never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Exporter { child, port }
+    }
+
+    /// SIGTERM; its exit status and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        nix_kill(self.child.id(), "TERM");
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        eprintln!("exporter stderr:\n{err}");
+        (status, err)
+    }
+}
+
+fn nix_kill(pid: u32, signal: &str) {
+    assert!(Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Two repositories with one archive each, recorded.
+fn recorded_world() -> Option<(World, String, String)> {
+    borg()?;
+    let (w, data, repo2) = world();
+    let repo = w.repo();
+    for (r, name) in [(&repo, "one"), (&repo2, "two")] {
+        let out = run(w
+            .cmd()
+            .env("ZFS_SNAP_METRICS_INFO", "auto")
+            .args(["wrap", "--", "borg", "create", &format!("{r}::{name}")])
+            .arg(&data));
+        assert!(out.status.success());
+    }
+    Some((w, repo, repo2))
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_exporter() {
+    let Some(_) = prometheus_tools() else { return };
+    let Some((w, repo, repo2)) = recorded_world() else {
+        return;
+    };
+    let exporter = Exporter::start(&w);
+    let dir = w.dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {rules}\n\
+             scrape_configs:\n  - job_name: borgmatic\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            rules = rules_dir().join("zfs-snap.rules.yml").display(),
+            port = exporter.port
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let found = loop {
+        let got = http(web, "GET", "/api/v1/query?query=borg_last_backup_timestamp")
+            .ok()
+            .and_then(|(code, body)| (code == 200).then_some(body))
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok());
+        let repos: Vec<String> = got
+            .iter()
+            .flat_map(|v| v["data"]["result"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["metric"]["job"] == "borgmatic")
+            .map(|r| r["metric"]["repository"].as_str().unwrap().to_owned())
+            .collect();
+        if repos.len() == 2 || Instant::now() > deadline {
+            break repos;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let rules = http(web, "GET", "/api/v1/rules").map(|(_, b)| b);
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let (status, err) = exporter.stop();
+    let mut found = found;
+    found.sort();
+    let mut want = vec![repo, repo2];
+    want.sort();
+    assert_eq!(found, want, "Prometheus's query API has both repositories");
+    let rules: Value = serde_json::from_str(&rules.unwrap()).unwrap();
+    let alert = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().clone())
+        .find(|r| r["name"] == "BorgmaticMissingBackup")
+        .expect("the seed's alert is loaded");
+    assert_eq!(alert["state"], "inactive", "backups are fresh");
+    assert!(status.success(), "SIGTERM stops the exporter cleanly");
+    assert!(err.contains("exporter stopped"), "{err}");
+}
+
+#[test]
+fn the_exporter_serves_the_rest_when_state_files_are_bad() {
+    let Some((w, repo, repo2)) = recorded_world() else {
+        return;
+    };
+    let repos = w.state_dir().join("repositories");
+    let good = std::fs::read_dir(&repos)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).unwrap().contains(&repo2))
+        .unwrap();
+    let text = std::fs::read(&good).unwrap();
+    let bad = [
+        ("empty.json", Vec::new()),
+        ("truncated.json", text[..text.len() / 2].to_vec()),
+        (
+            "foreign.json",
+            br#"{"name": "not ours", "size": 3}"#.to_vec(),
+        ),
+        ("future.json", br#"{"format": 99}"#.to_vec()),
+    ];
+    for (name, bytes) in &bad {
+        std::fs::write(repos.join(name), bytes).unwrap();
+    }
+    std::fs::write(w.state_dir().join("run.json"), b"\x00\x01garbage").unwrap();
+    let exporter = Exporter::start(&w);
+    let mut body = String::new();
+    for _ in 0..3 {
+        let (code, b) = http(exporter.port, "GET", "/metrics").unwrap();
+        assert_eq!(code, 200);
+        body = b;
+    }
+    assert_eq!(http(exporter.port, "GET", "/").unwrap().0, 404);
+    assert_eq!(http(exporter.port, "GET", "/metricsx").unwrap().0, 404);
+    assert_eq!(http(exporter.port, "POST", "/metrics").unwrap().0, 405);
+    let (status, err) = exporter.stop();
+    assert!(status.success());
+    let m = samples(&body);
+    for r in [&repo, &repo2] {
+        assert!(of(&m, "borg_last_backup_timestamp", r) > 0.0);
+    }
+    assert_eq!(m["zfs_snap_state_files_unreadable"], 5.0);
+    assert!(!body.contains("zfs_snap_last_run_timestamp_seconds"));
+    for (name, why) in [
+        ("repositories/empty.json", "empty"),
+        ("repositories/truncated.json", "not JSON"),
+        ("repositories/foreign.json", "not a zfs-snap record"),
+        ("repositories/future.json", "format 99"),
+        ("run.json", "not JSON"),
+    ] {
+        let path = w.state_dir().join(name);
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains(&format!("{}:", path.display())))
+            .collect();
+        assert_eq!(lines.len(), 1, "{name} logged once in three scrapes: {err}");
+        assert!(
+            lines[0].contains(why) && lines[0].contains("left out of the metrics"),
+            "{}",
+            lines[0]
+        );
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A benchmark, not a timed test: 1,000 scrapes on loopback; descriptors
+/// must not grow and memory must settle; latencies are printed.
+#[test]
+fn a_thousand_scrapes_grow_neither_memory_nor_descriptors() {
+    let Some((w, _, _)) = recorded_world() else {
+        return;
+    };
+    let exporter = Exporter::start(&w);
+    let pid = exporter.child.id();
+    for _ in 0..100 {
+        http(exporter.port, "GET", "/metrics").unwrap();
+    }
+    // Let the last connection close on the exporter's side too.
+    let settle = || std::thread::sleep(Duration::from_millis(300));
+    settle();
+    let (rss0, fds0) = (rss_kib(pid), fds(pid));
+    let mut latencies = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let t = Instant::now();
+        let (code, _) = http(exporter.port, "GET", "/metrics").unwrap();
+        latencies.push(t.elapsed());
+        assert_eq!(code, 200);
+    }
+    settle();
+    let (rss1, fds1) = (rss_kib(pid), fds(pid));
+    let (status, _) = exporter.stop();
+    assert!(status.success());
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(999)];
+    println!(
+        "MEASURED exporter 1000 scrapes: p50 {:?} p99 {:?} max {:?}; RSS {rss0} -> {rss1} KiB; fds {fds0} -> {fds1}",
+        p(0.5),
+        p(0.99),
+        latencies[999]
+    );
+    assert_eq!(fds1, fds0, "descriptors after 1,000 scrapes");
+    assert!(
+        rss1 <= rss0 + 1024,
+        "memory grew by more than 1 MiB over 1,000 scrapes: {rss0} -> {rss1} KiB"
+    );
+}
