@@ -1267,3 +1267,101 @@ pub fn paths(prefix: &str, rels: &[&str]) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The samples of a Prometheus text exposition: `name{labels}` -> value.
+pub fn exposition_samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (key, value) = l.rsplit_once(' ').expect("`name value`");
+            (key.to_owned(), value.parse::<f64>().expect("a number"))
+        })
+        .collect()
+}
+
+/// `zfs-snap metrics` of `state_dir`, as samples.
+#[track_caller]
+pub fn recorded_samples(state_dir: &Path) -> BTreeMap<String, f64> {
+    let out = run(Command::new(zfs_snap_bin())
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("metrics"))
+    .success();
+    exposition_samples(&out.stdout)
+}
+
+/// Checks what zfs-snap recorded for `location` against borg's own figures
+/// of `archive`: those borg printed for the create with `--json`
+/// (`printed`), or else `borg info --json`, and the archive count of `borg
+/// list --json`. `borg` makes a plain borg command with the repository's
+/// environment.
+#[track_caller]
+pub fn assert_figures_match_borg(
+    samples: &BTreeMap<String, f64>,
+    borg: &dyn Fn() -> Command,
+    location: &str,
+    archive: &str,
+    printed: Option<&serde_json::Value>,
+) {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run(borg().args(args)).success();
+        serde_json::from_str(&out.stdout).expect("borg's JSON")
+    };
+    let info = json(&["info", "--json", &format!("{location}::{archive}")]);
+    let (a, cache) = match printed {
+        Some(p) => (&p["archive"], &p["cache"]["stats"]),
+        None => (&info["archives"][0], &info["cache"]["stats"]),
+    };
+    assert_eq!(
+        a["stats"]["nfiles"], info["archives"][0]["stats"]["nfiles"],
+        "the same archive"
+    );
+    let archives = json(&["list", "--json", location])["archives"]
+        .as_array()
+        .expect("archives")
+        .len() as f64;
+    let n = |v: &serde_json::Value| v.as_u64().expect("a count") as f64;
+    let of = |name: &str| {
+        let key = format!("{name}{{repository=\"{location}\"}}");
+        *samples
+            .get(&key)
+            .unwrap_or_else(|| panic!("no {key} in {samples:#?}"))
+    };
+    for (name, want) in [
+        ("borg_backup_size_bytes", n(&a["stats"]["original_size"])),
+        ("borg_backup_files_count", n(&a["stats"]["nfiles"])),
+        ("borg_last_backup_size", n(&a["stats"]["original_size"])),
+        ("borg_last_backup_files", n(&a["stats"]["nfiles"])),
+        (
+            "borg_last_backup_compressed_size",
+            n(&a["stats"]["compressed_size"]),
+        ),
+        (
+            "borg_last_backup_deduplicated_compressed_size",
+            n(&a["stats"]["deduplicated_size"]),
+        ),
+        ("borg_repository_size_bytes", n(&cache["unique_csize"])),
+        ("borg_total_chunks", n(&cache["total_chunks"])),
+        ("borg_total_compressed_size", n(&cache["total_csize"])),
+        ("borg_total_size", n(&cache["total_size"])),
+        (
+            "borg_total_deduplicated_compressed_size",
+            n(&cache["unique_csize"]),
+        ),
+        ("borg_total_deduplicated_size", n(&cache["unique_size"])),
+        ("borg_total_backups", archives),
+    ] {
+        assert_eq!(of(name), want, "{name} of {location}");
+    }
+    let duration = a["duration"].as_f64().expect("a duration");
+    assert!(
+        (of("borg_last_backup_duration") - duration).abs() < 1e-3,
+        "borg's duration of {location}"
+    );
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+        - of("borg_last_backup_timestamp");
+    assert!((0.0..600.0).contains(&age), "last backup {age} s ago");
+}

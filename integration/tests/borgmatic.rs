@@ -17,6 +17,7 @@ fn borgmatic_through_the_borg_link() {
     p.dataset("data", &[]);
     let a = p.write("data/a.txt", "before\n");
     p.write("data/sub/b.txt", "b\n");
+    let second = fx.new_repo("second");
     let link = fx.work.join("bin/borg");
     symlink(zfs_snap_bin(), &link).expect("symlink borg -> zfs-snap");
     let mount = fx.script(
@@ -27,7 +28,7 @@ fn borgmatic_through_the_borg_link() {
         &fx.work.join("borgmatic.yaml"),
         &format!(
             "source_directories:\n    - {source}\n\
-             repositories:\n    - path: {repo}\n      label: test\n\
+             repositories:\n    - path: {repo}\n      label: test\n    - path: {second}\n\
              local_path: {link}\n\
              archive_name_format: 'bm-{{now:%Y%m%dT%H%M%S}}'\n\
              unknown_unencrypted_repo_access_is_ok: true\n\
@@ -36,6 +37,7 @@ fn borgmatic_through_the_borg_link() {
              keep_daily: 7\n",
             source = p.path("data").display(),
             repo = fx.repo.path.display(),
+            second = second.path.display(),
             link = link.display(),
         ),
     );
@@ -43,10 +45,12 @@ fn borgmatic_through_the_borg_link() {
     borg_env(&mut cmd, &fx.work.join("borg-base"));
     cmd.env("ZFS_SNAP_RUNTIME_ROOT", &fx.root)
         .env("ZFS_SNAP_MOUNT_COMMAND", &mount)
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
         .args([
             "--config",
             &config.display().to_string(),
             "create",
+            "--json",
             "--verbosity",
             "1",
         ]);
@@ -82,5 +86,26 @@ fn borgmatic_through_the_borg_link() {
         "before\n",
         "archived live data, not the snapshot"
     );
+
+    // Monitoring: borg's JSON reached borgmatic unchanged, and what each
+    // create recorded of its repository is what borg says.
+    let printed: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("borgmatic --json output: {e}\n{}", out.dump()));
+    let samples = recorded_samples(&fx.state_dir());
+    for repo in [&fx.repo, &second] {
+        let location = repo.path.display().to_string();
+        let created = printed
+            .as_array()
+            .expect("one JSON object per repository")
+            .iter()
+            .find(|c| c["repository"]["location"] == location.as_str())
+            .unwrap_or_else(|| panic!("{location} not in {printed:#}"));
+        let archive = created["archive"]["name"].as_str().unwrap();
+        assert!(archive.starts_with("bm-"));
+        let borg = || repo.borg();
+        assert_figures_match_borg(&samples, &borg, &location, archive, Some(created));
+    }
+    assert_eq!(samples["zfs_snap_runs_total"], 2.0, "two wraps");
+    assert_eq!(samples["zfs_snap_last_run_success"], 1.0);
     fx.assert_clean();
 }

@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 use integration::*;
 
 const DROP_IN: &str = include_str!("../../systemd/borgmatic.service.d/zfs-snap.conf");
+const EXPORTER_UNIT: &str = include_str!("../../systemd/zfs-snap-exporter.service");
+/// The state directory the units record in (zfs-snap's default).
+const STATE_DIR: &str = "/var/lib/zfs-snap";
+/// A test drop-in turning on the `borg info` after each create (the
+/// others leave it off: two more Python start-ups per create).
+const METRICS_DROP_IN: &str = "/etc/systemd/system/borgmatic.service.d/zz-test-metrics.conf";
 /// Where the guest image keeps borgmatic's upstream units (vm-tests image.rs).
 const UPSTREAM_UNITS: &str = "/usr/local/share/borgmatic-systemd";
 const LINK: &str = "/usr/local/lib/zfs-snap/borg";
@@ -88,8 +94,9 @@ fn install() {
     write_file(&dropins.join("zfs-snap.conf"), DROP_IN);
     write_file(
         &dropins.join("zz-test.conf"),
-        "[Service]\nExecStartPre=\nLoadCredentialEncrypted=\n",
+        "[Service]\nExecStartPre=\nLoadCredentialEncrypted=\nEnvironment=ZFS_SNAP_METRICS_INFO=never\n",
     );
+    let _ = std::fs::remove_file(METRICS_DROP_IN);
     systemctl(&["daemon-reload"]).success();
 }
 
@@ -192,6 +199,14 @@ fn a_two_repository_borgmatic_run_reads_one_snapshot_set() {
     p.write("data/child/b.txt", "b\n");
     let changing = p.write("data/changing", "as snapshotted\n");
     let repos = configure(&[p.path("data")], &changing, "");
+    // Monitoring as shipped: the default `auto` (local repositories get a
+    // `borg info` after their create), a fresh state directory.
+    write_file(
+        Path::new(METRICS_DROP_IN),
+        "[Service]\nEnvironment=ZFS_SNAP_METRICS_INFO=auto\n",
+    );
+    systemctl(&["daemon-reload"]).success();
+    let _ = std::fs::remove_dir_all(STATE_DIR);
 
     let started = Instant::now();
     let out = systemctl(&["start", "borgmatic.service"]);
@@ -235,6 +250,65 @@ fn a_two_repository_borgmatic_run_reads_one_snapshot_set() {
         "data and data/child in one atomic snapshot, once for both repositories: {txgs:?}"
     );
     assert_nothing_left(&fx);
+
+    // What the run recorded, as the exporter unit serves it.
+    let samples = exporter_scrape();
+    for (repo, archive) in [(&repos[0], &one[0]), (&repos[1], &two[0])] {
+        let borg = || Command::new("borg");
+        assert_figures_match_borg(&samples, &borg, &repo.display().to_string(), archive, None);
+    }
+    assert_eq!(
+        samples["zfs_snap_last_run_info{backend=\"command\",kind=\"session\"}"],
+        1.0
+    );
+    assert_eq!(samples["zfs_snap_last_run_creates"], 2.0);
+    assert_eq!(samples["zfs_snap_last_run_success"], 1.0);
+    assert_eq!(
+        samples["zfs_snap_runs_total"], 1.0,
+        "one session for the run"
+    );
+}
+
+/// Starts zfs-snap's exporter unit as shipped, scrapes it once, and stops
+/// it: it must stop cleanly on systemd's SIGTERM.
+fn exporter_scrape() -> std::collections::BTreeMap<String, f64> {
+    write_file(
+        Path::new("/etc/systemd/system/zfs-snap-exporter.service"),
+        EXPORTER_UNIT,
+    );
+    systemctl(&["daemon-reload"]).success();
+    systemctl(&["start", "zfs-snap-exporter.service"]).success();
+    let fetch = r#"
+import sys, time, urllib.request
+for _ in range(100):
+    try:
+        sys.stdout.write(urllib.request.urlopen("http://127.0.0.1:9996/metrics").read().decode())
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("the exporter never answered")
+"#;
+    let scraped = run(Command::new("python3").args(["-c", fetch]));
+    let journal = must(
+        "journalctl",
+        &["-u", "zfs-snap-exporter", "--no-pager", "-o", "cat"],
+    );
+    systemctl(&["stop", "zfs-snap-exporter.service"]).success();
+    let result = systemctl(&[
+        "show",
+        "-p",
+        "Result,ExecMainStatus,User",
+        "zfs-snap-exporter.service",
+    ]);
+    assert!(scraped.code() == 0, "{}\n{journal}", scraped.dump());
+    assert!(
+        result.stdout.contains("Result=success") && result.stdout.contains("ExecMainStatus=0"),
+        "the exporter stops cleanly on SIGTERM: {}\n{journal}",
+        result.stdout
+    );
+    assert!(journal.contains("exporter serving /metrics"), "{journal}");
+    exposition_samples(&scraped.stdout)
 }
 
 #[test]

@@ -342,6 +342,17 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_is_listed_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        for name in names() {
+            assert!(
+                readme.contains(&format!("`{name}`")) || readme.contains(&format!("`{name}{{")),
+                "{name} is not in README's Monitoring tables"
+            );
+        }
+    }
+
+    #[test]
     fn an_empty_state_gives_only_the_health_gauge() {
         let text = render(&Recorded::default());
         assert_eq!(
