@@ -117,17 +117,20 @@ fn assert_figures_match_borg(
     oracle: Oracle<'_>,
 ) {
     let info = json_of(&w.borg(&["info", "--json", &format!("{repo}::{archive}")]));
-    let (a, cache, duration) = match oracle {
+    // The repository's totals are the same either way.
+    let cache = &info["cache"]["stats"];
+    let (a, duration) = match oracle {
         Oracle::Info => (
             &info["archives"][0]["stats"],
-            &info["cache"]["stats"],
             &info["archives"][0]["duration"],
         ),
-        Oracle::Printed(json) => (
-            &json["archive"]["stats"],
-            &json["cache"]["stats"],
-            &json["archive"]["duration"],
-        ),
+        Oracle::Printed(json) => {
+            assert_eq!(
+                &json["cache"]["stats"], cache,
+                "borg's totals, printed and asked"
+            );
+            (&json["archive"]["stats"], &json["archive"]["duration"])
+        }
     };
     assert_eq!(
         a["nfiles"], info["archives"][0]["stats"]["nfiles"],
@@ -677,5 +680,61 @@ fn a_thousand_scrapes_grow_neither_memory_nor_descriptors() {
     assert!(
         rss1 <= rss0 + 1024,
         "memory grew by more than 1 MiB over 1,000 scrapes: {rss0} -> {rss1} KiB"
+    );
+}
+
+#[test]
+fn a_content_from_command_create_is_recorded_without_snapshots() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let repo = w.repo();
+    let out = run(w.cmd().env("ZFS_SNAP_METRICS_INFO", "auto").args([
+        "wrap",
+        "--",
+        "borg",
+        "create",
+        "--content-from-command",
+        &format!("{repo}::dump"),
+        "--",
+        "echo",
+        "a database dump",
+    ]));
+    assert!(out.status.success());
+    assert_eq!(w.snapshot_calls(), 0);
+    let m = samples(&metrics(&w));
+    assert_figures_match_borg(&w, &m, &repo, "dump", Oracle::Info);
+    assert!(
+        !m.contains_key("zfs_snap_runs_total"),
+        "no snapshot run to record"
+    );
+}
+
+#[test]
+fn state_dir_none_records_nothing_and_says_so_to_metrics() {
+    let Some(_) = borg() else { return };
+    let (w, data, _) = world();
+    let out = run(w
+        .cmd()
+        .env("ZFS_SNAP_STATE_DIR", "none")
+        .args(["wrap", "--", "borg", "create", &format!("{}::a", w.repo())])
+        .arg(&data));
+    assert!(out.status.success());
+    assert!(!w.state_dir().exists());
+    let out = run(w.cmd().env("ZFS_SNAP_STATE_DIR", "none").arg("metrics"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--state-dir is `none`"));
+}
+
+#[test]
+fn an_exporter_that_cannot_listen_says_where() {
+    let w = World::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(w.cmd().args(["exporter", "--listen", &addr]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!("exporter: cannot listen on {addr}")),
+        "{}",
+        stderr(&out)
     );
 }

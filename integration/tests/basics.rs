@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integration::*;
 
@@ -394,5 +394,64 @@ fn second_run_finds_files_unchanged() {
             second.dump()
         );
     }
+    fx.assert_clean();
+}
+
+/// A benchmark, run on demand (`vm-tests test --no-smoke -- --ignored
+/// monitoring_cost`): what monitoring adds to a wrap, in one boot. Five
+/// runs each of: nothing recorded (`--state-dir none`), recorded (the
+/// default state directory, `--metrics-info never`), and recorded with
+/// `borg info` + `borg list` after the create (`auto`, a local repository).
+/// Overhead = wall time minus borg create's own (`--timings-json`).
+#[test]
+#[ignore]
+fn monitoring_cost_measured() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    for i in 0..10 {
+        p.dataset(&format!("data/d{i}"), &[]);
+        p.write(&format!("data/d{i}/f"), "x\n");
+    }
+    let timings = fx.work.join("timings.json");
+    let mut medians = Vec::new();
+    for (mode, state, info) in [
+        ("none", "none".to_owned(), "never"),
+        ("recorded", fx.state_dir().display().to_string(), "never"),
+        (
+            "recorded+info",
+            fx.state_dir().display().to_string(),
+            "auto",
+        ),
+    ] {
+        let mut overheads = Vec::new();
+        for i in 0..6 {
+            let started = Instant::now();
+            let mut cmd = fx.zfs_snap();
+            cmd.env("ZFS_SNAP_STATE_DIR", &state)
+                .env("ZFS_SNAP_METRICS_INFO", info)
+                .arg("--timings-json")
+                .arg(&timings)
+                .args(["wrap", "--", "borg", "create"])
+                .arg(fx.repo.at(&format!("{mode}-{i}")))
+                .arg(p.path("data"));
+            run(&mut cmd).success();
+            let wall = started.elapsed().as_secs_f64();
+            let t: serde_json::Value = serde_json::from_str(&read_file(&timings)).unwrap();
+            // The first run of each mode warms caches: not counted.
+            if i > 0 {
+                overheads.push(wall - t["borg_ms"].as_f64().unwrap() / 1000.0);
+            }
+        }
+        overheads.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let median = overheads[overheads.len() / 2];
+        println!("MEASURED monitoring {mode}: overhead median {median:.3} s of {overheads:.3?}");
+        medians.push(median);
+    }
+    println!(
+        "MEASURED monitoring ratios: recorded/none {:.2}, recorded+info/none {:.2}",
+        medians[1] / medians[0],
+        medians[2] / medians[0]
+    );
     fx.assert_clean();
 }

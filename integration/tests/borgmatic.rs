@@ -89,7 +89,9 @@ fn borgmatic_through_the_borg_link() {
 
     // Monitoring: borg's JSON reached borgmatic unchanged, and what each
     // create recorded of its repository is what borg says.
-    let printed: serde_json::Value = serde_json::from_str(&out.stdout)
+    // borgmatic logs to stdout too; its JSON is the last line.
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let printed: serde_json::Value = serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("borgmatic --json output: {e}\n{}", out.dump()));
     let samples = recorded_samples(&fx.state_dir());
     for repo in [&fx.repo, &second] {

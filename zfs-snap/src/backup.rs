@@ -74,7 +74,23 @@ pub fn wrap(
     signals: &Signals,
 ) -> Result<Outcome> {
     let Some(args) = needs_snapshots(argv)? else {
-        return pass_through(borg, argv, signals);
+        return match recordable(argv) {
+            // --content-from-command (or a create borg refuses itself): no
+            // snapshot, but an archive, or a failure, to record.
+            Some(args) => {
+                let (status, run) = CreateRun::run(borg, &args, argv, signals)?;
+                if let Some(settings) = &ctx.state {
+                    record_create(settings, borg, &args, &ctx.cwd, status, &run, signals);
+                }
+                Ok(Outcome {
+                    status,
+                    teardown: Ok(Report::default()),
+                    timings: None,
+                    create: Some(run),
+                })
+            }
+            None => pass_through(borg, argv, signals),
+        };
     };
     let start = state::now();
     let joined = crate::shared::joined();
@@ -112,10 +128,44 @@ pub fn wrap(
                 end: run.map_or_else(state::now, |r| r.end),
                 status,
                 stdout: run.and_then(|r| r.stdout.as_deref()),
+                interrupted: signals.received().is_some(),
             },
         );
     }
     result
+}
+
+/// A create that takes no snapshot but makes an archive (or fails to):
+/// everything but `--dry-run`.
+fn recordable(argv: &[OsString]) -> Option<CreateArgs> {
+    match borg::parse(argv) {
+        Ok(Invocation::Create(args)) if !args.dry_run => Some(args),
+        _ => None,
+    }
+}
+
+fn record_create(
+    settings: &state::Settings,
+    borg: &CommandLine,
+    args: &CreateArgs,
+    cwd: &Path,
+    status: ExitStatus,
+    run: &CreateRun,
+    signals: &Signals,
+) {
+    state::record_create(
+        settings,
+        &state::Create {
+            borg,
+            args,
+            cwd,
+            start: run.start,
+            end: run.end,
+            status: borg::exit_code(status),
+            stdout: run.stdout.as_deref(),
+            interrupted: signals.received().is_some(),
+        },
+    );
 }
 
 /// A create outside a session: snapshots of its own, borg, teardown.

@@ -201,6 +201,8 @@ pub struct Create<'a> {
     pub status: i32,
     /// borg's stdout, when the create had `--json`.
     pub stdout: Option<&'a [u8]>,
+    /// A signal came: no further borg call for figures.
+    pub interrupted: bool,
 }
 
 /// Records a create in its repository's file; on success, with borg's
@@ -220,11 +222,12 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
     };
     let made_archive = matches!(create.status, 0 | 1);
     let success = made_archive.then(|| {
-        let ask = match settings.info {
-            InfoPolicy::Always => true,
-            InfoPolicy::Never => false,
-            InfoPolicy::Auto => !is_remote(&given),
-        };
+        let ask = !create.interrupted
+            && match settings.info {
+                InfoPolicy::Always => true,
+                InfoPolicy::Never => false,
+                InfoPolicy::Auto => !is_remote(&given),
+            };
         let from_json = create.stdout.and_then(|out| match parse_create_json(out) {
             Ok(figures) => Some(figures),
             Err(e) => {
