@@ -105,7 +105,7 @@ pub struct Global {
         default_value = "auto",
         value_name = "WHEN"
     )]
-    pub metrics_info: zfs_snap::state::InfoPolicy,
+    pub metrics_info: String,
 
     /// Also write the Prometheus exposition to FILE after each run (node_exporter's textfile
     /// collector; name it `*.prom`), atomically.
@@ -128,9 +128,14 @@ impl Global {
         if self.state_dir.is_empty() || self.state_dir == "none" {
             return None;
         }
+        // A bad value must not stop a backup: say so and go on.
+        let info = self.metrics_info.parse().unwrap_or_else(|e| {
+            tracing::warn!("--metrics-info / ZFS_SNAP_METRICS_INFO: {e}; using auto");
+            zfs_snap::state::InfoPolicy::Auto
+        });
         Some(zfs_snap::state::Settings {
             dir: PathBuf::from(&self.state_dir),
-            info: self.metrics_info,
+            info,
             textfile: self.metrics_textfile.clone(),
         })
     }
@@ -200,7 +205,11 @@ pub enum Command {
         json: bool,
     },
     /// Print the Prometheus exposition of what runs recorded in the state directory.
-    Metrics,
+    Metrics {
+        /// Instead, forget a repository's record (one retired or renamed), as the create named it.
+        #[arg(long, value_name = "REPOSITORY")]
+        forget: Option<String>,
+    },
     /// Serve the exposition at http://ADDR/metrics (and nothing else), read from the state
     /// directory on every scrape; never runs borg or zfs. Stops cleanly on SIGTERM.
     Exporter {

@@ -37,7 +37,13 @@ pub fn serve(listen: &str, state_dir: &Path, signals: &Signals) -> Result<(), Fa
         match server.recv_timeout(TICK) {
             Ok(Some(request)) => answer(request, state_dir, &mut reported),
             Ok(None) => {}
-            Err(e) => tracing::warn!("exporter: {e}"),
+            // tiny_http's accept loop has ended (out of descriptors, say):
+            // no request will come again. Exit, for systemd to restart it.
+            Err(e) => {
+                return Err(Failure::Usage(format!(
+                    "exporter: no longer accepting connections ({e}); exiting"
+                )))
+            }
         }
     }
 }

@@ -74,7 +74,27 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
     let global = &cli.global;
     // These read the state directory only: no zfs, no borg.
     match &cli.command {
-        Command::Metrics => {
+        Command::Metrics {
+            forget: Some(repository),
+        } => {
+            let settings = global.state().ok_or_else(|| {
+                Failure::Usage("--state-dir is `none`: there is no recorded state".into())
+            })?;
+            let cwd = std::env::current_dir()
+                .map_err(|e| Failure::Usage(format!("cannot read the current directory: {e}")))?;
+            return match zfs_snap::state::forget(&settings, repository, &cwd) {
+                Ok(true) => {
+                    tracing::info!(repository, "forgotten");
+                    Ok(exit::OK)
+                }
+                Ok(false) => Err(Failure::Usage(format!(
+                    "no record of {repository} in {} (name it as its creates did)",
+                    settings.dir.display()
+                ))),
+                Err(e) => Err(Failure::Usage(e)),
+            };
+        }
+        Command::Metrics { forget: None } => {
             let dir = state_dir(global)?;
             let recorded = zfs_snap::state::read(&dir);
             for (path, why) in &recorded.unreadable {
@@ -159,7 +179,7 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             output::cleanup(&report, dry_run);
             Ok(exit::OK)
         }
-        Command::Metrics | Command::Exporter { .. } => unreachable!("handled above"),
+        Command::Metrics { .. } | Command::Exporter { .. } => unreachable!("handled above"),
     }
 }
 

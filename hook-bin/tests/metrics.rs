@@ -738,3 +738,213 @@ fn an_exporter_that_cannot_listen_says_where() {
         stderr(&out)
     );
 }
+
+/// The figures of a repository's record file.
+fn record_of(w: &World, repo: &str) -> Value {
+    std::fs::read_dir(w.state_dir().join("repositories"))
+        .unwrap()
+        .map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.unwrap().path()).unwrap()))
+        .map(Result::unwrap)
+        .find(|v| v["repository"] == repo)
+        .unwrap_or_else(|| panic!("no record of {repo}"))
+}
+
+#[test]
+fn a_warning_exit_with_modern_codes_is_a_backup_made() {
+    let Some(_) = borg() else { return };
+    let (w, data, _) = world();
+    let repo = w.repo();
+    // A file borg may not read: a warning, and the archive is made. The
+    // real borg, without root's power to read anything.
+    let secret = data.join("secret");
+    w.write(&secret, "x");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let unprivileged = w.dir.path().join("borg-unprivileged");
+    std::fs::write(
+        &unprivileged,
+        "#!/bin/sh\nif [ \"$(id -u)\" = 0 ]; then\n  exec setpriv --bounding-set=-dac_override,-dac_read_search \
+         --inh-caps=-dac_override,-dac_read_search borg \"$@\"\nfi\nexec borg \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&unprivileged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // As borgmatic 2 runs borg: modern exit codes (a warning is 100-127).
+    let out = run(w
+        .cmd()
+        .env("BORG_EXIT_CODES", "modern")
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .arg("wrap")
+        .arg("--")
+        .arg(&unprivileged)
+        .args(["create", &format!("{repo}::w")])
+        .arg(&data));
+    let code = out.status.code().unwrap();
+    assert!((100..=127).contains(&code), "a modern warning: {code}");
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "the warning borg gave"
+    );
+    let m = samples(&metrics(&w));
+    assert_figures_match_borg(&w, &m, &repo, "w", Oracle::Info);
+    assert_eq!(
+        of(&m, "zfs_snap_create_last_status", &repo),
+        f64::from(code)
+    );
+    assert_eq!(of(&m, "zfs_snap_create_last_success", &repo), 1.0);
+    assert_eq!(of(&m, "zfs_snap_create_failures_total", &repo), 0.0);
+}
+
+#[test]
+fn a_passphrase_through_a_pipe_is_not_read_twice() {
+    let Some(_) = borg() else { return };
+    let (w, data, _) = world();
+    let repo = w.dir.path().join("secret");
+    let init = run(Command::new("borg")
+        .args(["init", "-e", "repokey"])
+        .arg(&repo)
+        .env("BORG_PASSPHRASE", "pw")
+        .env("BORG_BASE_DIR", w.dir.path().join("borg-home")));
+    assert!(init.status.success());
+    // As borgmatic passes it: a pipe that borg reads to its end.
+    let mut zfs_snap = w.cmd();
+    zfs_snap
+        .env_remove("BORG_PASSPHRASE")
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .args(["wrap", "--", "borg", "create"])
+        .arg(format!("{}::a", repo.display()))
+        .arg(&data);
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "exec 3<<EOF\npw\nEOF\nBORG_PASSPHRASE_FD=3 exec \"$@\"",
+        "sh",
+    ])
+    .arg(zfs_snap.get_program())
+    .args(zfs_snap.get_args())
+    .current_dir(w.dir.path());
+    for (k, v) in zfs_snap.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = run(&mut cmd);
+    assert!(
+        out.status.success(),
+        "the create itself reads the passphrase"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("BORG_PASSPHRASE_FD") && err.contains("no borg info"),
+        "{err}"
+    );
+    let record = record_of(&w, &repo.display().to_string());
+    assert_eq!(record["last_success"]["figures_from"], "none");
+    assert_eq!(record["last_success"]["archives"], Value::Null);
+}
+
+#[test]
+fn records_are_readable_by_others_whatever_the_umask() {
+    let Some(_) = borg() else { return };
+    let (w, data, _) = world();
+    let textfile = w.dir.path().join("zfs-snap.prom");
+    let mut cmd = Command::new("sh");
+    let mut zfs_snap = w.cmd();
+    zfs_snap
+        .env("ZFS_SNAP_METRICS_TEXTFILE", &textfile)
+        .args(["wrap", "--", "borg", "create", &format!("{}::a", w.repo())])
+        .arg(&data);
+    cmd.args(["-c", "umask 077; exec \"$@\"", "sh"])
+        .arg(zfs_snap.get_program())
+        .args(zfs_snap.get_args())
+        .current_dir(w.dir.path());
+    for (k, v) in zfs_snap.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    assert!(run(&mut cmd).status.success());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let state = w.state_dir();
+    assert_eq!(mode(&state), 0o755);
+    assert_eq!(mode(&state.join("repositories")), 0o755);
+    assert_eq!(mode(&state.join("run.json")), 0o644);
+    let repo_file = std::fs::read_dir(state.join("repositories"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode(&repo_file), 0o644);
+    assert_eq!(mode(&textfile), 0o644);
+}
+
+#[test]
+fn a_run_that_fails_early_keeps_what_the_last_run_left_on_record() {
+    let Some(_) = borg() else { return };
+    let (w, data, _) = world();
+    let repo = w.repo();
+    assert!(run(w
+        .cmd()
+        .args(["wrap", "--", "borg", "create", &format!("{repo}::a")])
+        .arg(&data))
+    .status
+    .success());
+    // As if that run's teardown had left two things behind.
+    let run_file = w.state_dir().join("run.json");
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&run_file).unwrap()).unwrap();
+    record["left_behind"] = 2.into();
+    std::fs::write(&run_file, serde_json::to_vec(&record).unwrap()).unwrap();
+    // The next run stops before borg: a patterns file that does not exist.
+    let out = run(w
+        .cmd()
+        .args([
+            "wrap",
+            "--",
+            "borg",
+            "create",
+            "--patterns-from",
+            "/nonexistent",
+        ])
+        .arg(format!("{repo}::b"))
+        .arg(&data));
+    assert_eq!(out.status.code(), Some(2));
+    let m = samples(&metrics(&w));
+    assert_eq!(m["zfs_snap_last_run_left_behind"], 2.0, "still on record");
+    assert_eq!(m["zfs_snap_runs_total"], 2.0);
+    assert_eq!(m["zfs_snap_run_failures_total"], 1.0);
+    assert_eq!(of(&m, "zfs_snap_create_last_success", &repo), 0.0);
+    assert_eq!(of(&m, "zfs_snap_create_failures_total", &repo), 1.0);
+}
+
+#[test]
+fn a_bad_metrics_setting_is_a_warning_and_the_backup_goes_on() {
+    let Some(_) = borg() else { return };
+    let (w, data, _) = world();
+    let out = run(w
+        .cmd()
+        .env("ZFS_SNAP_METRICS_INFO", "off")
+        .args(["wrap", "--", "borg", "create", &format!("{}::a", w.repo())])
+        .arg(&data));
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("ZFS_SNAP_METRICS_INFO: unknown value \"off\""));
+}
+
+#[test]
+fn a_retired_repository_is_forgotten_on_request() {
+    let Some((w, repo, repo2)) = recorded_world() else {
+        return;
+    };
+    let forget = run(w.cmd().args(["metrics", "--forget", &format!("{repo}/")]));
+    assert!(
+        forget.status.success(),
+        "a trailing slash names the same repository"
+    );
+    let m = samples(&metrics(&w));
+    assert!(!m.keys().any(|k| k.contains(&format!("\"{repo}\""))));
+    assert!(of(&m, "borg_last_backup_timestamp", &repo2) > 0.0);
+    let again = run(w.cmd().args(["metrics", "--forget", &repo]));
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("no record of"));
+}

@@ -89,9 +89,12 @@ fn borgmatic_through_the_borg_link() {
 
     // Monitoring: borg's JSON reached borgmatic unchanged, and what each
     // create recorded of its repository is what borg says.
-    // borgmatic logs to stdout too; its JSON is the last line.
+    // borgmatic logs to stdout too; its JSON starts the last line.
     let last = out.stdout.lines().last().unwrap_or_default();
-    let printed: serde_json::Value = serde_json::from_str(last)
+    let printed: serde_json::Value = serde_json::Deserializer::from_str(last)
+        .into_iter()
+        .next()
+        .expect("a JSON value")
         .unwrap_or_else(|e| panic!("borgmatic --json output: {e}\n{}", out.dump()));
     let samples = recorded_samples(&fx.state_dir());
     for repo in [&fx.repo, &second] {

@@ -105,18 +105,7 @@ pub fn wrap(
         };
         if let (Err(_), None) = (&result, &joined) {
             // Stopped before borg ended: the run failed too.
-            state::record_run(
-                settings,
-                &state::Run {
-                    kind: "wrap",
-                    start,
-                    status,
-                    timings: &Timings::default(),
-                    creates: 1,
-                    recovered: &Report::default(),
-                    teardown: Ok(&Report::default()),
-                },
-            );
+            state::record_failed_run(settings, "wrap", start, status);
         }
         state::record_create(
             settings,
@@ -128,7 +117,7 @@ pub fn wrap(
                 end: run.map_or_else(state::now, |r| r.end),
                 status,
                 stdout: run.and_then(|r| r.stdout.as_deref()),
-                interrupted: signals.received().is_some(),
+                signals,
             },
         );
     }
@@ -163,7 +152,7 @@ fn record_create(
             end: run.end,
             status: borg::exit_code(status),
             stdout: run.stdout.as_deref(),
-            interrupted: signals.received().is_some(),
+            signals,
         },
     );
 }

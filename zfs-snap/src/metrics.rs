@@ -118,8 +118,17 @@ pub const REPOSITORY_GAUGES: &[RepoFigure] = &[
     ),
     (
         "zfs_snap_create_last_status",
-        "borg's exit code of the last create (0 ok, 1 warning, 2 error, 128+N signal N)",
+        "borg's exit code of the last create (0 ok, 1 or 100-127 warning, 2-99 error, 128+N signal N)",
         |s| Some(f64::from(s.last_attempt.status)),
+    ),
+    (
+        "zfs_snap_create_last_success",
+        "1 if the last create made an archive (exit 0 or a warning), else 0",
+        |s| {
+            Some(f64::from(u8::from(crate::state::made_archive(
+                s.last_attempt.status,
+            ))))
+        },
     ),
     (
         "zfs_snap_create_last_failure_timestamp_seconds",
@@ -137,7 +146,7 @@ pub const REPOSITORY_COUNTERS: &[RepoFigure] = &[
     ),
     (
         "zfs_snap_create_failures_total",
-        "borg creates through zfs-snap that made no archive (exit 2 or more)",
+        "borg creates through zfs-snap that made no archive (an error, a signal, or zfs-snap stopped first)",
         |s| Some(s.failures as f64),
     ),
 ];

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -117,6 +117,10 @@ pub struct Success {
     pub archives: Option<u64>,
     /// Where the figures came from: `create --json`, `borg info`, or `none`.
     pub figures_from: String,
+    /// When the create the figures describe ended: this one, or an
+    /// earlier one when this one brought none.
+    #[serde(default)]
+    pub figures_end: Option<f64>,
 }
 
 /// `archive` of `borg create --json` / `archives[0]` of `borg info --json`.
@@ -201,8 +205,15 @@ pub struct Create<'a> {
     pub status: i32,
     /// borg's stdout, when the create had `--json`.
     pub stdout: Option<&'a [u8]>,
-    /// A signal came: no further borg call for figures.
-    pub interrupted: bool,
+    /// Signals reach the `borg info` / `borg list` calls through it; after
+    /// one, none is made.
+    pub signals: &'a crate::signals::Signals,
+}
+
+/// Whether borg's exit code says the archive was made: 0, a warning (1,
+/// or 100-127 with `BORG_EXIT_CODES=modern`, which borgmatic 2 sets).
+pub fn made_archive(status: i32) -> bool {
+    matches!(status, 0 | 1 | 100..=127)
 }
 
 /// Records a create in its repository's file; on success, with borg's
@@ -220,14 +231,24 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
         status: create.status,
         archive: archive.clone(),
     };
-    let made_archive = matches!(create.status, 0 | 1);
-    let success = made_archive.then(|| {
-        let ask = !create.interrupted
+    let success = made_archive(create.status).then(|| {
+        let mut ask = create.signals.received().is_none()
             && match settings.info {
                 InfoPolicy::Always => true,
                 InfoPolicy::Never => false,
                 InfoPolicy::Auto => !is_remote(&given),
             };
+        if ask && std::env::var_os("BORG_PASSPHRASE_FD").is_some() {
+            // borgmatic passes the passphrase through a pipe borg reads to
+            // its end: a second borg would read nothing and fail.
+            tracing::warn!(
+                repository,
+                "borg's passphrase comes through BORG_PASSPHRASE_FD (as borgmatic passes it), which \
+                 only one borg can read: no borg info for the archive's figures; give the create \
+                 --json (`borgmatic create --json`) to record them"
+            );
+            ask = false;
+        }
         let from_json = create.stdout.and_then(|out| match parse_create_json(out) {
             Ok(figures) => Some(figures),
             Err(e) => {
@@ -237,7 +258,7 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
         });
         let (figures, from) = match from_json {
             Some(f) => (Some(f), "create --json"),
-            None if ask => match info(create.borg, &create.args.reach, &given, &archive) {
+            None if ask => match info(create, &given, &archive) {
                 Ok(f) => (Some(f), "borg info"),
                 Err(e) => {
                     tracing::warn!(repository, "no figures for the new archive: {e}");
@@ -247,7 +268,7 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
             None => (None, "none"),
         };
         let archives = if ask {
-            count_archives(create.borg, &create.args.reach, &given)
+            count_archives(create, &given)
                 .map_err(|e| tracing::warn!(repository, "no archive count: {e}"))
                 .ok()
         } else {
@@ -256,6 +277,7 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
         let (archive_figures, totals) = figures.unzip();
         Success {
             attempt: attempt.clone(),
+            figures_end: archive_figures.as_ref().map(|_| attempt.end),
             archive_figures,
             totals,
             archives,
@@ -275,7 +297,7 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
         write_json(&path, &state)
     });
     if let Err(e) = result {
-        tracing::warn!(repository, "create not recorded for monitoring: {e}");
+        tracing::warn!(repository, "monitoring: {e}");
     }
 }
 
@@ -297,7 +319,22 @@ fn updated(
     state.creates += 1;
     state.last_attempt = attempt.clone();
     match success {
-        Some(s) => state.last_success = Some(s),
+        Some(mut s) => {
+            // A create without figures (a remote repository, a borg info
+            // that failed) keeps the last ones known, with their time.
+            if s.archive_figures.is_none() {
+                if let Some(old) = state.last_success.take() {
+                    if old.archive_figures.is_some() {
+                        s.archive_figures = old.archive_figures;
+                        s.totals = old.totals;
+                        s.archives = old.archives;
+                        s.figures_from = old.figures_from;
+                        s.figures_end = old.figures_end;
+                    }
+                }
+            }
+            state.last_success = Some(s);
+        }
         None => {
             state.failures += 1;
             state.last_failure = Some(attempt);
@@ -319,6 +356,36 @@ pub struct Run<'a> {
     pub teardown: std::result::Result<&'a Report, usize>,
 }
 
+/// A run that stopped before borg ended (an error, the lock held, a
+/// signal): counted as failed; the last run's figures stay, so what an
+/// earlier run left behind is still shown.
+pub fn record_failed_run(settings: &Settings, kind: &str, start: f64, status: i32) {
+    let result = with_dir(settings, |dir| {
+        let path = dir.join(RUN_FILE);
+        let state = match read_json::<RunState>(&path).ok().flatten() {
+            Some(mut old) => {
+                old.runs_total += 1;
+                old.failed_runs_total += 1;
+                old
+            }
+            None => RunState {
+                format: FORMAT,
+                kind: kind.to_owned(),
+                start,
+                end: now(),
+                status,
+                runs_total: 1,
+                failed_runs_total: 1,
+                ..RunState::default()
+            },
+        };
+        write_json(&path, &state)
+    });
+    if let Err(e) = result {
+        tracing::warn!("monitoring: {e}");
+    }
+}
+
 /// Records zfs-snap's own figures of a run in `run.json`.
 pub fn record_run(settings: &Settings, run: &Run<'_>) {
     let result = with_dir(settings, |dir| {
@@ -328,7 +395,7 @@ pub fn record_run(settings: &Settings, run: &Run<'_>) {
         write_json(&path, &state)
     });
     if let Err(e) = result {
-        tracing::warn!("run not recorded for monitoring: {e}");
+        tracing::warn!("monitoring: {e}");
     }
 }
 
@@ -398,11 +465,24 @@ fn with_dir(
         .map_err(|e| format!("{}: {e}", lock_path.display()))?;
     let _lock = Flock::lock(file, FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("{}: {e}", lock_path.display()))?;
-    f(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Under the lock, a temporary file is a dead writer's.
+    for d in [dir.to_path_buf(), dir.join(REPOSITORIES_DIR)] {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    f(dir).map_err(|e| format!("not recorded in {}: {e}", dir.display()))?;
     if let Some(textfile) = &settings.textfile {
         let text = crate::metrics::render(&read(dir));
-        write_atomic(textfile, text.as_bytes(), 0o644)
-            .map_err(|e| format!("textfile {}: {e}", textfile.display()))?;
+        write_atomic(textfile, text.as_bytes(), 0o644).map_err(|e| {
+            format!(
+                "recorded, but the textfile {} was not written: {e}",
+                textfile.display()
+            )
+        })?;
     }
     Ok(())
 }
@@ -423,6 +503,9 @@ fn prepare(dir: &Path) -> std::result::Result<(), String> {
             .mode(0o755)
             .create(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // Whatever the umask: the exporter reads as another user.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let me = nix::unistd::geteuid().as_raw();
@@ -504,9 +587,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
             .mode(mode)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
+        // The mode whatever the umask (the exporter reads as another user).
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_data()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename itself, on disk.
+        std::fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -525,6 +612,10 @@ pub fn read(dir: &Path) -> Recorded {
     }
     let repos = dir.join(REPOSITORIES_DIR);
     let mut names: Vec<PathBuf> = match std::fs::read_dir(&repos) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            recorded.unreadable.push((repos, e.to_string()));
+            Vec::new()
+        }
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -577,8 +668,14 @@ pub fn is_remote(location: &str) -> bool {
     }
 }
 
-/// A relative local path made absolute against `cwd`; anything else as is.
-fn absolute_location(location: &str, cwd: &Path) -> String {
+/// A relative local path made absolute against `cwd`, without a trailing
+/// `/`; anything else as is.
+pub fn absolute_location(location: &str, cwd: &Path) -> String {
+    let trimmed = match location.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    let location = trimmed;
     if is_remote(location) || location.starts_with('/') || location.contains("://") {
         return location.to_owned();
     }
@@ -649,41 +746,91 @@ fn totals(v: &serde_json::Value) -> std::result::Result<RepositoryTotals, String
     })
 }
 
-/// `borg info --json` of the archive just made: `REPO::NAME`, or the
-/// newest archive when the name has placeholders borg expanded.
+/// `borg info --json` of the archive just made: `REPO::NAME`; when borg
+/// expanded placeholders in the name, the newest archive whose name fits
+/// the template (`{now}` and the like read as `*`).
 fn info(
-    borg: &CommandLine,
-    reach: &[OsString],
+    create: &Create<'_>,
     repository: &str,
     archive: &str,
 ) -> std::result::Result<(ArchiveFigures, RepositoryTotals), String> {
     let mut argv: Vec<OsString> = vec!["info".into(), "--json".into()];
-    argv.extend(reach.iter().cloned());
+    argv.extend(create.args.reach.iter().cloned());
     if archive.contains('{') {
-        argv.extend(["--last".into(), "1".into(), repository.into()]);
+        argv.extend([
+            "--glob-archives".into(),
+            template_glob(archive).into(),
+            "--last".into(),
+            "1".into(),
+            repository.into(),
+        ]);
     } else {
         argv.push(format!("{repository}::{archive}").into());
     }
-    let output = borg.run(&argv).map_err(|e| e.to_string())?;
-    parse_info_json(&output.stdout)
+    let stdout =
+        crate::borg::run_captured(create.borg, &argv, create.signals).map_err(|e| e.to_string())?;
+    parse_info_json(&stdout)
+}
+
+/// An archive name template as a glob: each `{...}` placeholder a `*`.
+fn template_glob(template: &str) -> String {
+    let mut glob = String::new();
+    let mut depth = 0;
+    for c in template.chars() {
+        match c {
+            '{' => {
+                if depth == 0 {
+                    glob.push('*');
+                }
+                depth += 1;
+            }
+            '}' if depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            '*' | '?' | '[' | ']' => {
+                glob.push('[');
+                glob.push(c);
+                glob.push(']');
+            }
+            _ => glob.push(c),
+        }
+    }
+    glob
 }
 
 /// How many archives `repository` holds (`borg list --json`).
-fn count_archives(
-    borg: &CommandLine,
-    reach: &[OsString],
-    repository: &str,
-) -> std::result::Result<u64, String> {
+fn count_archives(create: &Create<'_>, repository: &str) -> std::result::Result<u64, String> {
     let mut argv: Vec<OsString> = vec!["list".into(), "--json".into()];
-    argv.extend(reach.iter().cloned());
+    argv.extend(create.args.reach.iter().cloned());
     argv.push(repository.into());
-    let output = borg.run(&argv).map_err(|e| e.to_string())?;
+    let stdout =
+        crate::borg::run_captured(create.borg, &argv, create.signals).map_err(|e| e.to_string())?;
     let v: serde_json::Value =
-        serde_json::from_slice(&output.stdout).map_err(|e| format!("not JSON: {e}"))?;
+        serde_json::from_slice(&stdout).map_err(|e| format!("not JSON: {e}"))?;
     v["archives"]
         .as_array()
         .map(|a| a.len() as u64)
         .ok_or_else(|| "no \"archives\" in borg list --json".into())
+}
+
+/// Forgets a repository's record (one retired or renamed); whether there
+/// was one.
+pub fn forget(
+    settings: &Settings,
+    location: &str,
+    cwd: &Path,
+) -> std::result::Result<bool, String> {
+    let repository = absolute_location(location, cwd);
+    let mut found = false;
+    with_dir(settings, |dir| {
+        let path = repository_file(dir, &repository);
+        match std::fs::remove_file(&path) {
+            Ok(()) => found = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -706,8 +853,27 @@ mod tests {
     }
 
     #[test]
+    fn archive_templates_become_globs() {
+        assert_eq!(template_glob("sd-{now:%Y%m%dT%H%M%S.%f}"), "sd-*");
+        assert_eq!(template_glob("{hostname}-{now}"), "*-*");
+        assert_eq!(template_glob("a[1]*{x}"), "a[[]1[]][*]*");
+    }
+
+    #[test]
+    fn exit_codes_that_made_an_archive() {
+        for made in [0, 1, 100, 107, 127] {
+            assert!(made_archive(made), "{made}");
+        }
+        for failed in [2, 3, 75, 99, 128, 130, 143] {
+            assert!(!made_archive(failed), "{failed}");
+        }
+    }
+
+    #[test]
     fn relative_locations_become_absolute() {
         let cwd = Path::new("/home/u/x");
+        assert_eq!(absolute_location("/srv/r/", cwd), "/srv/r");
+        assert_eq!(absolute_location("repo//", cwd), "/home/u/x/repo");
         assert_eq!(absolute_location("repo", cwd), "/home/u/x/repo");
         assert_eq!(absolute_location("../r", cwd), "/home/u/r");
         assert_eq!(absolute_location("/srv/r", cwd), "/srv/r");
@@ -730,7 +896,30 @@ mod tests {
             totals: None,
             archives: Some(3),
             figures_from: "none".into(),
+            figures_end: None,
         }
+    }
+
+    #[test]
+    fn a_success_without_figures_keeps_the_last_ones() {
+        let mut with = success();
+        with.archive_figures = Some(ArchiveFigures {
+            name: "a".into(),
+            duration: 1.0,
+            original_size: 10,
+            compressed_size: 5,
+            deduplicated_size: 5,
+            nfiles: 2,
+        });
+        with.figures_end = Some(2.0);
+        let s = updated(None, "/r".into(), attempt(0), Some(with.clone()));
+        let mut later = success();
+        later.attempt.end = 9.0;
+        let s = updated(Some(s), "/r".into(), later.attempt.clone(), Some(later));
+        let last = s.last_success.unwrap();
+        assert_eq!(last.attempt.end, 9.0);
+        assert_eq!(last.archive_figures, with.archive_figures);
+        assert_eq!(last.figures_end, Some(2.0));
     }
 
     #[test]

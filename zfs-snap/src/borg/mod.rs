@@ -112,6 +112,38 @@ pub fn run(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<E
     run_teeing(borg, argv, signals, false).map(|(status, _)| status)
 }
 
+/// Runs a borg call of zfs-snap's own (`borg info`, `borg list`) to
+/// completion: no stdin, output captured, signals passed on as to any
+/// borg. Returns stdout; a non-zero exit is an error with borg's stderr.
+pub fn run_captured(borg: &CommandLine, argv: &[OsString], signals: &Signals) -> Result<Vec<u8>> {
+    use std::process::Stdio;
+    let shown = borg.display_with(argv);
+    tracing::debug!(command = %shown, "running borg");
+    let child = borg
+        .command(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| borg.spawn_error(argv, source))?;
+    signals.set_child(Some(child.id()));
+    let output = child.wait_with_output();
+    signals.set_child(None);
+    let output = output.map_err(|source| Error::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(Error::CommandFailed {
+            command: shown,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
 /// At most this much of borg's stdout is kept by [`run_teeing`] (its
 /// `--json` document is a few KiB); all of it is passed on.
 const KEEP_STDOUT: usize = 16 << 20;
@@ -152,13 +184,13 @@ pub fn run_teeing(
 }
 
 /// Copies `from` to our stdout until EOF, keeping the first
-/// [`KEEP_STDOUT`] bytes. A stdout that fails stops the copying, not the
-/// reading: borg never blocks on a full pipe.
+/// [`KEEP_STDOUT`] bytes (all of it is passed on). When our stdout fails,
+/// the pipe is closed, so borg sees what it would have seen writing there.
 fn tee(mut from: impl std::io::Read) -> Vec<u8> {
     use std::io::Write;
     let mut kept = Vec::new();
     let mut buf = [0u8; 64 * 1024];
-    let mut out = Some(std::io::stdout());
+    let mut out = std::io::stdout();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => break,
@@ -166,13 +198,13 @@ fn tee(mut from: impl std::io::Read) -> Vec<u8> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        if let Some(o) = &mut out {
-            if o.write_all(&buf[..n]).and_then(|_| o.flush()).is_err() {
-                out = None;
-            }
-        }
         let room = KEEP_STDOUT.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
+        if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+            // Our stdout is gone: close the pipe too, so borg's next write
+            // fails as it would have on our stdout.
+            break;
+        }
     }
     kept
 }
