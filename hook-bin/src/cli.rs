@@ -133,10 +133,16 @@ impl Global {
             tracing::warn!("--metrics-info / ZFS_SNAP_METRICS_INFO: {e}; using auto");
             zfs_snap::state::InfoPolicy::Auto
         });
+        // A relative textfile is the caller's: fixed to its directory now.
+        let textfile = self.metrics_textfile.as_ref().map(|t| {
+            std::env::current_dir()
+                .map(|cwd| cwd.join(t))
+                .unwrap_or_else(|_| t.clone())
+        });
         Some(zfs_snap::state::Settings {
             dir: PathBuf::from(&self.state_dir),
             info,
-            textfile: self.metrics_textfile.clone(),
+            textfile,
         })
     }
 

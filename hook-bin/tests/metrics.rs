@@ -202,6 +202,12 @@ fn creates_with_and_without_json_record_what_borg_says() {
     );
 
     let text = metrics(&w);
+    let m0 = samples(&text);
+    assert!(
+        of(&m0, "zfs_snap_backup_figures_timestamp_seconds", &repo)
+            == of(&m0, "borg_last_backup_timestamp", &repo),
+        "the figures are the last create's"
+    );
     for name in PROMISED {
         assert!(text.contains(&format!("# HELP {name} ")), "HELP of {name}");
         assert!(
@@ -806,52 +812,73 @@ fn a_passphrase_through_a_pipe_is_not_read_twice() {
         .env("BORG_BASE_DIR", w.dir.path().join("borg-home")));
     assert!(init.status.success());
     // As borgmatic passes it: a pipe that borg reads to its end.
-    let mut zfs_snap = w.cmd();
-    zfs_snap
-        .env_remove("BORG_PASSPHRASE")
-        .env("ZFS_SNAP_METRICS_INFO", "auto")
-        .args(["wrap", "--", "borg", "create"])
-        .arg(format!("{}::a", repo.display()))
-        .arg(&data);
-    let mut cmd = Command::new("sh");
-    cmd.args([
-        "-c",
-        "exec 3<<EOF\npw\nEOF\nBORG_PASSPHRASE_FD=3 exec \"$@\"",
-        "sh",
-    ])
-    .arg(zfs_snap.get_program())
-    .args(zfs_snap.get_args())
-    .current_dir(w.dir.path());
-    for (k, v) in zfs_snap.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    let out = run(&mut cmd);
-    assert!(
-        out.status.success(),
-        "the create itself reads the passphrase"
-    );
-    let err = stderr(&out);
+    let through_a_pipe = |archive: &str, json: bool, env_too: bool| {
+        let mut zfs_snap = w.cmd();
+        zfs_snap
+            .env_remove("BORG_PASSPHRASE")
+            .env("ZFS_SNAP_METRICS_INFO", "auto")
+            .args(["wrap", "--", "borg", "create"])
+            .args(json.then_some("--json"))
+            .arg(format!("{}::{archive}", repo.display()))
+            .arg(&data);
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "exec 3<<EOF\npw\nEOF\nBORG_PASSPHRASE_FD=3 exec \"$@\"",
+            "sh",
+        ])
+        .arg(zfs_snap.get_program())
+        .args(zfs_snap.get_args())
+        .current_dir(w.dir.path());
+        for (k, v) in zfs_snap.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        if env_too {
+            cmd.env("BORG_PASSPHRASE", "pw");
+        }
+        let out = run(&mut cmd);
+        assert!(
+            out.status.success(),
+            "the create itself reads the passphrase"
+        );
+        (
+            stderr(&out),
+            record_of(&w, &repo.display().to_string())["last_success"].clone(),
+        )
+    };
+    let (err, last) = through_a_pipe("a", false, false);
     assert!(
         err.contains("BORG_PASSPHRASE_FD") && err.contains("no borg info"),
         "{err}"
     );
-    let record = record_of(&w, &repo.display().to_string());
-    assert_eq!(record["last_success"]["figures_from"], "none");
-    assert_eq!(record["last_success"]["archives"], Value::Null);
+    assert_eq!(last["figures_from"], "none");
+    assert_eq!(last["archives"], Value::Null);
+    // With --json the figures are borg's own; only the count is missing.
+    let (err, last) = through_a_pipe("b", true, false);
+    assert!(err.contains("no borg list for the archive count"), "{err}");
+    assert_eq!(last["figures_from"], "create --json");
+    assert_eq!(last["archive_figures"]["name"], "b");
+    // borg prefers BORG_PASSPHRASE to the pipe: then borg info works.
+    let (err, last) = through_a_pipe("c", false, true);
+    assert!(!err.contains("BORG_PASSPHRASE_FD"), "{err}");
+    assert_eq!(last["figures_from"], "borg info");
+    assert_eq!(last["archives"], 3);
 }
 
 #[test]
 fn records_are_readable_by_others_whatever_the_umask() {
     let Some(_) = borg() else { return };
     let (w, data, _) = world();
+    // Relative: the caller's directory.
     let textfile = w.dir.path().join("zfs-snap.prom");
     let mut cmd = Command::new("sh");
     let mut zfs_snap = w.cmd();
     zfs_snap
-        .env("ZFS_SNAP_METRICS_TEXTFILE", &textfile)
+        .env("ZFS_SNAP_METRICS_TEXTFILE", "zfs-snap.prom")
+        .env("ZFS_SNAP_STATE_DIR", w.state_dir().join("made/here"))
         .args(["wrap", "--", "borg", "create", &format!("{}::a", w.repo())])
         .arg(&data);
     cmd.args(["-c", "umask 077; exec \"$@\"", "sh"])
@@ -866,7 +893,9 @@ fn records_are_readable_by_others_whatever_the_umask() {
     assert!(run(&mut cmd).status.success());
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    let state = w.state_dir();
+    assert_eq!(mode(&w.state_dir()), 0o755, "each directory made");
+    assert_eq!(mode(&w.state_dir().join("made")), 0o755);
+    let state = w.state_dir().join("made/here");
     assert_eq!(mode(&state), 0o755);
     assert_eq!(mode(&state.join("repositories")), 0o755);
     assert_eq!(mode(&state.join("run.json")), 0o644);
@@ -912,6 +941,8 @@ fn a_run_that_fails_early_keeps_what_the_last_run_left_on_record() {
     assert_eq!(out.status.code(), Some(2));
     let m = samples(&metrics(&w));
     assert_eq!(m["zfs_snap_last_run_left_behind"], 2.0, "still on record");
+    assert_eq!(m["zfs_snap_last_run_success"], 0.0, "this run failed");
+    assert_eq!(m["zfs_snap_last_run_status"], 2.0);
     assert_eq!(m["zfs_snap_runs_total"], 2.0);
     assert_eq!(m["zfs_snap_run_failures_total"], 1.0);
     assert_eq!(of(&m, "zfs_snap_create_last_success", &repo), 0.0);

@@ -112,6 +112,11 @@ pub const REPOSITORY_GAUGES: &[RepoFigure] = &[
     ),
     // zfs-snap's own, of every create (failed ones too).
     (
+        "zfs_snap_backup_figures_timestamp_seconds",
+        "When the create whose figures the borg_* size and file gauges show ended (an earlier one when the last brought none)",
+        |s| s.last_success.as_ref()?.figures_end,
+    ),
+    (
         "zfs_snap_create_last_attempt_timestamp_seconds",
         "Unix time the last borg create through zfs-snap ended, successful or not",
         |s| Some(s.last_attempt.end),

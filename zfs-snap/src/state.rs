@@ -210,6 +210,13 @@ pub struct Create<'a> {
     pub signals: &'a crate::signals::Signals,
 }
 
+/// Whether borg took its passphrase from `BORG_PASSPHRASE_FD`: only when
+/// neither `BORG_PASSPHRASE` nor `BORG_PASSCOMMAND` is set (borg's order).
+fn passphrase_through_a_pipe() -> bool {
+    let set = |name: &str| std::env::var_os(name).is_some();
+    set("BORG_PASSPHRASE_FD") && !set("BORG_PASSPHRASE") && !set("BORG_PASSCOMMAND")
+}
+
 /// Whether borg's exit code says the archive was made: 0, a warning (1,
 /// or 100-127 with `BORG_EXIT_CODES=modern`, which borgmatic 2 sets).
 pub fn made_archive(status: i32) -> bool {
@@ -238,17 +245,6 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
                 InfoPolicy::Never => false,
                 InfoPolicy::Auto => !is_remote(&given),
             };
-        if ask && std::env::var_os("BORG_PASSPHRASE_FD").is_some() {
-            // borgmatic passes the passphrase through a pipe borg reads to
-            // its end: a second borg would read nothing and fail.
-            tracing::warn!(
-                repository,
-                "borg's passphrase comes through BORG_PASSPHRASE_FD (as borgmatic passes it), which \
-                 only one borg can read: no borg info for the archive's figures; give the create \
-                 --json (`borgmatic create --json`) to record them"
-            );
-            ask = false;
-        }
         let from_json = create.stdout.and_then(|out| match parse_create_json(out) {
             Ok(figures) => Some(figures),
             Err(e) => {
@@ -256,6 +252,25 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
                 None
             }
         });
+        if ask && passphrase_through_a_pipe() {
+            // borgmatic passes the passphrase through a pipe the create
+            // read to its end: a second borg would read nothing and fail.
+            if from_json.is_some() {
+                tracing::warn!(
+                    repository,
+                    "borg's passphrase came through BORG_PASSPHRASE_FD (as borgmatic passes it), \
+                     which only one borg can read: no borg list for the archive count"
+                );
+            } else {
+                tracing::warn!(
+                    repository,
+                    "borg's passphrase came through BORG_PASSPHRASE_FD (as borgmatic passes it), \
+                     which only one borg can read: no borg info for the archive's figures; give \
+                     the create --json (`borgmatic create --json`) to record them"
+                );
+            }
+            ask = false;
+        }
         let (figures, from) = match from_json {
             Some(f) => (Some(f), "create --json"),
             None if ask => match info(create, &given, &archive) {
@@ -327,7 +342,7 @@ fn updated(
                     if old.archive_figures.is_some() {
                         s.archive_figures = old.archive_figures;
                         s.totals = old.totals;
-                        s.archives = old.archives;
+                        s.archives = s.archives.or(old.archives);
                         s.figures_from = old.figures_from;
                         s.figures_end = old.figures_end;
                     }
@@ -363,7 +378,14 @@ pub fn record_failed_run(settings: &Settings, kind: &str, start: f64, status: i3
     let result = with_dir(settings, |dir| {
         let path = dir.join(RUN_FILE);
         let state = match read_json::<RunState>(&path).ok().flatten() {
+            // What it left behind, its phases and leftovers stay on
+            // record; when, how and that it failed are this run's.
             Some(mut old) => {
+                old.kind = kind.to_owned();
+                old.start = start;
+                old.end = now();
+                old.status = status;
+                old.success = false;
                 old.runs_total += 1;
                 old.failed_runs_total += 1;
                 old
@@ -465,11 +487,10 @@ fn with_dir(
         .map_err(|e| format!("{}: {e}", lock_path.display()))?;
     let _lock = Flock::lock(file, FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("{}: {e}", lock_path.display()))?;
-    // Under the lock, a temporary file is a dead writer's.
+    // Under the lock, a temporary file of ours is a dead writer's.
     for d in [dir.to_path_buf(), dir.join(REPOSITORIES_DIR)] {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.ends_with(".tmp") {
+            if is_our_temporary(&entry.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -487,6 +508,19 @@ fn with_dir(
     Ok(())
 }
 
+/// Whether `name` is a temporary file [`write_atomic`] makes for a record:
+/// `.run.json.<16 hex>.tmp`, `.<16 hex>.json.<16 hex>.tmp`.
+fn is_our_temporary(name: &str) -> bool {
+    let hex16 = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let Some((target, random)) = inner.rsplit_once('.') else {
+        return false;
+    };
+    hex16(random) && (target == RUN_FILE || target.strip_suffix(".json").is_some_and(hex16))
+}
+
 /// Creates `dir` (0755: the exporter may run as another user) if missing;
 /// refuses it unless it is a real directory of ours that no one else may
 /// write to.
@@ -497,15 +531,18 @@ fn prepare(dir: &Path) -> std::result::Result<(), String> {
             dir.display()
         ));
     }
-    if std::fs::symlink_metadata(dir).is_err() {
+    // Each directory made here 0755 whatever the umask: the exporter
+    // reads as another user, through every one of them.
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| std::fs::symlink_metadata(d).is_err())
+        .collect();
+    for d in missing.into_iter().rev() {
         DirBuilder::new()
-            .recursive(true)
             .mode(0o755)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        // Whatever the umask: the exporter reads as another user.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .create(d)
+            .and_then(|_| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let me = nix::unistd::geteuid().as_raw();
@@ -573,7 +610,10 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
 /// Writes `bytes` to a new file beside `path`, flushes it, and renames it
 /// over `path`: a reader sees the old file or the new one, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -592,8 +632,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         file.write_all(bytes)?;
         file.sync_data()?;
         std::fs::rename(&tmp, path)?;
-        // The rename itself, on disk.
-        std::fs::File::open(dir)?.sync_all()
+        // The rename itself, on disk (best effort: it has happened).
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -820,6 +861,9 @@ pub fn forget(
     cwd: &Path,
 ) -> std::result::Result<bool, String> {
     let repository = absolute_location(location, cwd);
+    if !repository_file(&settings.dir, &repository).exists() {
+        return Ok(false);
+    }
     let mut found = false;
     with_dir(settings, |dir| {
         let path = repository_file(dir, &repository);
@@ -849,6 +893,25 @@ mod tests {
         }
         for local in ["/srv/repo", "repo", "./a:b", "file:///srv/repo", "a/b:c"] {
             assert!(!is_remote(local), "{local}");
+        }
+    }
+
+    #[test]
+    fn only_our_temporary_files_are_ours() {
+        for ours in [
+            ".run.json.0123456789abcdef.tmp",
+            ".0123456789abcdef.json.fedcba9876543210.tmp",
+        ] {
+            assert!(is_our_temporary(ours), "{ours}");
+        }
+        for theirs in [
+            ".node.prom.1234.tmp",
+            ".run.json.tmp",
+            ".x.json.0123456789abcdef.tmp",
+            "run.json.0123456789abcdef.tmp",
+            ".zfs-snap.prom.0123456789abcdef.tmp",
+        ] {
+            assert!(!is_our_temporary(theirs), "{theirs}");
         }
     }
 

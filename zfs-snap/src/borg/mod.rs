@@ -183,11 +183,34 @@ pub fn run_teeing(
     Ok((status, kept))
 }
 
+/// `write_all` and flush, waiting out a non-blocking stdout's `WouldBlock`
+/// (borg itself would have blocked).
+fn write_all_patiently(out: &mut impl std::io::Write, mut bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    while !bytes.is_empty() {
+        match out.write(bytes) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    loop {
+        match out.flush() {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Copies `from` to our stdout until EOF, keeping the first
 /// [`KEEP_STDOUT`] bytes (all of it is passed on). When our stdout fails,
 /// the pipe is closed, so borg sees what it would have seen writing there.
 fn tee(mut from: impl std::io::Read) -> Vec<u8> {
-    use std::io::Write;
     let mut kept = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     let mut out = std::io::stdout();
@@ -200,7 +223,7 @@ fn tee(mut from: impl std::io::Read) -> Vec<u8> {
         };
         let room = KEEP_STDOUT.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
-        if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+        if write_all_patiently(&mut out, &buf[..n]).is_err() {
             // Our stdout is gone: close the pipe too, so borg's next write
             // fails as it would have on our stdout.
             break;
