@@ -225,16 +225,7 @@ fn creates_with_and_without_json_record_what_borg_says() {
         assert_eq!(of(&m, "zfs_snap_create_failures_total", r), 0.0);
         assert_eq!(of(&m, "zfs_snap_create_last_status", r), 0.0);
     }
-    let state = w.state_dir();
-    let record = |r: &str| -> Value {
-        let dir = state.join("repositories");
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.unwrap().path()).unwrap()))
-            .map(Result::unwrap)
-            .find(|v| v["repository"] == r)
-            .unwrap()
-    };
+    let record = |r: &str| record_of(&w, r);
     assert_eq!(
         record(&repo)["last_success"]["figures_from"],
         "borg info",
@@ -745,6 +736,25 @@ fn an_exporter_that_cannot_listen_says_where() {
     );
 }
 
+/// `command` run by `sh -c SCRIPT`, as `"$@"`: same arguments,
+/// environment and working directory.
+fn in_shell(command: &Command, script: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script, "sh"])
+        .arg(command.get_program())
+        .args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        cmd.current_dir(dir);
+    }
+    for (k, v) in command.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd
+}
+
 /// The figures of a repository's record file.
 fn record_of(w: &World, repo: &str) -> Value {
     std::fs::read_dir(w.state_dir().join("repositories"))
@@ -821,21 +831,10 @@ fn a_passphrase_through_a_pipe_is_not_read_twice() {
             .args(json.then_some("--json"))
             .arg(format!("{}::{archive}", repo.display()))
             .arg(&data);
-        let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
+        let mut cmd = in_shell(
+            &zfs_snap,
             "exec 3<<EOF\npw\nEOF\nBORG_PASSPHRASE_FD=3 exec \"$@\"",
-            "sh",
-        ])
-        .arg(zfs_snap.get_program())
-        .args(zfs_snap.get_args())
-        .current_dir(w.dir.path());
-        for (k, v) in zfs_snap.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
+        );
         if env_too {
             cmd.env("BORG_PASSPHRASE", "pw");
         }
@@ -874,23 +873,15 @@ fn records_are_readable_by_others_whatever_the_umask() {
     let (w, data, _) = world();
     // Relative: the caller's directory.
     let textfile = w.dir.path().join("zfs-snap.prom");
-    let mut cmd = Command::new("sh");
     let mut zfs_snap = w.cmd();
     zfs_snap
         .env("ZFS_SNAP_METRICS_TEXTFILE", "zfs-snap.prom")
         .env("ZFS_SNAP_STATE_DIR", w.state_dir().join("made/here"))
         .args(["wrap", "--", "borg", "create", &format!("{}::a", w.repo())])
         .arg(&data);
-    cmd.args(["-c", "umask 077; exec \"$@\"", "sh"])
-        .arg(zfs_snap.get_program())
-        .args(zfs_snap.get_args())
-        .current_dir(w.dir.path());
-    for (k, v) in zfs_snap.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    assert!(run(&mut cmd).status.success());
+    assert!(run(&mut in_shell(&zfs_snap, "umask 077; exec \"$@\""))
+        .status
+        .success());
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&w.state_dir()), 0o755, "each directory made");
