@@ -93,7 +93,7 @@ pub struct Global {
 
     /// Where each create and run is recorded for monitoring (`zfs-snap metrics`, the exporter);
     /// `none` records nothing.
-    #[arg(long, global = true, env = "ZFS_SNAP_STATE_DIR", default_value = zfs_snap::state::DEFAULT_DIR, value_name = "DIR")]
+    #[arg(long, global = true, env = "ZFS_SNAP_STATE_DIR", default_value = zfs_snap::records::DEFAULT_DIR, value_name = "DIR")]
     pub state_dir: String,
 
     /// After a create without `--json`: ask borg for the archive's figures (`borg info --json`,
@@ -124,14 +124,14 @@ pub struct Global {
 
 impl Global {
     /// Where runs are recorded; `None` with `--state-dir none` (or empty).
-    pub fn state(&self) -> Option<zfs_snap::state::Settings> {
+    pub fn state(&self) -> Option<zfs_snap::records::Settings> {
         if self.state_dir.is_empty() || self.state_dir == "none" {
             return None;
         }
         // A bad value must not stop a backup: say so and go on.
         let info = self.metrics_info.parse().unwrap_or_else(|e| {
             tracing::warn!("--metrics-info / ZFS_SNAP_METRICS_INFO: {e}; using auto");
-            zfs_snap::state::InfoPolicy::Auto
+            zfs_snap::records::InfoPolicy::Auto
         });
         // A relative textfile is the caller's: fixed to its directory now.
         let textfile = self.metrics_textfile.as_ref().map(|t| {
@@ -139,7 +139,7 @@ impl Global {
                 .map(|cwd| cwd.join(t))
                 .unwrap_or_else(|_| t.clone())
         });
-        Some(zfs_snap::state::Settings {
+        Some(zfs_snap::records::Settings {
             dir: PathBuf::from(&self.state_dir),
             info,
             textfile,

@@ -5,7 +5,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 
-use zfs_snap::backup::Outcome;
+use zfs_snap::create::Outcome;
 use zfs_snap::Error;
 
 pub const OK: u8 = 0;
@@ -45,14 +45,15 @@ impl Failure {
 
 /// Borg's status; if teardown left something behind, at least a warning.
 pub fn from_outcome(outcome: &Outcome) -> u8 {
-    let borg = match (outcome.status.code(), outcome.status.signal()) {
+    let status = outcome.status();
+    let borg = match (status.code(), status.signal()) {
         (Some(code), _) => code.clamp(0, 255) as u8,
         (None, Some(signal)) => 128u8.saturating_add(signal as u8),
         (None, None) => ERROR,
     };
-    match &outcome.teardown {
-        Ok(_) => borg,
-        Err(e) => {
+    match outcome.teardown_error() {
+        None => borg,
+        Some(e) => {
             tracing::error!("{e}");
             borg.max(WARNING)
         }

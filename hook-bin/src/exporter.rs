@@ -57,7 +57,7 @@ fn answer(request: Request, state_dir: &Path, reported: &mut BTreeMap<PathBuf, S
             .with_status_code(405)
             .with_header(header("Allow", "GET, HEAD"))
     } else {
-        let recorded = zfs_snap::state::read(state_dir);
+        let recorded = zfs_snap::records::read(state_dir);
         for (file, why) in &recorded.unreadable {
             if reported.get(file) != Some(why) {
                 tracing::warn!("{}: {why}; left out of the metrics", file.display());

@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use zfs_snap::backup::{self, Context};
 use zfs_snap::command::CommandLine;
+use zfs_snap::create::Context;
 use zfs_snap::mount::SnapshotMounter;
-use zfs_snap::session::Options;
+use zfs_snap::runtime::Options;
 use zfs_snap::signals::Signals;
+use zfs_snap::wrap;
 use zfs_snap::zfs::Zfs;
 
 use crate::cli::{Cli, Command};
@@ -82,21 +83,24 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             })?;
             let cwd = std::env::current_dir()
                 .map_err(|e| Failure::Usage(format!("cannot read the current directory: {e}")))?;
-            return match zfs_snap::state::forget(&settings, repository, &cwd) {
+            return match zfs_snap::records::forget(&settings, repository, &cwd) {
                 Ok(true) => {
                     tracing::info!(repository, "forgotten");
+                    if let Err(e) = zfs_snap::metrics::write_textfile(&settings) {
+                        tracing::warn!("monitoring: {e}");
+                    }
                     Ok(exit::OK)
                 }
                 Ok(false) => Err(Failure::Usage(format!(
                     "no record of {repository} in {} (name it as its creates did)",
                     settings.dir.display()
                 ))),
-                Err(e) => Err(Failure::Usage(e)),
+                Err(e) => Err(Failure::Usage(e.to_string())),
             };
         }
         Command::Metrics { forget: None } => {
             let dir = state_dir(global)?;
-            let recorded = zfs_snap::state::read(&dir);
+            let recorded = zfs_snap::records::read(&dir);
             for (path, why) in &recorded.unreadable {
                 tracing::warn!("{}: {why}; left out of the metrics", path.display());
             }
@@ -138,13 +142,13 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             command,
         } => {
             let (borg, argv) = borg_program(configured.as_deref(), command)?;
-            let outcome = backup::wrap(&ctx, &borg, &argv, signals)?;
-            write_timings(global.timings_json.as_deref(), outcome.timings.as_ref());
+            let outcome = wrap::wrap(&ctx, &borg, &argv, signals)?;
+            write_timings(global.timings_json.as_deref(), outcome.timings());
             Ok(exit::from_outcome(&outcome))
         }
         Command::Session { command } => {
-            let outcome = zfs_snap::shared::serve(&ctx, &command, signals)?;
-            write_timings(global.timings_json.as_deref(), outcome.timings.as_ref());
+            let outcome = zfs_snap::session::serve(&ctx, &command, signals)?;
+            write_timings(global.timings_json.as_deref(), outcome.timings());
             Ok(exit::from_outcome(&outcome))
         }
         Command::Plan {
@@ -152,7 +156,7 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             one_file_system,
             paths,
         } => {
-            let plan = backup::plan(&ctx, &paths, one_file_system)?;
+            let plan = wrap::plan(&ctx, &paths, one_file_system)?;
             output::plan(&plan, json);
             Ok(exit::OK)
         }
@@ -175,7 +179,7 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Cleanup { dry_run } => {
-            let report = backup::cleanup(&ctx, dry_run)?;
+            let report = zfs_snap::recover::cleanup(ctx.zfs, ctx.mounter, &ctx.options, dry_run)?;
             output::cleanup(&report, dry_run);
             Ok(exit::OK)
         }
@@ -189,7 +193,7 @@ fn state_dir(global: &cli::Global) -> Result<PathBuf, Failure> {
     })
 }
 
-fn write_timings(path: Option<&Path>, timings: Option<&zfs_snap::session::Timings>) {
+fn write_timings(path: Option<&Path>, timings: Option<&zfs_snap::report::Timings>) {
     if let (Some(path), Some(timings)) = (path, timings) {
         let json = serde_json::to_string_pretty(timings).expect("timings always serialise");
         if let Err(e) = std::fs::write(path, json + "\n") {
@@ -239,14 +243,7 @@ fn borg_program(
 }
 
 fn resolve_on_path(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        return Some(PathBuf::from(name));
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    })
+    zfs_snap::command::find_program(Path::new(name), |_| true)
 }
 
 fn is_this_binary(path: &Path) -> bool {
@@ -257,10 +254,7 @@ fn is_this_binary(path: &Path) -> bool {
 
 /// The first `borg` on PATH that is not this binary.
 fn find_real_borg() -> Result<String, Failure> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("borg"))
-        .find(|candidate| candidate.is_file() && !is_this_binary(candidate))
+    zfs_snap::command::find_program(Path::new("borg"), |candidate| !is_this_binary(candidate))
         .map(|p| p.display().to_string())
         .ok_or_else(|| {
             Failure::Usage(

@@ -1,7 +1,7 @@
 //! What the commands print on stdout (logs go to stderr).
 
 use zfs_snap::plan::{Plan, RootSource};
-use zfs_snap::session::Report;
+use zfs_snap::report::Report;
 use zfs_snap::zfs::TagInfo;
 
 pub fn plan(plan: &Plan, json: bool) {

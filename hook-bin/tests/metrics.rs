@@ -363,7 +363,7 @@ fn a_state_directory_others_may_write_is_refused_and_the_backup_goes_on() {
     let err = stderr(&out);
     assert!(
         err.contains(&format!("state directory {} refused", state.display()))
-            && err.contains("others may write to it"),
+            && err.contains("writable by group or others"),
         "{err}"
     );
     assert!(

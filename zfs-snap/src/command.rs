@@ -1,19 +1,29 @@
-//! The one place external commands are run: argument vectors, never a shell;
+//! The one place child processes are run: argument vectors, never a shell;
 //! every call logged at debug level with its duration and status; stderr
-//! captured for the error.
+//! captured for the error. Three ways to run one: captured to completion
+//! ([`CommandLine::output`], for zfs and mount), with signals passed on and
+//! our stdio inherited or its stdout teed ([`CommandLine::run_forwarding`],
+//! for borg), captured with signals passed on
+//! ([`CommandLine::capture_forwarding`], zfs-snap's own borg calls), or
+//! started and left to the caller to wait for
+//! ([`CommandLine::spawn_forwarding`], a session's command). Calls into
+//! libraries (libzfs_core) are timed and logged the same way ([`timed`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::signals::Signals;
 
 static SPAWNED: AtomicUsize = AtomicUsize::new(0);
 
-/// How many processes this process has spawned through [`CommandLine`].
+/// How many processes of its own this process has run through
+/// [`CommandLine`] (zfs, mount, borg's version and figures); borg's create
+/// and a session's command, which zfs-snap runs for the user, not counted.
 pub fn spawned() -> usize {
     SPAWNED.load(Ordering::Relaxed)
 }
@@ -45,6 +55,17 @@ impl CommandLine {
             leading: words.collect(),
             env: Vec::new(),
         })
+    }
+
+    /// A program named by its path or name alone, with no leading words
+    /// (it may contain spaces).
+    pub fn program_only(what: &'static str, program: impl Into<OsString>) -> Self {
+        Self {
+            what,
+            program: program.into(),
+            leading: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     /// The same command, with `key=value` in every call's environment.
@@ -111,13 +132,99 @@ impl CommandLine {
             .output();
         SPAWNED.fetch_add(1, Ordering::Relaxed);
         let output = result.map_err(|source| self.spawn_error(args, source))?;
+        self.log_ended(args, &output.status, started);
+        Ok(output)
+    }
+
+    /// Starts the command with our stdio and passes on the signals
+    /// [`Signals`] takes, until the caller has waited for it and cleared it
+    /// (`signals.set_child(None)`).
+    pub fn spawn_forwarding(&self, args: &[OsString], signals: &Signals) -> Result<Child> {
+        self.start(args, signals, self.command(args))
+    }
+
+    /// Starts `command` (this command line, its stdio set up by the caller)
+    /// and passes signals on to it; a signal that came before the child was
+    /// known is passed on at once.
+    fn start(&self, args: &[OsString], signals: &Signals, mut command: Command) -> Result<Child> {
+        let child = command
+            .spawn()
+            .map_err(|source| self.spawn_error(args, source))?;
+        signals.set_child(Some(child.id()));
+        if let Some(signal) = signals.received() {
+            // It came before set_child: not passed on yet.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::try_from(signal).ok(),
+            );
+        }
+        tracing::debug!(command = %self.display_with(args), pid = child.id(), "started");
+        Ok(child)
+    }
+
+    /// Runs with our stdin and stderr, passing signals on, to its end. With
+    /// [`Stdout::Tee`] its stdout goes through a pipe, on to ours unchanged,
+    /// and its first [`KEEP_STDOUT`] bytes are returned too.
+    pub fn run_forwarding(
+        &self,
+        args: &[OsString],
+        signals: &Signals,
+        stdout: Stdout,
+    ) -> Result<Finished> {
+        let started = Instant::now();
+        let mut command = self.command(args);
+        if stdout == Stdout::Tee {
+            command.stdout(Stdio::piped());
+        }
+        let mut child = self.start(args, signals, command)?;
+        let tee = child
+            .stdout
+            .take()
+            .map(|out| std::thread::spawn(move || tee(out)));
+        let status = child.wait();
+        signals.set_child(None);
+        let stdout = tee.and_then(|t| t.join().ok());
+        let status = status.map_err(|source| Error::Spawn {
+            command: self.display_with(args),
+            source,
+        })?;
+        self.log_ended(args, &status, started);
+        Ok(Finished { status, stdout })
+    }
+
+    /// Runs to completion with no stdin, stdout and stderr captured,
+    /// passing signals on. Returns stdout; a non-zero exit is an error
+    /// carrying stderr.
+    pub fn capture_forwarding(&self, args: &[OsString], signals: &Signals) -> Result<Vec<u8>> {
+        let started = Instant::now();
+        let mut command = self.command(args);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = self.start(args, signals, command)?;
+        SPAWNED.fetch_add(1, Ordering::Relaxed);
+        let output = child.wait_with_output();
+        signals.set_child(None);
+        let output = output.map_err(|source| Error::Spawn {
+            command: self.display_with(args),
+            source,
+        })?;
+        self.log_ended(args, &output.status, started);
+        if output.status.success() {
+            Ok(output.stdout)
+        } else {
+            Err(self.failure(args, &output))
+        }
+    }
+
+    fn log_ended(&self, args: &[OsString], status: &ExitStatus, started: Instant) {
         tracing::debug!(
             command = %self.display_with(args),
-            status = %output.status,
+            status = %status,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "ran"
         );
-        Ok(output)
     }
 
     pub fn failure(&self, args: &[OsString], output: &Output) -> Error {
@@ -180,6 +287,105 @@ pub fn unblock_signals_in_child(command: &mut Command) {
             .map_err(std::io::Error::from)
         });
     }
+}
+
+/// Where `program` runs from: itself when it names a path (holds a `/`),
+/// else the first regular file of that name in a `PATH` directory that
+/// `accept` takes (as execvp(3) looks, skipping what `accept` refuses).
+pub fn find_program(
+    program: &std::path::Path,
+    accept: impl Fn(&std::path::Path) -> bool,
+) -> Option<std::path::PathBuf> {
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return Some(program.to_path_buf());
+    }
+    let search = std::env::var_os("PATH")?;
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file() && accept(candidate))
+}
+
+/// Where a child's stdout goes in [`CommandLine::run_forwarding`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stdout {
+    Inherit,
+    /// On to ours, and kept (`create --json` prints its figures there).
+    Tee,
+}
+
+/// How a child run by [`CommandLine::run_forwarding`] ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    /// With [`Stdout::Tee`], its first [`KEEP_STDOUT`] bytes.
+    pub stdout: Option<Vec<u8>>,
+}
+
+/// Times a call into a library (libzfs_core) and logs it as a command's
+/// run is logged: what, on which names, how long, how it ended.
+pub fn timed<T>(call: &str, names: &[String], f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    let result = f();
+    tracing::debug!(
+        call,
+        names = %names.join(" "),
+        ok = result.is_ok(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "called"
+    );
+    result
+}
+
+/// At most this much of a teed stdout is kept (borg's `--json` document is
+/// a few KiB); all of it is passed on.
+pub const KEEP_STDOUT: usize = 16 << 20;
+
+/// `write_all` and flush, waiting out a non-blocking stdout's `WouldBlock`
+/// (the child itself would have blocked).
+fn write_all_patiently(out: &mut impl std::io::Write, mut bytes: &[u8]) -> io::Result<()> {
+    use std::io::ErrorKind;
+    while !bytes.is_empty() {
+        match out.write(bytes) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    loop {
+        match out.flush() {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Copies `from` to our stdout until EOF, keeping the first
+/// [`KEEP_STDOUT`] bytes (all of it is passed on). When our stdout fails,
+/// the pipe is closed, so the child sees what it would have seen writing
+/// there.
+fn tee(mut from: impl std::io::Read) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut out = std::io::stdout();
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let room = KEEP_STDOUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        if write_all_patiently(&mut out, &buf[..n]).is_err() {
+            break;
+        }
+    }
+    kept
 }
 
 /// Quotes a word for display only; nothing here is ever given to a shell.

@@ -7,33 +7,46 @@
 //! everything is unmounted and destroyed, and what a crashed run left is
 //! removed by the next one.
 //!
-//! Modules, one responsibility each: [`zfs`] (talking to ZFS),
-//! [`mountinfo`] (the mount table), [`discovery`] (which datasets),
-//! [`plan`] (the result), [`mapping`] (live <-> mirror paths), [`mount`],
-//! [`session`] (lifecycle, teardown, recovery), [`shared`] (one snapshot
-//! set for a whole command: `zfs-snap session`), [`borg`] (its command line
-//! and patterns), [`runtime`] (runtime root and lock), [`signals`],
-//! [`command`] (the one runner of external commands), [`backup`] (the
-//! operations the binary offers), [`state`] (what runs recorded, for
-//! monitoring) and [`metrics`] (its Prometheus exposition).
+//! Modules, one responsibility each, from the ground up:
+//! - [`error`], [`signals`], [`command`] (the one runner of child
+//!   processes), [`private`] (files and directories zfs-snap owns);
+//! - [`zfs`] (talking to ZFS, its backends), [`mountinfo`] (the mount
+//!   table), [`mount`] (mounting snapshots), [`runtime`] (the runtime root,
+//!   its lock and names);
+//! - [`discovery`] (which datasets) -> [`plan`] (the result), [`mapping`]
+//!   (live <-> mirror paths), [`borg`] (its command line and patterns);
+//! - [`report`] (what a run did), [`release`] (the one place snapshots are
+//!   released and destroyed), [`recover`] (what dead runs left,
+//!   `cleanup`), [`lifecycle`] (a run: lock, freeze, teardown);
+//! - [`records`] (what runs recorded, for monitoring), [`metrics`] (its
+//!   Prometheus exposition and textfile);
+//! - [`create`] (one `borg create`, the same pipeline everywhere),
+//!   [`session`] (`zfs-snap session`: server, client, protocol), [`wrap`]
+//!   (`zfs-snap wrap` and `plan`).
 
-pub mod backup;
 pub mod borg;
 pub mod command;
+pub mod create;
 pub mod discovery;
 pub mod error;
-#[cfg(feature = "libzetta")]
-pub mod lzc;
+pub mod lifecycle;
 pub mod mapping;
 pub mod metrics;
 pub mod mount;
 pub mod mountinfo;
 pub mod plan;
+pub mod private;
+pub mod records;
+pub mod recover;
+pub mod release;
+pub mod report;
 pub mod runtime;
 pub mod session;
-pub mod shared;
 pub mod signals;
-pub mod state;
+pub mod wrap;
 pub mod zfs;
+
+#[cfg(test)]
+mod doubles;
 
 pub use error::{Error, Result};

@@ -1,12 +1,13 @@
-//! The Prometheus text exposition of what runs recorded ([`crate::state`]):
+//! The Prometheus text exposition of what runs recorded ([`crate::records`]):
 //! the seed's five names, the names borgmatic-exporter emits (what Grafana
 //! dashboard 20334 reads), and zfs-snap's own, each with `# HELP` and
-//! `# TYPE`. Built from the state files alone: no borg, no zfs.
+//! `# TYPE`. Built from the state files alone: no borg, no zfs. Also
+//! written as a textfile for node_exporter ([`write_textfile`]).
 
 use prometheus::core::Collector;
 use prometheus::{Counter, CounterVec, Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
 
-use crate::state::{Recorded, RepositoryState};
+use crate::records::{RecordError, Recorded, RepositoryState, Settings};
 
 /// Per repository (label `repository`): name, help, value of a state.
 type RepoFigure = (
@@ -15,11 +16,11 @@ type RepoFigure = (
     fn(&RepositoryState) -> Option<f64>,
 );
 
-fn last_archive(s: &RepositoryState) -> Option<&crate::state::ArchiveFigures> {
+fn last_archive(s: &RepositoryState) -> Option<&crate::records::ArchiveFigures> {
     s.last_success.as_ref()?.archive_figures.as_ref()
 }
 
-fn totals(s: &RepositoryState) -> Option<&crate::state::RepositoryTotals> {
+fn totals(s: &RepositoryState) -> Option<&crate::records::RepositoryTotals> {
     s.last_success.as_ref()?.totals.as_ref()
 }
 
@@ -130,7 +131,7 @@ pub const REPOSITORY_GAUGES: &[RepoFigure] = &[
         "zfs_snap_create_last_success",
         "1 if the last create made an archive (exit 0 or a warning), else 0",
         |s| {
-            Some(f64::from(u8::from(crate::state::made_archive(
+            Some(f64::from(u8::from(crate::records::made_archive(
                 s.last_attempt.status,
             ))))
         },
@@ -159,7 +160,7 @@ pub const REPOSITORY_COUNTERS: &[RepoFigure] = &[
 type RunFigure = (
     &'static str,
     &'static str,
-    fn(&crate::state::RunState) -> f64,
+    fn(&crate::records::RunState) -> f64,
 );
 
 /// Gauges of zfs-snap's last run that took snapshots.
@@ -336,6 +337,24 @@ fn register(registry: &Registry, family: impl Collector + 'static) {
 }
 
 /// The content type of [`render`]'s output.
+/// Rewrites the exposition in `settings`' textfile, if one is set (for
+/// node_exporter's textfile collector), from the records as they are now;
+/// taken under the state directory's lock, so a later writer's view wins.
+pub fn write_textfile(settings: &Settings) -> Result<(), RecordError> {
+    let Some(textfile) = &settings.textfile else {
+        return Ok(());
+    };
+    crate::records::store::locked(&settings.dir, |dir| {
+        let text = render(&crate::records::read(dir));
+        crate::private::write_atomic(textfile, text.as_bytes(), 0o644).map_err(|source| {
+            RecordError::Textfile {
+                path: textfile.clone(),
+                source,
+            }
+        })
+    })
+}
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]

@@ -1,18 +1,24 @@
-//! The runtime root: the directory a run mounts under, and its lock.
+//! The runtime root: the directory a run mounts under, the names zfs-snap
+//! owns in it, its lock and its clean mark.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
-
 use crate::error::{Error, Result};
+use crate::private::{self, LockFile};
 
 pub const DEFAULT_ROOT: &str = "/run/zfs-snap";
+
+/// Where a run works and how long it waits for another one.
+pub struct Options {
+    /// As given; [`prepare`] makes it canonical.
+    pub runtime_root: PathBuf,
+    pub wait: Option<Duration>,
+    pub mountinfo: PathBuf,
+}
 
 // The names zfs-snap owns inside a runtime root: it creates, changes and
 // removes these and nothing else there.
@@ -44,6 +50,8 @@ pub fn is_mirror_dir(name: &str) -> bool {
 pub const WORK_DIR: &str = "work";
 /// The cached `borg --version`.
 pub const BORG_VERSION_FILE: &str = "borg-version";
+/// A `zfs-snap session`'s socket.
+pub const SOCKET: &str = "session.sock";
 
 /// Whether `name` (in [`WORK_DIR`]) is a file zfs-snap writes there:
 /// `zfs-snap-patterns.lst`, `zfs-snap-patterns-from-<n>.lst`, each also
@@ -148,32 +156,13 @@ pub fn prepare(path: &Path) -> Result<PathBuf> {
         Err(e) => return Err(refuse(e.to_string())),
         Ok(_) => {}
     }
-    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(e.to_string()))?;
-    if meta.file_type().is_symlink() {
-        return Err(refuse("it is a symlink; give the real directory".into()));
-    }
-    if !meta.is_dir() {
-        return Err(refuse("it is not a directory".into()));
-    }
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != euid {
-        return Err(refuse(format!(
-            "it is owned by uid {}, not by uid {euid} running zfs-snap",
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(refuse(format!(
-            "it is writable by group or others (mode {:o}); chmod 700 it",
-            meta.mode() & 0o7777
-        )));
-    }
+    private::check_dir(path).map_err(|why| refuse(why.to_string()))?;
     Ok(path.to_owned())
 }
 
 /// An exclusive lock on `<root>/lock`, holding our pid; released on drop.
 pub struct Lock {
-    _file: Flock<File>,
+    _file: LockFile,
 }
 
 /// Takes the lock; without `wait`, fails at once naming the holder's pid.
@@ -186,38 +175,22 @@ pub fn lock(root: &Path, wait: Option<Duration>) -> Result<Lock> {
     let started = Instant::now();
     let mut logged = false;
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut locked) => {
-                locked.set_len(0).map_err(io)?;
-                locked.rewind().map_err(io)?;
-                writeln!(locked, "{}", std::process::id()).map_err(io)?;
-                return Ok(Lock { _file: locked });
-            }
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                let pid = text.trim().parse().ok();
-                match wait {
-                    Some(limit) if started.elapsed() < limit => {
-                        if !logged {
-                            tracing::info!(pid, "waiting for another zfs-snap run to finish");
-                            logged = true;
-                        }
-                        sleep(Duration::from_millis(200));
-                    }
-                    _ => return Err(Error::LockHeld { path, pid }),
+        if let Some(mut locked) = LockFile::take(&path, false).map_err(io)? {
+            locked
+                .write(&format!("{}\n", std::process::id()))
+                .map_err(io)?;
+            return Ok(Lock { _file: locked });
+        }
+        let pid = private::lock_holder(&path).and_then(|t| t.trim().parse().ok());
+        match wait {
+            Some(limit) if started.elapsed() < limit => {
+                if !logged {
+                    tracing::info!(pid, "waiting for another zfs-snap run to finish");
+                    logged = true;
                 }
+                sleep(Duration::from_millis(200));
             }
-            Err((_, errno)) => return Err(io(errno.into())),
+            _ => return Err(Error::LockHeld { path, pid }),
         }
     }
 }
@@ -280,21 +253,8 @@ pub fn write_clean_mark(
     pools: &[(String, String)],
 ) -> std::io::Result<()> {
     let tmp = root.join(format!("{CLEAN_MARK}.tmp"));
-    write_own_file(&tmp, &mark_text(boot_id, pools))?;
+    private::write_own_file(&tmp, mark_text(boot_id, pools).as_bytes())?;
     std::fs::rename(&tmp, root.join(CLEAN_MARK))
-}
-
-/// Writes one of zfs-snap's own files in the runtime root, never through a
-/// symlink someone left at its name.
-pub fn write_own_file(path: &Path, content: &str) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(content.as_bytes())
 }
 
 #[cfg(test)]

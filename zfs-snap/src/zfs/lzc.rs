@@ -17,10 +17,12 @@ use libnv::nvpair::NvList;
 use libzetta::zfs::{DestroyTiming, ZfsEngine, ZfsLzc};
 use libzetta_zfs_core_sys as lzc_sys;
 
+use crate::command::timed;
 use crate::error::{Error, Result};
-use crate::zfs::{
-    Filesystem, Owner, Search, Snapshot, TagInfo, Zfs, ZfsCommand, HOLD_TAG, OWNER_PROPERTY,
+use crate::zfs::api::{
+    Filesystem, Owner, Search, Snapshot, TagInfo, Zfs, HOLD_TAG, OWNER_PROPERTY,
 };
+use crate::zfs::cli::ZfsCommand;
 
 pub struct LzcZfs {
     lzc: ZfsLzc,
@@ -159,22 +161,24 @@ impl Zfs for LzcZfs {
 
     fn snapshot(&self, names: &[String], owner: &Owner) -> Result<()> {
         let props = HashMap::from([(OWNER_PROPERTY.to_owned(), owner.value())]);
-        self.lzc
-            .snapshot(&paths(names), Some(props))
-            .map_err(|e| failure("snapshot", names, format!("{e:?}")))
+        timed("lzc_snapshot", names, || {
+            self.lzc
+                .snapshot(&paths(names), Some(props))
+                .map_err(|e| failure("snapshot", names, format!("{e:?}")))
+        })
     }
 
     fn hold_run(&self, _pool: &str, _snapshot_name: &str, snapshots: &[String]) -> Result<()> {
-        lzc_hold(snapshots)
+        timed("lzc_hold", snapshots, || lzc_hold(snapshots))
     }
 
     fn release_run(&self, _pool: &str, _snapshot_name: &str, snapshots: &[String]) -> Result<()> {
-        lzc_release(snapshots)
+        timed("lzc_release", snapshots, || lzc_release(snapshots))
     }
 
     fn release(&self, snapshots: &[String]) -> Result<()> {
         // Recovery hands one pool's snapshots at a time, as lzc requires.
-        lzc_release(snapshots)
+        timed("lzc_release", snapshots, || lzc_release(snapshots))
     }
 
     fn holds(&self, snapshots: &[String]) -> Result<Vec<(String, String)>> {
@@ -182,9 +186,11 @@ impl Zfs for LzcZfs {
     }
 
     fn destroy_run(&self, _pool: &str, _snapshot_name: &str, snapshots: &[String]) -> Result<()> {
-        self.lzc
-            .destroy_snapshots(&paths(snapshots), DestroyTiming::RightNow)
-            .map_err(|e| failure("destroy", snapshots, format!("{e:?}")))
+        timed("lzc_destroy", snapshots, || {
+            self.lzc
+                .destroy_snapshots(&paths(snapshots), DestroyTiming::RightNow)
+                .map_err(|e| failure("destroy", snapshots, format!("{e:?}")))
+        })
     }
 
     fn destroy(&self, snapshot: &str, defer: bool) -> Result<()> {
@@ -194,9 +200,11 @@ impl Zfs for LzcZfs {
             DestroyTiming::RightNow
         };
         let names = [snapshot.to_owned()];
-        self.lzc
-            .destroy_snapshots(&paths(&names), timing)
-            .map_err(|e| failure("destroy", &names, format!("{e:?}")))
+        timed("lzc_destroy", &names, || {
+            self.lzc
+                .destroy_snapshots(&paths(&names), timing)
+                .map_err(|e| failure("destroy", &names, format!("{e:?}")))
+        })
     }
 
     fn backend(&self) -> &'static str {

@@ -1,153 +1,31 @@
-//! One snapshot set for a whole command (`zfs-snap session -- borgmatic
-//! create`): the session takes the runtime root's lock, recovers what dead
-//! runs left, runs the command with [`SESSION_ENV`] set and serves every
-//! `borg create` it starts (through the `borg` link or `zfs-snap wrap`) on
-//! a Unix socket in the runtime root. The first create that needs
-//! snapshots takes them (one atomic call per pool); a later create reuses
-//! them, and snapshots only datasets not frozen yet, as a later point in
-//! time. Teardown happens once, when the command has ended and every create
-//! it started has finished.
-//!
-//! The protocol is one JSON line each way, then one more from the client
-//! when its borg has exited:
-//! `{"session", "argv", "cwd"}` → `{"ready": argv}` or `{"refused": text}`
-//! → `{"status": code}`. Only a peer with the session's own uid is served;
-//! the runtime root is 0700 besides.
+//! `zfs-snap session -- COMMAND`: the run that holds the lock, serves every
+//! create its command starts from one snapshot set, and tears it down once
+//! at the end.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::io::{BufReader, ErrorKind, Read};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
-
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use crate::backup::{
-    discover_here, log_plan, needs_snapshots, resolve_roots, write_rewrite, Context, CreateRun,
-    Outcome,
-};
-use crate::borg::{self, CreateArgs, Sources};
+use crate::borg::{self, CreateArgs};
 use crate::command::CommandLine;
+use crate::create::{self, needs_snapshots, Context, Outcome, Request as CreateRequest};
 use crate::error::{Error, Result};
-use crate::session::{Report, Session};
+use crate::lifecycle::Run;
+use crate::private::{self, RANDOM_SOURCE};
+use crate::records::RunRecord;
+use crate::runtime::SOCKET;
+use crate::session::protocol::{joined, receive, send, Done, Reply, Request, SESSION_ENV};
 use crate::signals::Signals;
 
-/// Set for the session's command: the session's id. A create that sees it
-/// is served by the session instead of taking snapshots itself.
-pub const SESSION_ENV: &str = "ZFS_SNAP_SESSION";
-/// The session's socket, in the runtime root: a name zfs-snap owns.
-pub const SOCKET: &str = "session.sock";
 /// After a signal, how long the session waits for the creates still
 /// running before it tears down anyway.
 const GRACE_AFTER_SIGNAL: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
-
-#[derive(Serialize, Deserialize)]
-struct Request {
-    session: String,
-    argv: Vec<String>,
-    /// The working directory's bytes (it need not be UTF-8).
-    cwd: Vec<u8>,
-    /// Each pattern file the command line names (path bytes, text), as the
-    /// client read it: `/dev/stdin` or `/dev/fd/63` mean the client's.
-    files: Vec<(Vec<u8>, String)>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Reply {
-    Ready(Vec<String>),
-    Refused(String),
-}
-
-#[derive(Serialize, Deserialize)]
-struct Done {
-    /// borg's exit code, `128 + N` for a signal.
-    status: i32,
-}
-
-/// The session this process belongs to, from [`SESSION_ENV`].
-pub fn joined() -> Option<String> {
-    std::env::var(SESSION_ENV).ok().filter(|id| !id.is_empty())
-}
-
-/// A create inside a session: asks the session for the rewritten command
-/// line (it freezes what this create needs), runs borg with it, and tells
-/// the session borg's status.
-pub(crate) fn join(
-    ctx: &Context<'_>,
-    id: &str,
-    borg: &CommandLine,
-    args: &CreateArgs,
-    signals: &Signals,
-) -> Result<Outcome> {
-    let root = crate::runtime::canonical(&ctx.options.runtime_root)?;
-    let socket = root.join(SOCKET);
-    // Before connecting: the session answers one create at a time.
-    borg::check_version_cached(borg, &root)?;
-    let mut files = Vec::new();
-    for path in Sources::files_named(args, &ctx.cwd) {
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::PatternFile {
-            path: path.clone(),
-            source,
-        })?;
-        files.push((path.into_os_string().into_vec(), text));
-    }
-    let unreachable = |e: std::io::Error| {
-        Error::Session(format!(
-            "{SESSION_ENV}={id} says this borg belongs to a zfs-snap session, but no session \
-             serves {}: {e}. Run it inside `zfs-snap session -- ...`, or unset {SESSION_ENV}",
-            socket.display()
-        ))
-    };
-    let mut stream = UnixStream::connect(&socket).map_err(unreachable)?;
-    let request = Request {
-        session: id.to_owned(),
-        argv: args
-            .argv
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        cwd: ctx.cwd.as_os_str().as_bytes().to_vec(),
-        files,
-    };
-    send(&mut stream, &request).map_err(unreachable)?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(unreachable)?);
-    let reply: Reply = receive(&mut reader).map_err(|e| {
-        Error::Session(format!(
-            "the session serving {} ended before answering: {e}",
-            socket.display()
-        ))
-    })?;
-    let argv: Vec<OsString> = match reply {
-        Reply::Ready(argv) => argv.into_iter().map(OsString::from).collect(),
-        Reply::Refused(reason) => return Err(Error::Session(reason)),
-    };
-    if let Some(signal) = signals.received() {
-        return Err(Error::Interrupted { signal });
-    }
-    // borg inherits the connection: the session sees it close only when
-    // both this process and borg are gone (this one killed, borg still
-    // reading the mirror, is not "ended").
-    inheritable(&stream);
-    let (status, create) = CreateRun::run(borg, args, &argv, signals)?;
-    let _ = send(
-        &mut stream,
-        &Done {
-            status: borg::exit_code(status),
-        },
-    );
-    Ok(Outcome {
-        status,
-        teardown: Ok(Report::default()),
-        timings: None,
-        create: Some(create),
-    })
-}
 
 /// `zfs-snap session -- COMMAND...`: runs `command` with every create it
 /// starts served from one snapshot set, and tears that down once at the end.
@@ -164,13 +42,13 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
             "nothing to run: use `zfs-snap session -- borgmatic create ...`".into(),
         ));
     };
-    let start = crate::state::now();
-    let (mut session, _, _, recovered) = Session::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
-    let root = session.runtime_root().to_owned();
+    let start = crate::records::now();
+    let (mut run, _, _, recovered) = Run::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
+    let root = run.runtime_root().to_owned();
     // Not the run id (that is in the snapshots' names, which anyone may
     // list): the session's own secret, for its creates to name it.
-    let id = crate::session::random_hex().map_err(|source| Error::Io {
-        path: PathBuf::from("/dev/urandom"),
+    let id = private::random_hex().map_err(|source| Error::Io {
+        path: PathBuf::from(RANDOM_SOURCE),
         source,
     })?;
     let socket = SocketFile(root.join(SOCKET));
@@ -178,46 +56,15 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
-    let mut command = std::process::Command::new(program);
-    command
-        .args(args)
-        .env(SESSION_ENV, &id)
-        .env("ZFS_SNAP_RUNTIME_ROOT", &root);
-    // Its creates record where the session does.
-    match &ctx.state {
-        Some(settings) => {
-            command
-                .env("ZFS_SNAP_STATE_DIR", &settings.dir)
-                .env("ZFS_SNAP_METRICS_INFO", settings.info.as_str());
-            if let Some(textfile) = &settings.textfile {
-                command.env("ZFS_SNAP_METRICS_TEXTFILE", textfile);
-            }
-        }
-        None => {
-            command.env("ZFS_SNAP_STATE_DIR", "");
-        }
-    }
-    crate::command::unblock_signals_in_child(&mut command);
-    let mut child = command.spawn().map_err(|source| Error::Spawn {
-        command: program.to_string_lossy().into_owned(),
-        source,
-    })?;
-    signals.set_child(Some(child.id()));
-    if let Some(signal) = signals.received() {
-        // It came between spawn and set_child: not passed on yet.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::try_from(signal).ok(),
-        );
-    }
+    let command_line = session_command(ctx, program, &id, &root);
+    let mut child = command_line.spawn_forwarding(args, signals)?;
     tracing::info!(pid = child.id(), command = %program.to_string_lossy(), "session started");
     let mut server = Server {
         ctx,
         signals,
-        session: &mut session,
+        run: &mut run,
         id: &id,
         creates: 0,
-        broken: None,
         running: Vec::new(),
     };
     let status = server.run_until_exit(&listener, &mut child);
@@ -227,7 +74,7 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
     drop(socket);
     let status = status?;
     let creates = server.creates;
-    let (teardown, timings) = session.finish();
+    let (teardown, timings) = run.finish();
     tracing::info!(
         %status,
         creates,
@@ -239,25 +86,45 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         "session done"
     );
     if let Some(settings) = &ctx.state {
-        crate::state::record_run(
+        create::record_run(
             settings,
-            &crate::state::Run {
+            &RunRecord {
                 kind: "session",
                 start,
                 status: borg::exit_code(status),
                 timings: &timings,
                 creates: creates as u64,
                 recovered: &recovered,
-                teardown: teardown.as_ref().map_err(crate::backup::problems),
+                teardown: teardown.as_ref().map_err(create::problems),
             },
         );
     }
-    Ok(Outcome {
+    Ok(Outcome::Session {
         status,
+        creates,
+        timings,
         teardown,
-        timings: Some(timings),
-        create: None,
     })
+}
+
+/// The session's command, with the session's id and runtime root in its
+/// environment, and its creates recording where the session does.
+fn session_command(ctx: &Context<'_>, program: &OsString, id: &str, root: &Path) -> CommandLine {
+    let mut command = CommandLine::program_only("session command", program.clone())
+        .with_env(SESSION_ENV, id)
+        .with_env("ZFS_SNAP_RUNTIME_ROOT", root);
+    match &ctx.state {
+        Some(settings) => {
+            command = command
+                .with_env("ZFS_SNAP_STATE_DIR", &settings.dir)
+                .with_env("ZFS_SNAP_METRICS_INFO", settings.info.as_str());
+            if let Some(textfile) = &settings.textfile {
+                command = command.with_env("ZFS_SNAP_METRICS_TEXTFILE", textfile);
+            }
+        }
+        None => command = command.with_env("ZFS_SNAP_STATE_DIR", ""),
+    }
+    command
 }
 
 /// Removes the session's socket when the session ends, however it ends.
@@ -293,11 +160,8 @@ fn listen(path: &Path) -> Result<UnixListener> {
 struct Server<'s, 'a> {
     ctx: &'s Context<'a>,
     signals: &'s Signals,
-    session: &'s mut Session<'a>,
+    run: &'s mut Run<'a>,
     id: &'s str,
-    /// Why the session serves no more creates: a freeze failed half-way
-    /// (a snapshot made but not held), so its snapshots are not to be read.
-    broken: Option<String>,
     creates: usize,
     /// Creates that were answered and whose borg has not ended.
     running: Vec<UnixStream>,
@@ -426,14 +290,14 @@ impl Server<'_, '_> {
                 "this borg belongs to session {}, but {} is held by session {}: a stale \
                  {SESSION_ENV}? Unset it, or run the command inside its own `zfs-snap session`",
                 request.session,
-                self.session.runtime_root().display(),
+                self.run.runtime_root().display(),
                 self.id
             ));
         }
         if let Some(signal) = self.signals.received() {
             return refuse(format!("the session is stopping (signal {signal})"));
         }
-        if let Some(why) = &self.broken {
+        if let Some(why) = self.run.freeze_failure() {
             return refuse(format!("an earlier create of this session failed: {why}"));
         }
         let argv: Vec<OsString> = request.argv.into_iter().map(OsString::from).collect();
@@ -467,7 +331,6 @@ impl Server<'_, '_> {
         cwd: &Path,
         files: &[(PathBuf, String)],
     ) -> Result<Vec<OsString>> {
-        let ctx = self.ctx;
         let read = |path: &Path| {
             files
                 .iter()
@@ -475,49 +338,17 @@ impl Server<'_, '_> {
                 .map(|(_, text)| text.clone())
                 .ok_or_else(|| Error::Session(format!("{} was not sent", path.display())))
         };
-        let sources = Sources::read_with(args, cwd, &read)?;
-        let roots = resolve_roots(&sources.roots(), cwd)?;
+        let request = CreateRequest::new(args, cwd, &read)?;
         // A fresh look for every create: the command's own hooks may have
         // loaded keys or mounted datasets since the session began.
-        let filesystems = ctx.zfs.filesystems()?;
-        let mounts = crate::mountinfo::read(self.session.mountinfo_path())?;
-        let plan = discover_here(
-            &filesystems,
-            &mounts,
-            self.session.runtime_root(),
-            cwd,
-            &roots,
-            args.one_file_system,
-        );
-        log_plan(&plan);
-        let signals = self.signals;
-        if let Err(e) = self.session.freeze(&plan, &|| signals.received()) {
-            self.broken = Some(e.to_string());
-            return Err(e);
-        }
-        write_rewrite(self.session, args, &sources, &plan, Some(self.creates), cwd)
+        let filesystems = self.ctx.zfs.filesystems()?;
+        let mounts = crate::mountinfo::read(self.run.mountinfo_path())?;
+        create::freeze_for(
+            self.run,
+            &request,
+            (&filesystems, &mounts),
+            Some(self.creates),
+            self.signals,
+        )
     }
-}
-
-fn send<T: Serialize>(stream: &mut UnixStream, message: &T) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    stream.write_all(&line)
-}
-
-fn receive<T: for<'de> Deserialize<'de>>(reader: &mut impl BufRead) -> std::io::Result<T> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(
-            ErrorKind::UnexpectedEof,
-            "connection closed",
-        ));
-    }
-    serde_json::from_str(&line).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
-}
-
-fn inheritable(stream: &UnixStream) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_SETFD on a descriptor this stream owns and keeps open.
-    unsafe { nix::libc::fcntl(stream.as_raw_fd(), nix::libc::F_SETFD, 0) };
 }

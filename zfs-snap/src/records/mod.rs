@@ -1,0 +1,245 @@
+//! What runs recorded, for monitoring. Per repository: the last `borg
+//! create` through zfs-snap (when, how it ended), and for the last one that
+//! made an archive, borg's own figures (the archive's sizes and file
+//! count, the repository's totals). For zfs-snap itself: its last run
+//! (phases, datasets, leftovers) and running totals.
+//!
+//! [`record`] (the records and their update rules), [`figures`] (borg's
+//! JSON), [`location`] (which repository), [`borg_calls`] (the borg calls
+//! made for figures), [`store`] (the state directory). `zfs-snap metrics`
+//! and the exporter only read the store: they never run borg or zfs.
+//!
+//! Recording never fails a backup: what cannot be recorded is a warning.
+
+pub mod borg_calls;
+pub mod error;
+pub mod figures;
+pub mod location;
+pub mod record;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::borg::CreateArgs;
+use crate::command::CommandLine;
+
+pub use error::RecordError;
+pub use figures::{parse_create_json, parse_info_json, ArchiveFigures, RepositoryTotals};
+pub use location::{absolute_location, is_remote, repository_of};
+use record::{failed_run_state, run_state, updated};
+pub use record::{
+    made_archive, Attempt, Recorded, RepositoryState, RunRecord, RunState, Success, FORMAT,
+};
+pub use store::{read, repository_file, REPOSITORIES_DIR, RUN_FILE};
+
+pub const DEFAULT_DIR: &str = "/var/lib/zfs-snap";
+
+/// When a create without `--json` is followed by `borg info --json` (and
+/// `borg list --json`, for the archive count) to learn borg's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InfoPolicy {
+    /// Local repositories only: a remote one costs an SSH connection and a
+    /// `borg serve` start per call.
+    Auto,
+    Always,
+    Never,
+}
+
+impl std::str::FromStr for InfoPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(InfoPolicy::Auto),
+            "always" => Ok(InfoPolicy::Always),
+            "never" => Ok(InfoPolicy::Never),
+            other => Err(format!(
+                "unknown value {other:?}: use auto (local repositories only), always or never"
+            )),
+        }
+    }
+}
+
+impl InfoPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InfoPolicy::Auto => "auto",
+            InfoPolicy::Always => "always",
+            InfoPolicy::Never => "never",
+        }
+    }
+}
+
+/// Where and how runs are recorded.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub info: InfoPolicy,
+    /// Also write the exposition here (node_exporter's textfile collector).
+    pub textfile: Option<PathBuf>,
+}
+
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A `borg create` that ended: what [`record_create`] needs.
+pub struct Create<'a> {
+    pub borg: &'a CommandLine,
+    pub args: &'a CreateArgs,
+    pub cwd: &'a Path,
+    pub start: f64,
+    pub end: f64,
+    pub status: i32,
+    /// borg's stdout, when the create had `--json`.
+    pub stdout: Option<&'a [u8]>,
+    /// Signals reach the `borg info` / `borg list` calls through it; after
+    /// one, none is made.
+    pub signals: &'a crate::signals::Signals,
+}
+
+/// Records a create in its repository's file; on success, with borg's
+/// figures (from its `--json` output, or else one `borg info --json`, as
+/// `settings.info` allows). A failure leaves the last success as it was.
+pub fn record_create(settings: &Settings, create: &Create<'_>) {
+    let Some((given, archive)) = repository_of(create.args) else {
+        tracing::debug!("no repository in the create's command line: nothing recorded");
+        return;
+    };
+    let repository = absolute_location(&given, create.cwd);
+    let attempt = Attempt {
+        start: create.start,
+        end: create.end,
+        status: create.status,
+        archive: archive.clone(),
+    };
+    let success = made_archive(create.status)
+        .then(|| success_of(settings, create, &given, &repository, attempt.clone()));
+    let result = store::update_repository(&settings.dir, &repository, |old| {
+        updated(old, repository.clone(), attempt, success)
+    });
+    if let Err(e) = result {
+        tracing::warn!(repository, "monitoring: {e}");
+    }
+}
+
+/// The record of a create that made an archive, with the figures borg
+/// printed or, where allowed, asked of it.
+fn success_of(
+    settings: &Settings,
+    create: &Create<'_>,
+    given: &str,
+    repository: &str,
+    attempt: Attempt,
+) -> Success {
+    let from_json = create.stdout.and_then(|out| match parse_create_json(out) {
+        Ok(figures) => Some(figures),
+        Err(e) => {
+            tracing::warn!("borg create --json printed no figures zfs-snap can read: {e}");
+            None
+        }
+    });
+    let ask = may_ask_borg(settings, create, given, repository, from_json.is_some());
+    let (figures, from) = match from_json {
+        Some(f) => (Some(f), "create --json"),
+        None if ask => match borg_calls::info(
+            create.borg,
+            create.args,
+            create.signals,
+            given,
+            &attempt.archive,
+        ) {
+            Ok(f) => (Some(f), "borg info"),
+            Err(e) => {
+                tracing::warn!(repository, "no figures for the new archive: {e}");
+                (None, "none")
+            }
+        },
+        None => (None, "none"),
+    };
+    let archives = ask
+        .then(|| {
+            borg_calls::count_archives(create.borg, create.args, create.signals, given)
+                .map_err(|e| tracing::warn!(repository, "no archive count: {e}"))
+                .ok()
+        })
+        .flatten();
+    let (archive_figures, totals) = figures.unzip();
+    Success {
+        figures_end: archive_figures.as_ref().map(|_| attempt.end),
+        attempt,
+        archive_figures,
+        totals,
+        archives,
+        figures_from: from.to_owned(),
+    }
+}
+
+/// Whether zfs-snap may make its own borg calls for this create's figures:
+/// as `settings.info` says, never after a signal, and never when borg read
+/// its passphrase from a pipe (borgmatic's way) that a second borg would
+/// find empty.
+fn may_ask_borg(
+    settings: &Settings,
+    create: &Create<'_>,
+    given: &str,
+    repository: &str,
+    have_figures: bool,
+) -> bool {
+    let ask = create.signals.received().is_none()
+        && match settings.info {
+            InfoPolicy::Always => true,
+            InfoPolicy::Never => false,
+            InfoPolicy::Auto => !is_remote(given),
+        };
+    if ask && borg_calls::passphrase_through_a_pipe() {
+        if have_figures {
+            tracing::warn!(
+                repository,
+                "borg's passphrase came through BORG_PASSPHRASE_FD (as borgmatic passes it), \
+                 which only one borg can read: no borg list for the archive count"
+            );
+        } else {
+            tracing::warn!(
+                repository,
+                "borg's passphrase came through BORG_PASSPHRASE_FD (as borgmatic passes it), \
+                 which only one borg can read: no borg info for the archive's figures; give \
+                 the create --json (`borgmatic create --json`) to record them"
+            );
+        }
+        return false;
+    }
+    ask
+}
+
+/// A run that stopped before borg ended (an error, the lock held, a
+/// signal): counted as failed; the last run's figures stay, so what an
+/// earlier run left behind is still shown.
+pub fn record_failed_run(settings: &Settings, kind: &str, start: f64, status: i32) {
+    let result = store::update_run(&settings.dir, |old| {
+        failed_run_state(old, kind, start, now(), status)
+    });
+    if let Err(e) = result {
+        tracing::warn!("monitoring: {e}");
+    }
+}
+
+/// Records zfs-snap's own figures of a run in `run.json`.
+pub fn record_run(settings: &Settings, run: &RunRecord<'_>) {
+    let result = store::update_run(&settings.dir, |old| {
+        run_state(old.unwrap_or_default(), run, now())
+    });
+    if let Err(e) = result {
+        tracing::warn!("monitoring: {e}");
+    }
+}
+
+/// Forgets a repository's record (one retired or renamed); whether there
+/// was one.
+pub fn forget(settings: &Settings, location: &str, cwd: &Path) -> Result<bool, RecordError> {
+    store::remove_repository(&settings.dir, &absolute_location(location, cwd))
+}

@@ -1,0 +1,27 @@
+//! One snapshot set for a whole command (`zfs-snap session -- borgmatic
+//! create`): the session takes the runtime root's lock, recovers what dead
+//! runs left, runs the command with [`SESSION_ENV`] set and serves every
+//! `borg create` it starts (through the `borg` link or `zfs-snap wrap`) on
+//! a Unix socket in the runtime root. The first create that needs
+//! snapshots takes them (one atomic call per pool); a later create reuses
+//! them, and snapshots only datasets not frozen yet, as a later point in
+//! time. Teardown happens once, when the command has ended and every create
+//! it started has finished.
+//!
+//! The protocol is one JSON line each way, then one more from the client
+//! when its borg has exited:
+//! `{"session", "argv", "cwd"}` → `{"ready": argv}` or `{"refused": text}`
+//! → `{"status": code}`. Only a peer with the session's own uid is served;
+//! the runtime root is 0700 besides.
+
+//!
+//! [`protocol`] (the messages), [`client`] (a create asking its session),
+//! [`server`] (the session itself).
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::join;
+pub use protocol::{joined, SESSION_ENV};
+pub use server::serve;

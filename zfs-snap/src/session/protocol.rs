@@ -1,0 +1,63 @@
+//! The session's protocol: one JSON line each way, then one more from the
+//! client when its borg has exited: [`Request`] -> [`Reply`] -> [`Done`].
+
+use std::io::{BufRead, ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+
+use serde::{Deserialize, Serialize};
+
+/// Set for the session's command: the session's id. A create that sees it
+/// is served by the session instead of taking snapshots itself.
+pub const SESSION_ENV: &str = "ZFS_SNAP_SESSION";
+
+/// The session this process belongs to, from [`SESSION_ENV`].
+pub fn joined() -> Option<String> {
+    std::env::var(SESSION_ENV).ok().filter(|id| !id.is_empty())
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Request {
+    pub session: String,
+    pub argv: Vec<String>,
+    /// The working directory's bytes (it need not be UTF-8).
+    pub cwd: Vec<u8>,
+    /// Each pattern file the command line names (path bytes, text), as the
+    /// client read it: `/dev/stdin` or `/dev/fd/63` mean the client's.
+    pub files: Vec<(Vec<u8>, String)>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    Ready(Vec<String>),
+    Refused(String),
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Done {
+    /// borg's exit code, `128 + N` for a signal.
+    pub status: i32,
+}
+
+pub fn send<T: Serialize>(stream: &mut UnixStream, message: &T) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+pub fn receive<T: for<'de> Deserialize<'de>>(reader: &mut impl BufRead) -> std::io::Result<T> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    serde_json::from_str(&line).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+}
+
+pub fn inheritable(stream: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETFD on a descriptor this stream owns and keeps open.
+    unsafe { nix::libc::fcntl(stream.as_raw_fd(), nix::libc::F_SETFD, 0) };
+}
