@@ -77,12 +77,10 @@ pub struct World<'a> {
 /// Builds the plan for `roots`. With `one_file_system` (borg's `-x`), mounts
 /// below a root are not followed, as borg would not follow them.
 pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) -> Plan {
-    let mapping = Mapping::new(world.runtime_root);
-    let runtime_root = world.runtime_root;
     let own: Vec<MountEntry> = world
         .mounts
         .iter()
-        .filter(|m| !is_within(&m.mount_point, runtime_root))
+        .filter(|m| !is_within(&m.mount_point, world.runtime_root))
         .cloned()
         .collect();
     let visible = mountinfo::visible(&own);
@@ -94,240 +92,28 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         notes: Vec::new(),
         warnings: Vec::new(),
     };
-
-    // Each root: the deepest mount containing it, then the mounts below it.
-    let mut root_mounts: Vec<Option<usize>> = Vec::with_capacity(roots.len());
-    for root in roots {
-        let mount = d.mount_for_root(root);
-        if let Some(index) = mount {
-            d.select(index, format!("source root {}", root.absolute.display()));
-        }
-        root_mounts.push(mount);
-        if !one_file_system {
-            for (index, entry) in visible.iter().enumerate() {
-                let below = entry.mount_point != root.absolute
-                    && is_within(&entry.mount_point, &root.absolute);
-                if below && d.usable(entry).is_some() {
-                    d.select(
-                        index,
-                        format!("below source root {}", root.absolute.display()),
-                    );
-                }
-            }
-        }
-    }
+    let root_mounts = d.select_for_roots(roots, one_file_system);
     d.select_tagged();
 
-    let selected: BTreeSet<usize> = d.selected.iter().map(|(i, _)| *i).collect();
-    let is_selected = |i: usize| selected.contains(&i);
-    let parent_selected = |entry: &MountEntry| parent_of(&visible, entry).is_some_and(&is_selected);
-    let level = |i: usize| mirror_level(&visible, &selected, i);
-    let mapping_at = |level: usize| Mapping::at_level(world.runtime_root, level);
-
-    let mut planned_roots = Vec::new();
-    let mut snapshot_roots: Vec<(PathBuf, usize)> = Vec::new();
-    let mut live_roots: Vec<PathBuf> = Vec::new();
-    for (root, mount) in roots.iter().zip(&root_mounts) {
-        match mount {
-            Some(index) => {
-                let given = root.given.to_string_lossy();
-                if !root.given.is_absolute()
-                    && !given.contains("/./")
-                    && crate::mapping::python_normpath(&given).1.is_empty()
-                {
-                    d.warnings.push(format!(
-                        "source root {given:?} is the working directory or above it: its own \
-                         directory is stored as `.` by borg >= 1.4.5 and not at all before \
-                         (plain borg stores {given:?}); everything below it is the same"
-                    ));
-                }
-                snapshot_roots.push((root.absolute.clone(), *index));
-                planned_roots.push(PlannedRoot {
-                    path: root.given.clone(),
-                    source: RootSource::Snapshot,
-                    borg_path: mapping_at(level(*index)).borg_root(&root.given, world.cwd),
-                    dataset: visible[*index].zfs_dataset().map(str::to_owned),
-                    level: level(*index),
-                });
-            }
-            None => {
-                live_roots.push(root.absolute.clone());
-                planned_roots.push(PlannedRoot {
-                    path: root.given.clone(),
-                    source: RootSource::Live,
-                    borg_path: root.given.display().to_string(),
-                    dataset: None,
-                    level: 0,
-                });
-            }
-        }
-    }
-
-    // Selected mounts no snapshotted root reaches get a root of their own;
-    // if a live root would read them live, that live path is excluded.
-    let mut order: Vec<usize> = selected.iter().copied().collect();
-    order.sort_by(|&a, &b| {
-        let key = |i: usize| {
-            (
-                visible[i].mount_point.components().count(),
-                &visible[i].mount_point,
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    let mut extra_roots = Vec::new();
-    let mut live_exclusions = Vec::new();
-    for &index in &order {
-        let entry = &visible[index];
-        // A root's own dataset is read through that root; only a tag asks
-        // for the whole of it.
-        if root_mounts.contains(&Some(index)) && !d.tagged.contains(&index) {
-            continue;
-        }
-        let covered = if one_file_system {
-            snapshot_roots
-                .iter()
-                .any(|(path, mount)| *mount == index && *path == entry.mount_point)
-        } else {
-            // A root reaches this mount only within one mirror: one below a
-            // file system no snapshot holds is mounted in a mirror of its own.
-            snapshot_roots.iter().any(|(path, mount)| {
-                is_within(&entry.mount_point, path) && level(*mount) == level(index)
-            })
-        };
-        if covered {
-            continue;
-        }
-        extra_roots.push(PlannedRoot {
-            path: entry.mount_point.clone(),
-            source: RootSource::Snapshot,
-            borg_path: mapping_at(level(index)).borg_root(&entry.mount_point, world.cwd),
-            dataset: entry.zfs_dataset().map(str::to_owned),
-            level: level(index),
-        });
-        snapshot_roots.push((entry.mount_point.clone(), index));
-        if !one_file_system
-            && !parent_selected(entry)
-            && live_roots.iter().any(|r| is_within(&entry.mount_point, r))
-        {
-            live_exclusions.push(entry.mount_point.clone());
-        }
-    }
-
-    // Other file systems below snapshotted roots: with -x borg stores their
-    // mountpoints as directories and does not descend, as it does in the
-    // mirror; without -x their content is not in any snapshot, which the
-    // user must hear about.
-    let mut boundaries = Vec::new();
-    let mut unfrozen = BTreeSet::new();
-    for (index, entry) in visible.iter().enumerate() {
-        if is_selected(index) {
-            continue;
-        }
-        let below_snapshot = snapshot_roots
-            .iter()
-            .any(|(path, _)| entry.mount_point != *path && is_within(&entry.mount_point, path));
-        if !below_snapshot {
-            continue;
-        }
-        if one_file_system {
-            boundaries.push(mapping.to_snapshot(&entry.mount_point));
-        } else {
-            unfrozen.insert(entry.mount_point.display().to_string());
-        }
-    }
-    if !unfrozen.is_empty() {
-        d.warnings.push(format!(
-            "not on ZFS, so read live, not from a snapshot: {}",
-            unfrozen.iter().cloned().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    // Plain borg would read them: so do we, live, each the root of its own
-    // walk (stored under its own path), with its empty stand-in in the
-    // mirror left out, and the datasets below it read from their snapshots.
-    let unfrozen: Vec<PathBuf> = unfrozen.iter().map(PathBuf::from).collect();
-    for top in unfrozen
-        .iter()
-        .filter(|n| !unfrozen.iter().any(|o| o != *n && is_within(n, o)))
-    {
-        extra_roots.push(PlannedRoot {
-            path: top.clone(),
-            source: RootSource::Live,
-            borg_path: top.display().to_string(),
-            dataset: None,
-            level: 0,
-        });
-        let holder = visible
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| {
-                is_selected(*i) && is_within(top, &e.mount_point) && e.mount_point != *top
-            })
-            .max_by_key(|(_, e)| e.mount_point.components().count())
-            .map(|(i, _)| i);
-        if let Some(holder) = holder {
-            live_exclusions.push(mapping_at(level(holder)).to_snapshot(top));
-        }
-        for (_, entry) in visible
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| is_selected(*i) && is_within(&e.mount_point, top))
-        {
-            if !live_exclusions.contains(&entry.mount_point) {
-                live_exclusions.push(entry.mount_point.clone());
-            }
-        }
-    }
-
-    // A live root containing the runtime root would walk into zfs-snap's own
-    // state: its lock and mark, and the mirror (archived twice, under its
-    // runtime path). The mirror roots themselves start below the runtime
-    // root, so excluding exactly that directory leaves them alone.
-    if let Some(root) = live_roots.iter().find(|r| is_within(runtime_root, r)) {
-        live_exclusions.push(runtime_root.to_owned());
-        d.warnings.push(format!(
-            "the runtime root {} is inside the live path {}: it is not archived (it holds              zfs-snap's lock and the snapshot mirror, not data)",
-            runtime_root.display(),
-            root.display()
-        ));
-    }
-
-    let mut mounts: Vec<PlannedMount> = order
-        .iter()
-        .map(|&i| {
-            let entry = &visible[i];
-            let dataset = entry.zfs_dataset().unwrap_or_default().to_owned();
-            PlannedMount {
-                pool: pool_of(&dataset).to_owned(),
-                dataset,
-                mountpoint: entry.mount_point.clone(),
-                snapshot_mountpoint: mapping_at(level(i)).to_snapshot(&entry.mount_point),
-                reason: d
-                    .selected
-                    .iter()
-                    .find(|(j, _)| *j == i)
-                    .map(|(_, r)| r.clone())
-                    .unwrap_or_default(),
-            }
-        })
-        .collect();
-    mounts.sort_by(|a, b| {
-        let depth = |m: &PlannedMount| m.mountpoint.components().count();
-        depth(a)
-            .cmp(&depth(b))
-            .then(a.mountpoint.cmp(&b.mountpoint))
-    });
+    let mut layout = Layout::new(d, one_file_system);
+    let planned_roots = layout.map_roots(roots, &root_mounts);
+    let order = layout.selected_by_depth();
+    layout.add_unreached_mounts(&order, &root_mounts);
+    let boundaries = layout.boundaries();
+    layout.read_unfrozen_live();
+    layout.exclude_runtime_root();
+    let mounts = layout.planned_mounts(&order);
 
     Plan {
-        snapshot_root: mapping.snapshot_root().to_owned(),
+        snapshot_root: Mapping::new(world.runtime_root).snapshot_root().to_owned(),
         one_file_system,
         mounts,
         roots: planned_roots,
-        extra_roots,
-        live_exclusions,
+        extra_roots: layout.extra_roots,
+        live_exclusions: layout.live_exclusions,
         boundaries,
-        notes: d.notes,
-        warnings: d.warnings,
+        notes: layout.notes,
+        warnings: layout.warnings,
     }
 }
 
@@ -343,6 +129,42 @@ struct Discovery<'w, 'a> {
 }
 
 impl Discovery<'_, '_> {
+    /// Each root: the deepest mount containing it, then (without -x) the
+    /// mounts below it. Returns the mount of each root, in order.
+    fn select_for_roots(
+        &mut self,
+        roots: &[SourceRoot],
+        one_file_system: bool,
+    ) -> Vec<Option<usize>> {
+        let mut root_mounts = Vec::with_capacity(roots.len());
+        for root in roots {
+            let mount = self.mount_for_root(root);
+            if let Some(index) = mount {
+                self.select(index, format!("source root {}", root.absolute.display()));
+            }
+            root_mounts.push(mount);
+            if !one_file_system {
+                self.select_mounts_below(root);
+            }
+        }
+        root_mounts
+    }
+
+    /// Selects the usable ZFS mounts strictly below `root`.
+    fn select_mounts_below(&mut self, root: &SourceRoot) {
+        let visible = self.visible;
+        for (index, entry) in visible.iter().enumerate() {
+            let below =
+                entry.mount_point != root.absolute && is_within(&entry.mount_point, &root.absolute);
+            if below && self.usable(entry).is_some() {
+                self.select(
+                    index,
+                    format!("below source root {}", root.absolute.display()),
+                );
+            }
+        }
+    }
+
     fn select(&mut self, index: usize, reason: String) {
         if !self.selected.iter().any(|(i, _)| *i == index) {
             self.selected.push((index, reason));
@@ -439,7 +261,320 @@ impl Discovery<'_, '_> {
     }
 }
 
-/// The nearest visible mount strictly above `entry`.
+/// The selection made final: where each selected mount goes in the mirror,
+/// and the roots and exclusions borg is given.
+struct Layout<'w, 'a> {
+    world: &'w World<'a>,
+    visible: &'w [MountEntry],
+    one_file_system: bool,
+    /// Indices into `visible`, with the first reason each was selected.
+    reasons: Vec<(usize, String)>,
+    selected: BTreeSet<usize>,
+    /// Indices into `visible` of tagged datasets.
+    tagged: BTreeSet<usize>,
+    /// Paths read from a snapshot, with the index of the mount holding each.
+    snapshot_roots: Vec<(PathBuf, usize)>,
+    live_roots: Vec<PathBuf>,
+    extra_roots: Vec<PlannedRoot>,
+    live_exclusions: Vec<PathBuf>,
+    notes: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl<'w, 'a> Layout<'w, 'a> {
+    fn new(d: Discovery<'w, 'a>, one_file_system: bool) -> Self {
+        let selected = d.selected.iter().map(|(i, _)| *i).collect();
+        Layout {
+            world: d.world,
+            visible: d.visible,
+            one_file_system,
+            reasons: d.selected,
+            selected,
+            tagged: d.tagged,
+            snapshot_roots: Vec::new(),
+            live_roots: Vec::new(),
+            extra_roots: Vec::new(),
+            live_exclusions: Vec::new(),
+            notes: d.notes,
+            warnings: d.warnings,
+        }
+    }
+
+    fn is_selected(&self, index: usize) -> bool {
+        self.selected.contains(&index)
+    }
+
+    fn parent_selected(&self, entry: &MountEntry) -> bool {
+        parent_of(self.visible, entry).is_some_and(|i| self.is_selected(i))
+    }
+
+    fn level(&self, index: usize) -> usize {
+        mirror_level(self.visible, &self.selected, index)
+    }
+
+    fn mirror(&self, level: usize) -> Mapping {
+        Mapping::at_level(self.world.runtime_root, level)
+    }
+
+    /// Each root as borg reads it: from the mirror when its mount was
+    /// selected, live otherwise.
+    fn map_roots(
+        &mut self,
+        roots: &[SourceRoot],
+        root_mounts: &[Option<usize>],
+    ) -> Vec<PlannedRoot> {
+        let mut planned = Vec::new();
+        for (root, mount) in roots.iter().zip(root_mounts) {
+            planned.push(match mount {
+                Some(index) => self.map_snapshot_root(root, *index),
+                None => self.map_live_root(root),
+            });
+        }
+        planned
+    }
+
+    fn map_snapshot_root(&mut self, root: &SourceRoot, index: usize) -> PlannedRoot {
+        let given = root.given.to_string_lossy();
+        if !root.given.is_absolute()
+            && !given.contains("/./")
+            && crate::mapping::python_normpath(&given).1.is_empty()
+        {
+            self.warnings.push(format!(
+                "source root {given:?} is the working directory or above it: its own \
+                 directory is stored as `.` by borg >= 1.4.5 and not at all before \
+                 (plain borg stores {given:?}); everything below it is the same"
+            ));
+        }
+        self.snapshot_roots.push((root.absolute.clone(), index));
+        let level = self.level(index);
+        PlannedRoot {
+            path: root.given.clone(),
+            source: RootSource::Snapshot,
+            borg_path: self.mirror(level).borg_root(&root.given, self.world.cwd),
+            dataset: self.visible[index].zfs_dataset().map(str::to_owned),
+            level,
+        }
+    }
+
+    fn map_live_root(&mut self, root: &SourceRoot) -> PlannedRoot {
+        self.live_roots.push(root.absolute.clone());
+        PlannedRoot {
+            path: root.given.clone(),
+            source: RootSource::Live,
+            borg_path: root.given.display().to_string(),
+            dataset: None,
+            level: 0,
+        }
+    }
+
+    /// The selected mounts, shallowest first, then by path.
+    fn selected_by_depth(&self) -> Vec<usize> {
+        let visible = self.visible;
+        let mut order: Vec<usize> = self.selected.iter().copied().collect();
+        order.sort_by(|&a, &b| {
+            let key = |i: usize| {
+                (
+                    visible[i].mount_point.components().count(),
+                    &visible[i].mount_point,
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        order
+    }
+
+    /// Selected mounts no snapshotted root reaches get a root of their own;
+    /// if a live root would read them live, that live path is excluded.
+    fn add_unreached_mounts(&mut self, order: &[usize], root_mounts: &[Option<usize>]) {
+        let visible = self.visible;
+        for &index in order {
+            let entry = &visible[index];
+            // A root's own dataset is read through that root; only a tag asks
+            // for the whole of it.
+            if root_mounts.contains(&Some(index)) && !self.tagged.contains(&index) {
+                continue;
+            }
+            if self.reached(index) {
+                continue;
+            }
+            let level = self.level(index);
+            let borg_path = self
+                .mirror(level)
+                .borg_root(&entry.mount_point, self.world.cwd);
+            self.extra_roots.push(PlannedRoot {
+                path: entry.mount_point.clone(),
+                source: RootSource::Snapshot,
+                borg_path,
+                dataset: entry.zfs_dataset().map(str::to_owned),
+                level,
+            });
+            self.snapshot_roots.push((entry.mount_point.clone(), index));
+            if !self.one_file_system
+                && !self.parent_selected(entry)
+                && self
+                    .live_roots
+                    .iter()
+                    .any(|r| is_within(&entry.mount_point, r))
+            {
+                self.live_exclusions.push(entry.mount_point.clone());
+            }
+        }
+    }
+
+    /// Whether a root read from a snapshot already reads the selected mount
+    /// `index`.
+    fn reached(&self, index: usize) -> bool {
+        let entry = &self.visible[index];
+        if self.one_file_system {
+            self.snapshot_roots
+                .iter()
+                .any(|(path, mount)| *mount == index && *path == entry.mount_point)
+        } else {
+            // A root reaches this mount only within one mirror: one below a
+            // file system no snapshot holds is mounted in a mirror of its own.
+            self.snapshot_roots.iter().any(|(path, mount)| {
+                is_within(&entry.mount_point, path) && self.level(*mount) == self.level(index)
+            })
+        }
+    }
+
+    /// Other file systems below snapshotted roots: mounts not selected that
+    /// lie strictly below a path read from a snapshot.
+    fn unselected_below_snapshots(&self) -> impl Iterator<Item = &'w MountEntry> + '_ {
+        self.visible
+            .iter()
+            .enumerate()
+            .filter(|(index, entry)| {
+                !self.is_selected(*index)
+                    && self.snapshot_roots.iter().any(|(path, _)| {
+                        entry.mount_point != *path && is_within(&entry.mount_point, path)
+                    })
+            })
+            .map(|(_, entry)| entry)
+    }
+
+    /// With -x, borg stores the mountpoints of other file systems below
+    /// snapshotted roots as directories and does not descend, as it does in
+    /// the mirror.
+    fn boundaries(&self) -> Vec<PathBuf> {
+        if !self.one_file_system {
+            return Vec::new();
+        }
+        let mapping = Mapping::new(self.world.runtime_root);
+        self.unselected_below_snapshots()
+            .map(|entry| mapping.to_snapshot(&entry.mount_point))
+            .collect()
+    }
+
+    /// Without -x, the content of other file systems below snapshotted
+    /// roots is in no snapshot, which the user must hear about. Plain borg
+    /// would read them: so do we, live.
+    fn read_unfrozen_live(&mut self) {
+        if self.one_file_system {
+            return;
+        }
+        let unfrozen: BTreeSet<String> = self
+            .unselected_below_snapshots()
+            .map(|entry| entry.mount_point.display().to_string())
+            .collect();
+        if !unfrozen.is_empty() {
+            self.warnings.push(format!(
+                "not on ZFS, so read live, not from a snapshot: {}",
+                unfrozen.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let unfrozen: Vec<PathBuf> = unfrozen.iter().map(PathBuf::from).collect();
+        for top in unfrozen
+            .iter()
+            .filter(|n| !unfrozen.iter().any(|o| o != *n && is_within(n, o)))
+        {
+            self.add_live_walk(top);
+        }
+    }
+
+    /// `top` read live, the root of its own walk (stored under its own
+    /// path), with its empty stand-in in the mirror left out, and the
+    /// datasets below it read from their snapshots.
+    fn add_live_walk(&mut self, top: &Path) {
+        self.extra_roots.push(PlannedRoot {
+            path: top.to_path_buf(),
+            source: RootSource::Live,
+            borg_path: top.display().to_string(),
+            dataset: None,
+            level: 0,
+        });
+        let visible = self.visible;
+        let holder = visible
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                self.is_selected(*i) && is_within(top, &e.mount_point) && e.mount_point != *top
+            })
+            .max_by_key(|(_, e)| e.mount_point.components().count())
+            .map(|(i, _)| i);
+        if let Some(holder) = holder {
+            let stand_in = self.mirror(self.level(holder)).to_snapshot(top);
+            self.live_exclusions.push(stand_in);
+        }
+        for (_, entry) in visible
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| self.selected.contains(i) && is_within(&e.mount_point, top))
+        {
+            if !self.live_exclusions.contains(&entry.mount_point) {
+                self.live_exclusions.push(entry.mount_point.clone());
+            }
+        }
+    }
+
+    /// A live root containing the runtime root would walk into zfs-snap's own
+    /// state: its lock and mark, and the mirror (archived twice, under its
+    /// runtime path). The mirror roots themselves start below the runtime
+    /// root, so excluding exactly that directory leaves them alone.
+    fn exclude_runtime_root(&mut self) {
+        let runtime_root = self.world.runtime_root;
+        if let Some(root) = self.live_roots.iter().find(|r| is_within(runtime_root, r)) {
+            self.live_exclusions.push(runtime_root.to_owned());
+            self.warnings.push(format!(
+                "the runtime root {} is inside the live path {}: it is not archived (it holds              zfs-snap's lock and the snapshot mirror, not data)",
+                runtime_root.display(),
+                root.display()
+            ));
+        }
+    }
+
+    /// The selected mounts, shallowest first, each with its place in the
+    /// mirror and the reason it was selected.
+    fn planned_mounts(&self, order: &[usize]) -> Vec<PlannedMount> {
+        let mut mounts: Vec<PlannedMount> = order
+            .iter()
+            .map(|&i| {
+                let entry = &self.visible[i];
+                let dataset = entry.zfs_dataset().unwrap_or_default().to_owned();
+                PlannedMount {
+                    pool: pool_of(&dataset).to_owned(),
+                    dataset,
+                    mountpoint: entry.mount_point.clone(),
+                    snapshot_mountpoint: self.mirror(self.level(i)).to_snapshot(&entry.mount_point),
+                    reason: self
+                        .reasons
+                        .iter()
+                        .find(|(j, _)| *j == i)
+                        .map(|(_, r)| r.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        mounts.sort_by(|a, b| {
+            let depth = |m: &PlannedMount| m.mountpoint.components().count();
+            depth(a)
+                .cmp(&depth(b))
+                .then(a.mountpoint.cmp(&b.mountpoint))
+        });
+        mounts
+    }
+}
+
 /// Which mirror the selected mount `index` goes in: the level of the
 /// nearest selected mount above it, plus one if a file system no snapshot
 /// holds (a tmpfs, an unselected dataset) lies between them: there, the
@@ -458,6 +593,7 @@ fn mirror_level(visible: &[MountEntry], selected: &BTreeSet<usize>, index: usize
     0
 }
 
+/// The nearest visible mount strictly above `entry`.
 fn parent_of(visible: &[MountEntry], entry: &MountEntry) -> Option<usize> {
     visible
         .iter()

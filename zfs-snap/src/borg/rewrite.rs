@@ -199,20 +199,54 @@ pub fn rewrite_numbered(
     cwd: &Path,
 ) -> Rewritten {
     let tag = n.map_or(String::new(), |n| format!(".{n}"));
-    let mut files = Vec::new();
-    let mut replace: Vec<(usize, OsString)> = Vec::new();
+    let ours = our_patterns(sources, plan, mapping, cwd);
+    let (mut replace, file_roots) = root_replacements(args, sources, plan);
+    let mut files =
+        rewrite_patterns_files(args, sources, &file_roots, work_dir, &tag, &mut replace);
 
-    // Our own patterns, first: live exclusions (pf, which
-    // borg checks before anything else), the user's rules' twins for the
-    // mirror, then a guard that includes the rest of the mirror so no user
-    // rule meant for live paths reaches it.
+    let generated = work_dir.join(format!("zfs-snap-patterns{tag}.lst"));
+    let argv = rebuild_argv(
+        args,
+        plan,
+        &replace,
+        (!ours.is_empty()).then_some(generated.as_path()),
+    );
+    if !ours.is_empty() {
+        files.insert(0, (generated, generated_patterns(&ours)));
+    }
+    Rewritten { argv, files }
+}
+
+/// Our own patterns, first: live exclusions (pf, which
+/// borg checks before anything else), the user's rules' twins for the
+/// mirror, then a guard that includes the rest of the mirror so no user
+/// rule meant for live paths reaches it.
+fn our_patterns(sources: &Sources, plan: &Plan, mapping: &Mapping, cwd: &Path) -> Vec<String> {
     let mut ours: Vec<String> = Vec::new();
     for live in &plan.live_exclusions {
         ours.push(format!("! pf:{}", strip_slash(live)));
     }
-    // borg matches the path as walked: from an absolute root, the mirror
-    // path; from a relative one, a relative path (see Mapping::borg_root).
-    // Each kind of walked path gets its own twins, and its own guard.
+    let groups = walked_path_groups(plan, mapping, cwd);
+    if !groups.is_empty() && sources.has_rules() {
+        for rule in &sources.rules {
+            for (group_prefix, ups) in &groups {
+                for twin in patterns::twins_after(rule, group_prefix, *ups) {
+                    ours.push(twin.to_string());
+                }
+            }
+        }
+        for (group_prefix, _) in &groups {
+            ours.push(format!("+ pp:{group_prefix}"));
+        }
+    }
+    ours
+}
+
+/// borg matches the path as walked: from an absolute root, the mirror
+/// path; from a relative one, a relative path (see Mapping::borg_root).
+/// Each kind of walked path gets its own twins, and its own guard: one
+/// (prefix, leading `..` count) per kind, in order of first use.
+fn walked_path_groups(plan: &Plan, mapping: &Mapping, cwd: &Path) -> Vec<(String, usize)> {
     let mut groups: Vec<(String, usize)> = Vec::new();
     for root in plan.borg_roots().filter(|r| r.dataset.is_some()) {
         let mirror = mapping.at(root.level);
@@ -226,21 +260,26 @@ pub fn rewrite_numbered(
             groups.push(group);
         }
     }
-    if !groups.is_empty() && sources.has_rules() {
-        for rule in &sources.rules {
-            for (group_prefix, ups) in &groups {
-                for twin in patterns::twins_after(rule, group_prefix, *ups) {
-                    ours.push(twin.to_string());
-                }
-            }
-        }
-        for (group_prefix, _) in &groups {
-            ours.push(format!("+ pp:{group_prefix}"));
-        }
-    }
+    groups
+}
 
+/// An argument to replace: its index in argv, and the new argument.
+type Replacement = (usize, OsString);
+/// A root in a patterns file: the option naming the file, the line, and
+/// the root's new borg path.
+type FileRoot = (usize, usize, String);
+
+/// Each source root's new borg path: argv replacements (index, new
+/// argument) for roots on the command line, and (option, line, root) for
+/// roots in pattern files.
+fn root_replacements(
+    args: &CreateArgs,
+    sources: &Sources,
+    plan: &Plan,
+) -> (Vec<Replacement>, Vec<FileRoot>) {
     let borg_path = |k: usize| plan.roots[k].borg_path.clone();
-    let mut file_roots: Vec<(usize, usize, String)> = Vec::new();
+    let mut replace: Vec<Replacement> = Vec::new();
+    let mut file_roots: Vec<FileRoot> = Vec::new();
     for (k, (_, origin)) in sources.roots.iter().enumerate() {
         match origin {
             Origin::Positional(index) => replace.push((*index, borg_path(k).into())),
@@ -253,6 +292,20 @@ pub fn rewrite_numbered(
             }
         }
     }
+    (replace, file_roots)
+}
+
+/// Copies of the pattern files that hold roots, with those roots rewritten,
+/// written to `work_dir`; the options naming them are pointed at the copies.
+fn rewrite_patterns_files(
+    args: &CreateArgs,
+    sources: &Sources,
+    file_roots: &[FileRoot],
+    work_dir: &Path,
+    tag: &str,
+    replace: &mut Vec<Replacement>,
+) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
     for (n, file) in sources
         .files
         .iter()
@@ -260,7 +313,7 @@ pub fn rewrite_numbered(
         .filter(|(_, f)| f.has_roots)
     {
         let mut lines = file.lines.clone();
-        for (option, line, root) in &file_roots {
+        for (option, line, root) in file_roots {
             if *option == file.option {
                 lines[*line] = format!("R {root}");
             }
@@ -276,8 +329,17 @@ pub fn rewrite_numbered(
         ));
         files.push((path, lines.join("\n") + "\n"));
     }
+    files
+}
 
-    let generated = work_dir.join(format!("zfs-snap-patterns{tag}.lst"));
+/// `args` with `replace` applied, our patterns file (if any) first after
+/// `create`, and the extra roots after the last root.
+fn rebuild_argv(
+    args: &CreateArgs,
+    plan: &Plan,
+    replace: &[Replacement],
+    generated: Option<&Path>,
+) -> Vec<OsString> {
     let insert_roots_after = args
         .path_indices
         .last()
@@ -289,9 +351,11 @@ pub fn rewrite_numbered(
             Some((_, new)) => argv.push(new.clone()),
             None => argv.push(arg.clone()),
         }
-        if i == args.create_index && !ours.is_empty() {
-            argv.push("--patterns-from".into());
-            argv.push(generated.clone().into());
+        if i == args.create_index {
+            if let Some(generated) = generated {
+                argv.push("--patterns-from".into());
+                argv.push(generated.into());
+            }
         }
         if i == insert_roots_after {
             argv.extend(
@@ -301,17 +365,19 @@ pub fn rewrite_numbered(
             );
         }
     }
-    if !ours.is_empty() {
-        let mut content = String::from(
-            "# written by zfs-snap: makes the patterns below act on the snapshot mirror\n",
-        );
-        for line in &ours {
-            content.push_str(line);
-            content.push('\n');
-        }
-        files.insert(0, (generated, content));
+    argv
+}
+
+/// The content of our own patterns file.
+fn generated_patterns(ours: &[String]) -> String {
+    let mut content = String::from(
+        "# written by zfs-snap: makes the patterns below act on the snapshot mirror\n",
+    );
+    for line in ours {
+        content.push_str(line);
+        content.push('\n');
     }
-    Rewritten { argv, files }
+    content
 }
 
 fn strip_slash(path: &Path) -> String {
