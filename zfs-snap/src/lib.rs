@@ -47,6 +47,6 @@ pub mod wrap;
 pub mod zfs;
 
 #[cfg(test)]
-mod doubles;
+mod tests;
 
 pub use error::{Error, Result};

@@ -1,0 +1,4 @@
+//! Unit tests of the lifecycle over in-memory doubles of ZFS and mounts.
+
+mod doubles;
+mod lifecycle;
