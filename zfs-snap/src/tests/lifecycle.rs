@@ -369,7 +369,7 @@ fn recovery_removes_only_what_is_provably_ours() {
     drop(run);
     let mut destroyed = recovered.destroyed.clone();
     destroyed.sort();
-    assert_eq!(destroyed, vec![renamed.to_owned(), ours.to_owned()]);
+    assert_eq!(destroyed, vec![ours.to_owned(), renamed.to_owned()]);
     assert_eq!(recovered.unmounted.len(), 2);
     let mut left = foreign.map(str::to_owned).to_vec();
     left.sort();
