@@ -209,19 +209,15 @@ impl<'r> Request<'r> {
         cwd: &'r Path,
         read: &dyn Fn(&Path) -> Result<String>,
     ) -> Result<Request<'r>> {
-        let sources = Sources::read_with(args, cwd, read)?;
-        let roots = resolve_roots(&sources.roots(), cwd)?;
-        Ok(Request {
-            args,
-            sources,
-            roots,
-            cwd,
-        })
+        Self::resolved(args, cwd, Sources::read_with(args, cwd, read)?)
     }
 
     /// As [`Request::new`], reading pattern files from this host.
     pub fn here(args: &'r CreateArgs, cwd: &'r Path) -> Result<Request<'r>> {
-        let sources = Sources::read(args, cwd)?;
+        Self::resolved(args, cwd, Sources::read(args, cwd)?)
+    }
+
+    fn resolved(args: &'r CreateArgs, cwd: &'r Path, sources: Sources) -> Result<Request<'r>> {
         let roots = resolve_roots(&sources.roots(), cwd)?;
         Ok(Request {
             args,
