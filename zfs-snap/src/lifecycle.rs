@@ -76,7 +76,7 @@ fn ms(since: Instant) -> f64 {
 
 impl<'a> Run<'a> {
     /// Prepares the runtime root, takes its lock and removes what dead runs
-    /// left behind. Returns the session with a fresh look at ZFS's
+    /// left behind. Returns the run with a fresh look at ZFS's
     /// filesystems and the mount table, taken after that recovery.
     ///
     /// Finding leftovers means listing every snapshot on the host, which
