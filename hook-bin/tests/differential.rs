@@ -195,9 +195,7 @@ fn shrink_with(w: &World, mut c: Case, mut n: usize, sabotage: &[&str]) -> (Case
 }
 
 fn run_cases(test_seed: u64) {
-    if borg().is_none() {
-        return;
-    }
+    need!(Need::Borg);
     let cases: usize = std::env::var("ZFS_SNAP_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -236,9 +234,7 @@ fn run_cases(test_seed: u64) {
 /// The oracle can fail: an exclude given to zfs-snap's borg only is seen.
 #[test]
 fn a_difference_is_detected_and_shrunk() {
-    if borg().is_none() {
-        return;
-    }
+    need!(Need::Borg);
     let mut rng = Rng(7);
     let t = tree(&mut rng);
     let c = Case {
@@ -279,9 +275,7 @@ fn generated_command_lines_archive_what_plain_borg_archives_2() {
 #[test]
 fn a_path_that_is_not_utf8_is_refused_like_borg_refuses_it() {
     use std::os::unix::ffi::OsStringExt;
-    if borg().is_none() {
-        return;
-    }
+    need!(Need::Borg);
     let w = World::new();
     let top = w.dataset("tank", "tank");
     let odd = top.join(std::ffi::OsString::from_vec(b"raw\xffbyte".to_vec()));
@@ -312,9 +306,7 @@ fn a_path_that_is_not_utf8_is_refused_like_borg_refuses_it() {
 /// plain borg's walked path `../tank`.
 #[test]
 fn a_leading_star_over_the_dotdots_of_a_relative_root() {
-    if borg().is_none() {
-        return;
-    }
+    need!(Need::Borg);
     let w = World::new();
     let top = w.dataset("tank", "tank");
     fs::write(top.join("keep"), "k").unwrap();

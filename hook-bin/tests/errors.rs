@@ -20,7 +20,7 @@ fn wrap_args(repo: &str, path: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn missing_source_path_is_named_before_any_snapshot() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     let missing = data.join("nope");
@@ -33,7 +33,7 @@ fn missing_source_path_is_named_before_any_snapshot() {
 
 #[test]
 fn zfs_command_missing_failing_or_garbled() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     let out = run(w
@@ -120,7 +120,7 @@ fn wrap_needs_a_command_and_create_needs_an_archive() {
 
 #[test]
 fn unsafe_runtime_roots_are_refused() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     let real = w.dir.path().join("real-root");
@@ -175,7 +175,7 @@ fn tagging_a_missing_dataset_names_it() {
 #[test]
 fn journal_lines_carry_their_priority() {
     use std::os::unix::fs::MetadataExt;
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     // An unknown borg option: a warning; a missing source: an error.
@@ -231,7 +231,7 @@ fn journal_lines_carry_their_priority() {
 /// caller files them as log messages, not as unknown stderr text.
 #[test]
 fn with_log_json_our_lines_are_borg_json_log_lines() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     let out = run(w

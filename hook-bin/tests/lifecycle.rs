@@ -107,7 +107,7 @@ fn borg_processes_of(w: &World) -> usize {
 
 #[test]
 fn sigterm_reaches_borg_and_teardown_completes() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let child = blocked_run(&w);
     assert!(borg_processes_of(&w) >= 1, "borg should be running");
@@ -129,7 +129,7 @@ fn sigterm_reaches_borg_and_teardown_completes() {
 
 #[test]
 fn second_run_is_refused_with_the_holders_pid_or_waits() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let first = blocked_run(&w);
     let other = w.dataset("tank/other", "other");
@@ -177,7 +177,7 @@ fn second_run_is_refused_with_the_holders_pid_or_waits() {
 /// name); `cleanup` always looks.
 #[test]
 fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     w.dataset("tank", "tank");
     let data = w.dataset("tank/data", "tank/data");
@@ -240,7 +240,7 @@ fn clean_mark_skips_the_snapshot_listing_until_a_new_pool_appears() {
 /// ownership value and removes them itself.
 #[test]
 fn snapshots_of_a_failed_snapshot_call_are_found_by_the_next_run() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("f"), "f");
@@ -393,7 +393,7 @@ fn a_new_run_recovers_first() {
     let out = run(w.cmd().args(["plan"]).arg(&data));
     assert!(out.status.success());
     assert_eq!(w.snapshot_names().len(), 2, "plan changes nothing");
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let out = w.create("a", &[&data]);
     assert!(out.status.success());
     assert!(stderr(&out).contains("removed what an earlier run left behind"));
@@ -403,7 +403,7 @@ fn a_new_run_recovers_first() {
 
 #[test]
 fn busy_snapshot_is_marked_for_deferred_destroy_and_reported() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("f"), "f");
@@ -432,7 +432,7 @@ fn busy_snapshot_is_marked_for_deferred_destroy_and_reported() {
 
 #[test]
 fn zfs_calls_do_not_grow_with_the_number_of_datasets() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     // (first run, second run) per n: the first finds no clean mark and lists
     // snapshots to find leftovers; the second trusts the first's mark.
     let mut counts = Vec::new();

@@ -20,24 +20,6 @@ fn rules_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring")
 }
 
-/// Debian's `promtool` and `prometheus`, or a loud skip.
-fn prometheus_tools() -> Option<()> {
-    let ok = ["promtool", "prometheus"].iter().all(|tool| {
-        Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        eprintln!("SKIPPED: needs promtool and prometheus (apt-get install prometheus)");
-        if std::env::var_os("ZFS_SNAP_REQUIRE_PROMETHEUS").is_some() {
-            panic!("ZFS_SNAP_REQUIRE_PROMETHEUS is set but prometheus is missing");
-        }
-        return None;
-    }
-    Some(())
-}
-
 /// The samples of an exposition: `name{labels}` -> value.
 fn samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -170,8 +152,8 @@ fn assert_figures_match_borg(
 
 #[test]
 fn creates_with_and_without_json_record_what_borg_says() {
-    let Some(_) = borg() else { return };
-    let Some(_) = prometheus_tools() else { return };
+    need!(Need::Borg);
+    need!(Need::Prometheus);
     let (w, data, repo2) = world();
     let repo = w.repo();
     let before = now();
@@ -314,7 +296,7 @@ fn assert_promtool_accepts(text: &str) {
 
 #[test]
 fn a_session_records_each_create_and_the_run() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let (w, data, repo2) = world();
     let repo = w.repo();
     let link_dir = w.dir.path().join("link");
@@ -349,7 +331,7 @@ fn a_session_records_each_create_and_the_run() {
 
 #[test]
 fn a_state_directory_others_may_write_is_refused_and_the_backup_goes_on() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let (w, data, _) = world();
     let state = w.state_dir();
     std::fs::create_dir_all(&state).unwrap();
@@ -374,7 +356,7 @@ fn a_state_directory_others_may_write_is_refused_and_the_backup_goes_on() {
 
 #[test]
 fn the_alert_fires_after_25_hours_without_a_backup_and_not_before() {
-    let Some(_) = prometheus_tools() else { return };
+    need!(Need::Prometheus);
     let dir = rules_dir();
     let check = run(Command::new("promtool")
         .args(["check", "rules"])
@@ -470,9 +452,9 @@ fn nix_kill(pid: u32, signal: &str) {
         .success());
 }
 
-/// Two repositories with one archive each, recorded.
-fn recorded_world() -> Option<(World, String, String)> {
-    borg()?;
+/// Two repositories with one archive each, recorded (ask for
+/// [`Need::Borg`] first).
+fn recorded_world() -> (World, String, String) {
     let (w, data, repo2) = world();
     let repo = w.repo();
     for (r, name) in [(&repo, "one"), (&repo2, "two")] {
@@ -483,15 +465,14 @@ fn recorded_world() -> Option<(World, String, String)> {
             .arg(&data));
         assert!(out.status.success());
     }
-    Some((w, repo, repo2))
+    (w, repo, repo2)
 }
 
 #[test]
 fn a_real_prometheus_scrapes_the_exporter() {
-    let Some(_) = prometheus_tools() else { return };
-    let Some((w, repo, repo2)) = recorded_world() else {
-        return;
-    };
+    need!(Need::Prometheus);
+    need!(Need::Borg);
+    let (w, repo, repo2) = recorded_world();
     let exporter = Exporter::start(&w);
     let dir = w.dir.path().join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();
@@ -560,9 +541,8 @@ fn a_real_prometheus_scrapes_the_exporter() {
 
 #[test]
 fn the_exporter_serves_the_rest_when_state_files_are_bad() {
-    let Some((w, repo, repo2)) = recorded_world() else {
-        return;
-    };
+    need!(Need::Borg);
+    let (w, repo, repo2) = recorded_world();
     let repos = w.state_dir().join("repositories");
     let good = std::fs::read_dir(&repos)
         .unwrap()
@@ -642,9 +622,8 @@ fn fds(pid: u32) -> usize {
 /// must not grow and memory must settle; latencies are printed.
 #[test]
 fn a_thousand_scrapes_grow_neither_memory_nor_descriptors() {
-    let Some((w, _, _)) = recorded_world() else {
-        return;
-    };
+    need!(Need::Borg);
+    let (w, _, _) = recorded_world();
     let exporter = Exporter::start(&w);
     let pid = exporter.child.id();
     for _ in 0..100 {
@@ -682,7 +661,7 @@ fn a_thousand_scrapes_grow_neither_memory_nor_descriptors() {
 
 #[test]
 fn a_content_from_command_create_is_recorded_without_snapshots() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let repo = w.repo();
     let out = run(w.cmd().env("ZFS_SNAP_METRICS_INFO", "auto").args([
@@ -708,7 +687,7 @@ fn a_content_from_command_create_is_recorded_without_snapshots() {
 
 #[test]
 fn state_dir_none_records_nothing_and_says_so_to_metrics() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let (w, data, _) = world();
     let out = run(w
         .cmd()
@@ -767,7 +746,7 @@ fn record_of(w: &World, repo: &str) -> Value {
 
 #[test]
 fn a_warning_exit_with_modern_codes_is_a_backup_made() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let (w, data, _) = world();
     let repo = w.repo();
     // A file borg may not read: a warning, and the archive is made. The
@@ -812,7 +791,7 @@ fn a_warning_exit_with_modern_codes_is_a_backup_made() {
 
 #[test]
 fn a_passphrase_through_a_pipe_is_not_read_twice() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let (w, data, _) = world();
     let repo = w.dir.path().join("secret");
     let init = run(Command::new("borg")
@@ -869,7 +848,7 @@ fn a_passphrase_through_a_pipe_is_not_read_twice() {
 
 #[test]
 fn records_are_readable_by_others_whatever_the_umask() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let (w, data, _) = world();
     // Relative: the caller's directory.
     let textfile = w.dir.path().join("zfs-snap.prom");
@@ -902,7 +881,7 @@ fn records_are_readable_by_others_whatever_the_umask() {
 
 #[test]
 fn a_run_that_fails_early_keeps_what_the_last_run_left_on_record() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let (w, data, _) = world();
     let repo = w.repo();
     assert!(run(w
@@ -942,7 +921,7 @@ fn a_run_that_fails_early_keeps_what_the_last_run_left_on_record() {
 
 #[test]
 fn a_bad_metrics_setting_is_a_warning_and_the_backup_goes_on() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let (w, data, _) = world();
     let out = run(w
         .cmd()
@@ -955,9 +934,8 @@ fn a_bad_metrics_setting_is_a_warning_and_the_backup_goes_on() {
 
 #[test]
 fn a_retired_repository_is_forgotten_on_request() {
-    let Some((w, repo, repo2)) = recorded_world() else {
-        return;
-    };
+    need!(Need::Borg);
+    let (w, repo, repo2) = recorded_world();
     let forget = run(w.cmd().args(["metrics", "--forget", &format!("{repo}/")]));
     assert!(
         forget.status.success(),

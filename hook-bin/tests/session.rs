@@ -52,7 +52,7 @@ fn file_in(w: &World, archive: &str, path: &Path) -> String {
 
 #[test]
 fn every_create_of_the_command_reads_one_snapshot_set() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "data");
     w.write(&data.join("file"), "before");
@@ -89,7 +89,7 @@ fn every_create_of_the_command_reads_one_snapshot_set() {
 
 #[test]
 fn a_create_needing_more_datasets_extends_the_set_at_a_later_point() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "data");
     let other = w.dataset("tank/other", "other");
@@ -128,7 +128,7 @@ fn a_create_needing_more_datasets_extends_the_set_at_a_later_point() {
 
 #[test]
 fn a_create_claiming_another_session_is_refused() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "data");
     w.write(&data.join("file"), "d");
@@ -237,7 +237,7 @@ fn processes_with(text: &str) -> usize {
 
 #[test]
 fn sigterm_stops_the_command_and_tears_down_once() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let child = blocked_session(&w, &borg);
     let started = Instant::now();
@@ -266,7 +266,7 @@ fn sigterm_stops_the_command_and_tears_down_once() {
 
 #[test]
 fn a_killed_session_is_recovered_by_the_next_run() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let child = blocked_session(&w, &borg);
     // The whole process group, as systemd kills a unit's processes (or as

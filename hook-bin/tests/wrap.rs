@@ -9,7 +9,7 @@ use support::*;
 
 #[test]
 fn archive_has_original_paths_and_the_snapshots_content() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("file.txt"), "before\n");
@@ -60,7 +60,7 @@ fn archive_has_original_paths_and_the_snapshots_content() {
 
 #[test]
 fn nested_children_non_zfs_paths_and_tags_together() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     let child = w.dataset("tank/data/child", "tank/data/child");
@@ -98,7 +98,7 @@ fn nested_children_non_zfs_paths_and_tags_together() {
 /// borg stores over the live tree, for every pattern style, with -x too.
 #[test]
 fn patterns_of_every_style_act_as_on_the_live_tree() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     let child = w.dataset("tank/data/child", "tank/data/child");
@@ -174,7 +174,7 @@ fn regex_escape(text: &str) -> String {
 
 #[test]
 fn second_run_finds_files_unchanged_in_borgs_cache() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     for i in 0..5 {
@@ -223,7 +223,7 @@ fn second_run_finds_files_unchanged_in_borgs_cache() {
 
 #[test]
 fn borg_failure_comes_back_and_nothing_is_left() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("f"), "f");
@@ -244,7 +244,7 @@ fn borg_failure_comes_back_and_nothing_is_left() {
 
 #[test]
 fn other_borg_commands_and_dry_run_pass_through() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("f"), "f");
@@ -268,7 +268,7 @@ fn other_borg_commands_and_dry_run_pass_through() {
 
 #[test]
 fn borg_link_acts_as_the_wrapper() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("f"), "f");
@@ -307,7 +307,7 @@ fn borg_link_acts_as_the_wrapper() {
 /// loop is refused with a message, not run until the machine gives out.
 #[test]
 fn borg_script_calling_borg_through_the_link_is_refused() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let links = w.dir.path().join("links");
     let shims = w.dir.path().join("shims");
@@ -339,7 +339,7 @@ fn borg_script_calling_borg_through_the_link_is_refused() {
 
 #[test]
 fn relative_paths_are_stored_relative_like_plain_borg() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("sub/f"), "f");

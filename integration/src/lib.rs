@@ -4,13 +4,13 @@
 //! Each test takes a [`Fixture`]: its own pool, its own runtime root and its
 //! own work directory (borg repository, scripts, logs), all removed on drop,
 //! so tests run in parallel. On a host without root and ZFS every test
-//! skips loudly; with `ZFS_SNAP_REQUIRE_ZFS=1` (the VM suite) it fails
-//! instead, so nothing can skip there.
+//! skips loudly; with `ZFS_SNAP_REQUIRE=zfs` (the VM suite) it fails
+//! instead, so nothing can skip there. How tests skip: [`skip`].
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,6 @@ use nix::fcntl::{Flock, FlockArg};
 pub const OWNER_PROPERTY: &str = "org.torsion.zfs-snap:run";
 pub const TAG_PROPERTY: &str = "org.torsion.borgmatic:backup";
 pub const HOLD_TAG: &str = "zfs-snap";
-pub const REQUIRE_ENV: &str = "ZFS_SNAP_REQUIRE_ZFS";
 
 /// Size of each pool's (sparse) file vdev.
 const VDEV_SIZE: u64 = 256 << 20;
@@ -34,75 +33,26 @@ const GLOBAL_LOCK: &str = "/var/tmp/zfs-snap-integration.lock";
 
 // ---------------------------------------------------------------- skipping
 
-/// The running test's name (libtest names each test's thread after it).
-pub fn test_name() -> String {
-    match std::thread::current().name() {
-        Some(name) if name != "main" => name.to_owned(),
-        _ => "<test>".to_owned(),
-    }
-}
+pub mod skip;
+pub use skip::{need, test_name, which, Need, REQUIRE_ENV};
 
-fn required() -> bool {
-    std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
-}
-
-/// Skips the running test loudly, or, under `ZFS_SNAP_REQUIRE_ZFS=1`,
-/// fails it: in the VM nothing may skip.
-pub fn skip(reason: &str) {
-    let test = test_name();
-    if required() {
-        panic!("{test}: {reason}, but {REQUIRE_ENV}=1: this host must run every test");
-    }
-    // Straight to stderr, past libtest's capture: a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED {test}: {reason} (run it in the VM: cargo run -p vm-tests -- test) !!!!!!!!\n"
-    );
-}
-
-/// The first executable called `name` on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// Proof that this host can run the tests: root, `/dev/zfs`, `zpool`, `zfs`, `borg`.
+/// Proof that this host can run the tests: root, `/dev/zfs`, `zpool`, `zfs`, borg 1.4.
 #[derive(Debug)]
 pub struct ZfsHost(());
 
-/// `Some` on a host with root and ZFS; otherwise a loud skip (`None`) or,
-/// under `ZFS_SNAP_REQUIRE_ZFS=1`, a panic. Use [`require_zfs!`].
+/// `Some` on a host with root, ZFS and borg 1.4 ([`Need::Zfs`],
+/// [`Need::Borg`]); otherwise `None` after a loud skip, or a panic when
+/// [`REQUIRE_ENV`] lists the missing need. Use [`require_zfs!`].
+#[track_caller]
 pub fn require_zfs() -> Option<ZfsHost> {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_owned());
-    }
-    if !Path::new("/dev/zfs").exists() {
-        missing.push("/dev/zfs".to_owned());
-    }
-    for tool in ["zpool", "zfs", "borg"] {
-        if which(tool).is_none() {
-            missing.push(format!("`{tool}` on PATH"));
-        }
-    }
-    if missing.is_empty() {
-        Some(ZfsHost(()))
-    } else {
-        skip(&format!(
-            "needs root and ZFS; missing: {}",
-            missing.join(", ")
-        ));
-        None
-    }
+    need(Need::Zfs)?;
+    need(Need::Borg)?;
+    Some(ZfsHost(()))
 }
 
-/// The fixture for a test, or a loud skip (`return`) on a host without ZFS.
-/// `require_zfs!(exclusive)` runs the test alone: for tests that tag datasets.
+/// The fixture for a test, or a loud skip (`return`) on a host without ZFS
+/// ([`require_zfs`]). `require_zfs!(exclusive)` runs the test alone: for
+/// tests that tag datasets.
 #[macro_export]
 macro_rules! require_zfs {
     () => {

@@ -9,10 +9,7 @@ use integration::*;
 #[test]
 fn borgmatic_through_the_borg_link() {
     let fx = require_zfs!();
-    let Some(borgmatic) = which("borgmatic") else {
-        skip("needs `borgmatic` on PATH");
-        return;
-    };
+    let borgmatic = need!(Need::Borgmatic);
     let p = &fx.pool;
     p.dataset("data", &[]);
     let a = p.write("data/a.txt", "before\n");

@@ -2,8 +2,8 @@
 //! sdist, installed as its docs say) with zfs-snap's drop-in
 //! (systemd/borgmatic.service.d/zfs-snap.conf). Runs in the vm-tests guest
 //! that boots systemd as PID 1 (`vm-tests test` gives executables named
-//! `systemd*` that guest); anywhere else it skips loudly, and inside a VM
-//! without systemd it fails.
+//! `systemd*` that guest); anywhere else it skips loudly, and where
+//! `ZFS_SNAP_REQUIRE` lists `systemd` (that guest) without it, it fails.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -34,28 +34,14 @@ const CREATE_ONLY: &str = "skip_actions:\n    - prune\n    - compact\n    - chec
 /// One borgmatic unit: its tests run one at a time.
 static UNIT: Mutex<()> = Mutex::new(());
 
-fn require_systemd() -> bool {
-    if Path::new("/run/systemd/system").is_dir() {
-        return true;
-    }
-    if std::env::var_os(REQUIRE_ENV).is_some() {
-        panic!(
-            "{REQUIRE_ENV} is set but systemd is not PID 1: run these tests with \
-             `vm-tests test`, which boots them in its systemd guest"
-        );
-    }
-    skip("needs systemd as PID 1 (the vm-tests systemd guest)");
-    false
-}
-
 /// The test's fixture, with the borgmatic unit to itself and zfs-snap
-/// installed; or a loud skip (`return`).
+/// installed; or a loud skip (`return`): it needs ZFS, systemd as PID 1
+/// and borgmatic.
 macro_rules! systemd_fixture {
     () => {{
         let fx = require_zfs!();
-        if !require_systemd() {
-            return;
-        }
+        need!(Need::Systemd);
+        need!(Need::Borgmatic);
         let unit = UNIT.lock().unwrap_or_else(|e| e.into_inner());
         install();
         (fx, unit)

@@ -1,6 +1,7 @@
 //! A hermetic world for the `zfs-snap` binary: a stateful fake `zfs`,
 //! `mount` and `umount` (tests/fake/fakezfs.py), a fake mount table, live
-//! dataset directories in a temp dir, and real borg when installed.
+//! dataset directories in a temp dir, and real borg when installed (a test
+//! that needs it asks with `need!(Need::Borg)`).
 
 #![allow(dead_code)]
 
@@ -10,6 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{json, Value};
+
+/// How a test skips: `need!(Need::Borg)` gives borg's path or skips loudly
+/// (fails where `ZFS_SNAP_REQUIRE` lists the need); see `integration::skip`.
+/// (Unused by the test files that need nothing.)
+#[allow(unused_imports)]
+pub use integration::{need, Need};
 
 pub const OWNER: &str = "org.torsion.zfs-snap:run";
 pub const TAG: &str = "org.torsion.borgmatic:backup";
@@ -280,32 +287,6 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Real borg >= 1.4, or a loud skip.
-pub fn borg() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("borg"))
-            .find(|c| c.is_file())
-    });
-    let ok = found.as_ref().is_some_and(|b| {
-        Command::new(b)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).starts_with("borg 1.4"))
-            .unwrap_or(false)
-    });
-    if !ok {
-        eprintln!(
-            "SKIPPED: needs borg 1.4 on PATH (apt-get install -t bookworm-backports borgbackup)"
-        );
-        if std::env::var_os("ZFS_SNAP_REQUIRE_BORG").is_some() {
-            panic!("ZFS_SNAP_REQUIRE_BORG is set but borg 1.4 is missing");
-        }
-        return None;
-    }
-    found
 }
 
 impl World {
