@@ -415,16 +415,7 @@ mod python_equivalence {
 
     #[test]
     fn regex_twins_match_exactly_what_the_originals_match() {
-        let available = Command::new("python3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !available {
-            eprintln!(
-                "SKIPPED regex_twins_match_exactly_what_the_originals_match: python3 not found"
-            );
-            return;
-        }
+        integration::need!(integration::Need::Tool("python3"));
         let patterns = [
             r"^var/cache",
             r"\.pyc$",
