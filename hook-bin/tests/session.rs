@@ -138,25 +138,35 @@ fn a_create_claiming_another_session_is_refused() {
         echo "$rc" > {dir}/stale.rc
         rc=0; env -u ZFS_SNAP_SESSION "$LINK" create "$REPO::outside" {data} || rc=$?
         echo "$rc" > {dir}/outside.rc
+        "$LINK" create "$REPO::served" {data}
         "#,
         data = data.display(),
         dir = w.dir.path().display()
     );
     let out = run(&mut session(&w, &borg, &script));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a create that is not the session's does not count against it: {}",
+        stderr(&out)
+    );
     let rc = |name: &str| std::fs::read_to_string(w.dir.path().join(name)).unwrap();
     assert_eq!(rc("stale.rc").trim(), "2");
     assert!(
-        stderr(&out).contains("belongs to session not-this-one"),
+        stderr(&out).contains("belongs to a zfs-snap session, but"),
         "{}",
         stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("not-this-one"),
+        "a claimed id may be another session's secret: never printed"
     );
     assert_eq!(
         rc("outside.rc").trim(),
         "75",
         "a plain run waits for the lock"
     );
-    assert_eq!(w.snapshot_calls(), 0);
+    assert_eq!(w.snapshot_calls(), 1, "the served create's");
     w.assert_clean();
 
     // Outside any session, a claim to one is refused before anything is
@@ -173,14 +183,328 @@ fn a_create_claiming_another_session_is_refused() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(w.snapshot_calls(), 0);
+    assert_eq!(w.snapshot_calls(), 1);
 
     let out = run(w
         .cmd()
         .env("ZFS_SNAP_SESSION", "outer")
         .args(["session", "--", "true"]));
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("already inside session outer"));
+    assert!(stderr(&out).contains("already inside a zfs-snap session"));
+}
+
+/// `run.json`, as the last run left it.
+fn run_record(w: &World) -> serde_json::Value {
+    let path = w.state_dir().join("run.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// The world's runtime root, made as zfs-snap makes it (0700, ours).
+fn make_runtime_root(w: &World) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&w.runtime_root).unwrap();
+    std::fs::set_permissions(&w.runtime_root, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn a_session_whose_freeze_failed_fails_whatever_its_command_says() {
+    let Some(borg) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "data");
+    w.write(&data.join("file"), "d");
+    w.edit(|s| s["fail"] = serde_json::json!({"snapshot": "out of space"}));
+    // As borgmatic may: each create's failure seen, the run ending 0.
+    let script = format!(
+        r#"
+        rc=0; "$LINK" create "$REPO::one" {data} || rc=$?
+        echo "$rc" > {dir}/one.rc
+        rc=0; "$LINK" create "$REPO2::two" {data} || rc=$?
+        echo "$rc" > {dir}/two.rc
+        exit 0
+        "#,
+        data = data.display(),
+        dir = w.dir.path().display()
+    );
+    let out = run(&mut session(&w, &borg, &script));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let rc = |name: &str| std::fs::read_to_string(w.dir.path().join(name)).unwrap();
+    assert_eq!(rc("one.rc").trim(), "2");
+    assert_eq!(rc("two.rc").trim(), "2");
+    assert!(
+        err.contains("an earlier create of this session failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the session refused 2 borg create(s) of its command")
+            && err.contains("out of space")
+            && err.contains("its command exited 0"),
+        "{err}"
+    );
+    let record = run_record(&w);
+    assert_eq!(record["kind"], "session");
+    assert_eq!(record["status"], 2);
+    assert_eq!(record["success"], false);
+    assert_eq!(record["creates"], 0, "none served");
+    let archives = w.borg(&["list", "--short", &w.repo()]);
+    assert_eq!(stdout(&archives).trim(), "", "no archive was made");
+    w.assert_clean();
+}
+
+#[test]
+fn a_session_no_create_reached_warns_and_names_the_likely_cause() {
+    let Some(borg) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "data");
+    w.write(&data.join("file"), "d");
+    // borgmatic with `local_path` left at the real borg: a backup, read live.
+    let script = format!(
+        r#""$ZFS_SNAP_BORG" create "$REPO::live" {}"#,
+        data.display()
+    );
+    let out = run(&mut session(&w, &borg, &script));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "a warning: {err}");
+    assert!(
+        err.contains("no borg create reached the session")
+            && err.contains("local_path")
+            && err.contains("ZFS_SNAP_BORG"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("ERROR") && l.contains("no borg create reached")),
+        "at error level: {err}"
+    );
+    assert_eq!(w.snapshot_calls(), 0);
+    assert!(
+        w.archive_paths("live")
+            .contains(&archived(&data.join("file"))),
+        "the live backup was made"
+    );
+    let record = run_record(&w);
+    assert_eq!(record["status"], 1);
+    assert_eq!(record["success"], false);
+    assert_eq!(record["creates"], 0);
+
+    // A command that failed keeps its own status.
+    let out = run(&mut session(&w, &borg, "exit 3"));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no borg create reached the session"));
+    assert_eq!(run_record(&w)["status"], 3);
+    w.assert_clean();
+}
+
+#[test]
+fn a_session_stopped_early_is_recorded_as_a_failed_run() {
+    let w = World::new();
+    make_runtime_root(&w);
+    // Another run holds the lock.
+    let holder = w.cmd();
+    let mut cmd = Command::new("flock");
+    cmd.arg(w.runtime_root.join("lock"))
+        .arg(env!("CARGO_BIN_EXE_zfs-snap"))
+        .args(["session", "--", "true"])
+        .current_dir(w.dir.path());
+    for (key, value) in holder.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    let record = run_record(&w);
+    assert_eq!(record["kind"], "session");
+    assert_eq!(record["status"], 75);
+    assert_eq!(record["success"], false);
+    assert_eq!(record["runs_total"], 1);
+    assert_eq!(record["failed_runs_total"], 1);
+
+    // The command cannot be started.
+    let out = run(w.cmd().args(["session", "--", "/nonexistent/borgmatic"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let record = run_record(&w);
+    assert_eq!(record["status"], 2);
+    assert_eq!(record["runs_total"], 2);
+    assert_eq!(record["failed_runs_total"], 2);
+    w.assert_clean();
+}
+
+#[test]
+fn a_foreign_file_at_the_socket_path_is_refused_and_survives() {
+    let w = World::new();
+    make_runtime_root(&w);
+    let socket = w.runtime_root.join("session.sock");
+    std::fs::write(&socket, "someone else's").unwrap();
+    let out = run(w.cmd().args(["session", "--", "true"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not zfs-snap's session socket"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "someone else's");
+    let record = run_record(&w);
+    assert_eq!(
+        (record["status"].clone(), record["success"].clone()),
+        (2.into(), false.into()),
+        "recorded as a failed run"
+    );
+    w.assert_clean();
+}
+
+#[test]
+fn the_sessions_secret_is_never_printed() {
+    let Some(borg) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "data");
+    w.write(&data.join("file"), "d");
+    let elsewhere = w.dir.path().join("rt2");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let script = format!(
+        r#"
+        echo "$ZFS_SNAP_SESSION" > {dir}/id
+        "$LINK" create "$REPO::one" {data}
+        # The same pid, another secret; no session at all; a nested session.
+        rc=0; ZFS_SNAP_SESSION="${{ZFS_SNAP_SESSION%-*}}-0000000000000000"             "$LINK" create "$REPO::stale" {data} || rc=$?
+        rc=0; ZFS_SNAP_RUNTIME_ROOT={elsewhere} "$LINK" create "$REPO::nowhere" {data} || rc=$?
+        rc=0; "$ZFS_SNAP" session -- true || rc=$?
+        "#,
+        data = data.display(),
+        dir = w.dir.path().display(),
+        elsewhere = elsewhere.display(),
+    );
+    let out = run(session(&w, &borg, &script)
+        .env("ZFS_SNAP_VERBOSITY", "2")
+        .env("ZFS_SNAP", env!("CARGO_BIN_EXE_zfs-snap")));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let id = std::fs::read_to_string(w.dir.path().join("id")).unwrap();
+    let (pid, secret) = id.trim().split_once('-').unwrap();
+    assert_eq!(secret.len(), 16, "{id}");
+    assert!(!err.contains(secret), "the secret {secret} was printed");
+    assert!(!stdout(&out).contains(secret));
+    let named = format!("the zfs-snap session of pid {pid}");
+    assert!(
+        err.contains("belongs to another zfs-snap session, but")
+            && err.contains(&format!("is held by {named}")),
+        "{err}"
+    );
+    assert!(err.contains("no session serves"), "{err}");
+    assert!(err.contains(&format!("already inside {named}")), "{err}");
+    w.assert_clean();
+}
+
+#[test]
+fn a_client_refuses_a_runtime_root_others_could_replace() {
+    let Some(borg) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "data");
+    w.write(&data.join("file"), "d");
+    let script = format!(
+        r#"
+        chmod 770 "$ZFS_SNAP_RUNTIME_ROOT"
+        rc=0; "$LINK" create "$REPO::root" {data} || rc=$?
+        echo "$rc" > {dir}/root.rc
+        chmod 700 "$ZFS_SNAP_RUNTIME_ROOT"
+        chmod 777 {dir}
+        rc=0; "$LINK" create "$REPO::parent" {data} || rc=$?
+        echo "$rc" > {dir}/parent.rc
+        chmod 1777 {dir}
+        "$LINK" create "$REPO::sticky" {data}
+        chmod 700 {dir}
+        "#,
+        data = data.display(),
+        dir = w.dir.path().display()
+    );
+    let out = run(&mut session(&w, &borg, &script));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let rc = |name: &str| std::fs::read_to_string(w.dir.path().join(name)).unwrap();
+    assert_eq!(rc("root.rc").trim(), "2");
+    assert_eq!(rc("parent.rc").trim(), "2");
+    assert!(
+        err.contains("will not ask a session through runtime root")
+            && err.contains("writable by group or others (mode 770)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{}, above it: it is writable by group or others (mode 777) and not sticky",
+            w.dir.path().display()
+        )),
+        "{err}"
+    );
+    assert_eq!(w.snapshot_calls(), 1, "only the sticky parent's create");
+    assert!(!w.archive_paths("sticky").is_empty());
+    w.assert_clean();
+}
+
+/// Root only: a server of another uid is staged by a process that drops
+/// to `nobody` before it binds, its socket then moved into place.
+#[test]
+fn a_client_refuses_a_server_of_another_uid() {
+    let Some(borg) = borg() else { return };
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to run a server as another uid");
+        return;
+    }
+    let w = World::new();
+    let data = w.dataset("tank/data", "data");
+    make_runtime_root(&w);
+    let theirs = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
+    let server = r#"
+import os, socket, sys
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+c.settimeout(10)
+got = b""
+try:
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+except OSError:
+    pass
+print("received %d bytes" % len(got), flush=True)
+"#;
+    let bound = theirs.path().join("s.sock");
+    let mut child = Command::new("python3")
+        .args(["-c", server])
+        .arg(&bound)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    std::fs::rename(&bound, w.runtime_root.join("session.sock")).unwrap();
+    let out = run(w
+        .cmd()
+        .env("ZFS_SNAP_SESSION", "1-0123456789abcdef")
+        .args(["wrap", "--", &borg.display().to_string(), "create"])
+        .arg(format!("{}::x", w.repo()))
+        .arg(&data));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is served by uid 65534"), "{err}");
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "received 0 bytes",
+        "the request (with the secret) was never sent"
+    );
+    child.wait().unwrap();
+    assert_eq!(w.snapshot_calls(), 0);
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    stdout(&out).trim() == "0"
 }
 
 /// A session whose second create blocks on a FIFO (`--read-special`), and

@@ -1,6 +1,8 @@
 //! `zfs-snap session` on real ZFS: later points of a session (a create that
-//! needs datasets the session has not frozen yet), nested either way, and a
-//! killed session recovered by the next one.
+//! needs datasets the session has not frozen yet), nested either way, a
+//! killed session recovered by the next one, and a session whose creates
+//! did not read its snapshots failing (or warning) although its command
+//! succeeded.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -112,10 +114,12 @@ fn a_killed_session_is_recovered_by_the_next_session() {
     must("kill", &["-KILL", "--", &format!("-{}", session.pid())]);
     session.wait(Duration::from_secs(30));
 
+    // A session serving no create warns (1), whatever it recovered.
     let mut next = fx.zfs_snap();
     next.args(["session", "--", "true"]);
-    let out = run(&mut next).success();
+    let out = run(&mut next).expect_code(1);
     out.expect_stderr("removed what an earlier run left behind");
+    out.expect_stderr("no borg create reached the session");
     fx.assert_clean();
     assert!(!fx.root.join("session.sock").exists());
 
@@ -130,4 +134,100 @@ fn a_killed_session_is_recovered_by_the_next_session() {
         .expect_code(2)
         .expect_stderr("no session serves");
     assert!(fx.owned_snapshots().is_empty());
+}
+
+/// A freeze that fails after its snapshot and hold (the mount command
+/// fails): every create of the session is refused, the real snapshot and
+/// hold go, and the session exits 2 and is recorded as failed although its
+/// command, as borgmatic may, exited 0.
+#[test]
+fn a_session_whose_freeze_failed_fails_although_its_command_succeeded() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/f", "f\n");
+    let mount = fx.script(
+        "mount-fails",
+        "echo 'mount: cannot mount, as the test wants' >&2\nexit 32\n",
+    );
+    let script = fx.script(
+        "two-creates-ignoring-failures",
+        &format!(
+            "{link} create {one} {data} || echo \"one: $?\"\n\
+             {link} create {two} {data} || echo \"two: $?\"\n\
+             exit 0\n",
+            link = sh_quote(link(&fx)),
+            one = sh_quote(fx.repo.at("one")),
+            two = sh_quote(fx.repo.at("two")),
+            data = sh_quote(p.path("data")),
+        ),
+    );
+    let mut cmd = fx.zfs_snap();
+    cmd.arg("--mount-command")
+        .arg(&mount)
+        .args(["session", "--"])
+        .arg(&script);
+    let out = run(&mut cmd).expect_code(2);
+    out.expect_stderr("cannot mount, as the test wants");
+    out.expect_stderr("an earlier create of this session failed");
+    out.expect_stderr("the session refused 2 borg create(s) of its command");
+    assert!(
+        out.stdout.contains("one: 2") && out.stdout.contains("two: 2"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(
+        p.snapshots_made().len(),
+        1,
+        "frozen once, by the first create"
+    );
+    assert!(fx.repo.archives().is_empty(), "no archive");
+    let samples = recorded_samples(&fx.state_dir());
+    assert_eq!(samples["zfs_snap_last_run_success"], 0.0);
+    assert_eq!(samples["zfs_snap_last_run_status"], 2.0);
+    assert_eq!(samples["zfs_snap_last_run_creates"], 0.0);
+    fx.assert_clean();
+}
+
+/// borgmatic with `local_path` left at the real borg, in a session: its
+/// creates read live files, borgmatic exits 0, the session warns (1) and
+/// names the cause.
+#[test]
+fn a_borgmatic_bypassing_the_link_makes_the_session_warn() {
+    let fx = require_zfs!();
+    let Some(borgmatic) = which("borgmatic") else {
+        skip("needs `borgmatic` on PATH");
+        return;
+    };
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/f", "f\n");
+    let config = write_file(
+        &fx.work.join("borgmatic.yaml"),
+        &format!(
+            "source_directories:\n    - {source}\n\
+             repositories:\n    - path: {repo}\n\
+             archive_name_format: 'live-{{now:%Y%m%dT%H%M%S}}'\n\
+             unknown_unencrypted_repo_access_is_ok: true\n\
+             relocated_repo_access_is_ok: true\n\
+             store_config_files: false\n",
+            source = p.path("data").display(),
+            repo = fx.repo.path.display(),
+        ),
+    );
+    let mut cmd = fx.zfs_snap();
+    cmd.args(["session", "--"])
+        .arg(&borgmatic)
+        .arg("--config")
+        .arg(&config)
+        .args(["create", "--verbosity", "1"]);
+    let out = run(&mut cmd).expect_code(1);
+    out.expect_stderr("no borg create reached the session");
+    out.expect_stderr("local_path");
+    assert_eq!(fx.repo.archives().len(), 1, "borgmatic's live backup");
+    assert!(p.snapshots_made().is_empty());
+    let samples = recorded_samples(&fx.state_dir());
+    assert_eq!(samples["zfs_snap_last_run_success"], 0.0);
+    assert_eq!(samples["zfs_snap_last_run_status"], 1.0);
+    fx.assert_clean();
 }

@@ -57,17 +57,25 @@ pub enum Outcome {
         status: ExitStatus,
         create: CreateRun,
     },
-    /// A whole `zfs-snap session`: the status is its command's.
+    /// A whole `zfs-snap session`.
     Session {
+        /// The session's: its command's, raised when its creates did not
+        /// read its snapshots (`session::server::session_status`).
         status: ExitStatus,
+        /// Its command's own.
+        command: ExitStatus,
+        /// Creates it served.
         creates: usize,
+        /// Creates of its command it refused (they made no archive).
+        refused: usize,
         timings: Timings,
         teardown: Result<Report>,
     },
 }
 
 impl Outcome {
-    /// borg's status (a session's: its command's).
+    /// borg's status (a session's: its command's, raised when its creates
+    /// did not read its snapshots).
     pub fn status(&self) -> ExitStatus {
         match self {
             Outcome::Live { status, .. }

@@ -6,7 +6,7 @@
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -24,6 +24,10 @@ pub enum Refusal {
     Writable { mode: u32 },
     #[error("{0}")]
     Unreadable(String),
+    #[error("it is owned by uid {owner}, neither root nor uid {me} running zfs-snap: that user could replace what is below it")]
+    ParentOwner { owner: u32, me: u32 },
+    #[error("it is writable by group or others (mode {mode:o}) and not sticky: they could replace what is below it; chmod go-w it")]
+    ParentWritable { mode: u32 },
 }
 
 /// Whether `dir` is ours: a real directory, owned by our effective uid, that
@@ -43,6 +47,43 @@ pub fn check_dir(dir: &Path) -> Result<(), Refusal> {
     } else if meta.mode() & 0o022 != 0 {
         Err(Refusal::Writable {
             mode: meta.mode() & 0o7777,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether `dir` is ours ([`check_dir`]) and no one else can replace it:
+/// every directory above it is owned by root or by us, and writable by no
+/// one else unless it is sticky (as `/tmp`, where others may not rename or
+/// remove what is not theirs). A parent another user could write to, or
+/// owns (and so may chmod), would let them move `dir` aside and put their
+/// own in its place. `dir`'s parents are taken as they stand (give it
+/// canonical, as [`crate::runtime::canonical`] makes it). On refusal: the
+/// directory refused, and why.
+pub fn check_path(dir: &Path) -> Result<(), (PathBuf, Refusal)> {
+    check_dir(dir).map_err(|why| (dir.to_owned(), why))?;
+    let me = nix::unistd::geteuid().as_raw();
+    for parent in dir.ancestors().skip(1) {
+        let refused = |why| (parent.to_owned(), why);
+        let meta = std::fs::symlink_metadata(parent)
+            .map_err(|e| refused(Refusal::Unreadable(e.to_string())))?;
+        if meta.file_type().is_symlink() {
+            return Err(refused(Refusal::Symlink));
+        }
+        judge_parent(meta.uid(), meta.mode(), me).map_err(refused)?;
+    }
+    Ok(())
+}
+
+/// Whether a directory of `owner` and `mode` may stand above one of ours.
+fn judge_parent(owner: u32, mode: u32, me: u32) -> Result<(), Refusal> {
+    let sticky = mode & 0o1000 != 0;
+    if owner != 0 && owner != me {
+        Err(Refusal::ParentOwner { owner, me })
+    } else if mode & 0o022 != 0 && !sticky {
+        Err(Refusal::ParentWritable {
+            mode: mode & 0o7777,
         })
     } else {
         Ok(())
@@ -219,6 +260,58 @@ mod tests {
             check_dir(&dir.path().join("missing")),
             Err(Refusal::Unreadable(_))
         ));
+    }
+
+    #[test]
+    fn a_path_is_safe_only_when_no_one_else_can_replace_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |d: &Path, m: u32| {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let parent = dir.path().join("parent");
+        let root = parent.join("root");
+        create_dirs(&root, 0o700).unwrap();
+        assert_eq!(check_path(&root), Ok(()));
+        mode(&root, 0o770);
+        assert_eq!(
+            check_path(&root),
+            Err((root.clone(), Refusal::Writable { mode: 0o770 }))
+        );
+        mode(&root, 0o700);
+        mode(&parent, 0o777);
+        assert_eq!(
+            check_path(&root),
+            Err((parent.clone(), Refusal::ParentWritable { mode: 0o777 }))
+        );
+        // Sticky, as /tmp: others cannot move what is ours.
+        mode(&parent, 0o1777);
+        assert_eq!(check_path(&root), Ok(()));
+        mode(&parent, 0o755);
+    }
+
+    #[test]
+    fn a_parent_must_be_roots_or_ours() {
+        let me = 1000;
+        assert_eq!(judge_parent(0, 0o40755, me), Ok(()));
+        assert_eq!(judge_parent(me, 0o40700, me), Ok(()));
+        assert_eq!(judge_parent(0, 0o41777, me), Ok(()));
+        assert_eq!(
+            judge_parent(1001, 0o40755, me),
+            Err(Refusal::ParentOwner { owner: 1001, me })
+        );
+        // A sticky directory of someone else's: its owner may remove anything.
+        assert_eq!(
+            judge_parent(1001, 0o41777, me),
+            Err(Refusal::ParentOwner { owner: 1001, me })
+        );
+        assert_eq!(
+            judge_parent(0, 0o40775, me),
+            Err(Refusal::ParentWritable { mode: 0o775 })
+        );
+        assert_eq!(
+            judge_parent(me, 0o40757, me),
+            Err(Refusal::ParentWritable { mode: 0o757 })
+        );
     }
 
     #[test]

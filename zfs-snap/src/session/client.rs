@@ -6,18 +6,23 @@ use std::ffi::OsString;
 use std::io::BufReader;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use crate::borg::{self, CreateArgs, Sources};
 use crate::command::CommandLine;
 use crate::create::{Context, CreateRun, Outcome};
 use crate::error::{Error, Result};
 use crate::runtime::SOCKET;
-use crate::session::protocol::{inheritable, receive, send, Done, Reply, Request, SESSION_ENV};
+use crate::session::protocol::{
+    inheritable, label, receive, send, Done, Reply, Request, SESSION_ENV,
+};
 use crate::signals::Signals;
 
 /// A create inside a session: asks the session for the rewritten command
 /// line (it freezes what this create needs), runs borg with it, and tells
-/// the session borg's status.
+/// the session borg's status. The session is trusted only when it is
+/// reached through a runtime root no one else can replace and its process
+/// has our uid: it chooses what borg runs.
 pub fn join(
     ctx: &Context<'_>,
     id: &str,
@@ -26,6 +31,19 @@ pub fn join(
     signals: &Signals,
 ) -> Result<Outcome> {
     let root = crate::runtime::canonical(&ctx.options.runtime_root)?;
+    // Before anything is read or written there.
+    crate::private::check_path(&root).map_err(|(dir, why)| {
+        let which = if dir == root {
+            String::new()
+        } else {
+            format!("{}, above it: ", dir.display())
+        };
+        Error::Session(format!(
+            "will not ask a session through runtime root {}: {which}{why} (someone else could \
+             put a session of their own there, and choose what borg runs)",
+            root.display()
+        ))
+    })?;
     let socket = root.join(SOCKET);
     // Before connecting: the session answers one create at a time.
     borg::check_version_cached(borg, &root)?;
@@ -39,12 +57,15 @@ pub fn join(
     }
     let unreachable = |e: std::io::Error| {
         Error::Session(format!(
-            "{SESSION_ENV}={id} says this borg belongs to a zfs-snap session, but no session \
-             serves {}: {e}. Run it inside `zfs-snap session -- ...`, or unset {SESSION_ENV}",
+            "{SESSION_ENV} says this borg belongs to {}, but no session serves {}: {e}. Run \
+             it inside `zfs-snap session -- ...`, or unset {SESSION_ENV}",
+            label(id),
             socket.display()
         ))
     };
     let mut stream = UnixStream::connect(&socket).map_err(unreachable)?;
+    // Before the request, which holds the session's secret.
+    check_server(&stream, &socket)?;
     let request = Request {
         session: id.to_owned(),
         argv: args
@@ -82,4 +103,51 @@ pub fn join(
         },
     );
     Ok(Outcome::Served { status, create })
+}
+
+/// Whether the process serving `socket` has our uid: only then may it
+/// choose what this create's borg runs.
+fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let me = nix::unistd::geteuid().as_raw();
+    match getsockopt(stream, PeerCredentials) {
+        Ok(peer) => judge_server(peer.uid(), peer.pid(), me, socket),
+        Err(e) => Err(Error::Session(format!(
+            "cannot tell who serves {}: {e}; not asking it",
+            socket.display()
+        ))),
+    }
+}
+
+fn judge_server(uid: u32, pid: i32, me: u32, socket: &Path) -> Result<()> {
+    if uid == me {
+        return Ok(());
+    }
+    Err(Error::Session(format!(
+        "{} is served by uid {uid} (pid {pid}), not by uid {me} running this create: not \
+         asking it, as it would choose what borg runs. Find out what that process is; only a \
+         `zfs-snap session` of your own uid serves your creates",
+        socket.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_server_of_our_uid_is_asked() {
+        let socket = Path::new("/run/zfs-snap/session.sock");
+        assert!(judge_server(0, 10, 0, socket).is_ok());
+        assert!(judge_server(1000, 10, 1000, socket).is_ok());
+        let refused = judge_server(65534, 10, 0, socket).unwrap_err().to_string();
+        assert!(
+            refused.contains("served by uid 65534 (pid 10), not by uid 0"),
+            "{refused}"
+        );
+        assert!(
+            judge_server(0, 10, 1000, socket).is_err(),
+            "not even root's"
+        );
+    }
 }

@@ -5,8 +5,9 @@
 use std::ffi::OsString;
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -19,7 +20,9 @@ use crate::lifecycle::Run;
 use crate::private::{self, RANDOM_SOURCE};
 use crate::records::RunRecord;
 use crate::runtime::SOCKET;
-use crate::session::protocol::{joined, receive, send, Done, Reply, Request, SESSION_ENV};
+use crate::session::protocol::{
+    joined, label, receive, send, session_id, Done, Reply, Request, SESSION_ENV,
+};
 use crate::signals::Signals;
 
 /// After a signal, how long the session waits for the creates still
@@ -29,12 +32,16 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// `zfs-snap session -- COMMAND...`: runs `command` with every create it
 /// starts served from one snapshot set, and tears that down once at the end.
-/// The outcome's status is the command's.
+/// The outcome's status is the command's, raised when the session's
+/// creates did not read its snapshots ([`session_status`]). A session that
+/// stops before its command has ended (the lock held, a runtime root or
+/// socket refused, the command not started) is recorded as a failed run.
 pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Result<Outcome> {
     if let Some(id) = joined() {
         return Err(Error::Session(format!(
-            "already inside session {id} ({SESSION_ENV} is set): run the command without \
-             `zfs-snap session`, it is served by that session"
+            "already inside {} ({SESSION_ENV} is set): run the command without \
+             `zfs-snap session`, it is served by that session",
+            label(&id)
         )));
     }
     let Some((program, args)) = command.split_first() else {
@@ -43,16 +50,32 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         ));
     };
     let start = crate::records::now();
+    let result = serve_command(ctx, program, args, signals, start);
+    if let (Err(e), Some(settings)) = (&result, &ctx.state) {
+        create::record_failed_run(settings, "session", start, i32::from(e.exit_code()));
+    }
+    result
+}
+
+/// The session from its lock to its record; an error means it stopped
+/// before its command ended, and nothing is recorded yet.
+fn serve_command(
+    ctx: &Context<'_>,
+    program: &OsString,
+    args: &[OsString],
+    signals: &Signals,
+    start: f64,
+) -> Result<Outcome> {
     let (mut run, _, _, recovered) = Run::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
     let root = run.runtime_root().to_owned();
     // Not the run id (that is in the snapshots' names, which anyone may
     // list): the session's own secret, for its creates to name it.
-    let id = private::random_hex().map_err(|source| Error::Io {
+    let secret = private::random_hex().map_err(|source| Error::Io {
         path: PathBuf::from(RANDOM_SOURCE),
         source,
     })?;
-    let socket = SocketFile(root.join(SOCKET));
-    let listener = listen(&socket.0)?;
+    let id = session_id(std::process::id(), &secret);
+    let (listener, socket) = listen(&root.join(SOCKET))?;
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
@@ -65,6 +88,8 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         run: &mut run,
         id: &id,
         creates: 0,
+        asked: 0,
+        refused: Vec::new(),
         running: Vec::new(),
     };
     let status = server.run_until_exit(&listener, &mut child);
@@ -72,12 +97,14 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
     server.drain(&listener);
     drop(listener);
     drop(socket);
-    let status = status?;
+    let command_status = status?;
     let creates = server.creates;
+    let refused = std::mem::take(&mut server.refused);
     let (teardown, timings) = run.finish();
     tracing::info!(
-        %status,
+        status = %command_status,
         creates,
+        refused = refused.len(),
         datasets = timings.datasets,
         pools = timings.pools,
         snapshot_ms = timings.snapshot_ms.round(),
@@ -85,6 +112,8 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         processes = timings.processes,
         "session done"
     );
+    let status = session_status(command_status, creates, refused.len());
+    say_what_was_read(command_status, status, creates, &refused);
     if let Some(settings) = &ctx.state {
         create::record_run(
             settings,
@@ -101,10 +130,62 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
     }
     Ok(Outcome::Session {
         status,
+        command: command_status,
         creates,
+        refused: refused.len(),
         timings,
         teardown,
     })
+}
+
+/// The session's status, which says whether its backup read its snapshots:
+/// the command's, but at least 2 (an error) when the session refused a
+/// create of its command (that create made no archive, whatever the
+/// command made of its failure), and at least 1 (a warning) when the
+/// command succeeded but no create reached the session (whatever it backed
+/// up, it read live).
+pub fn session_status(command: ExitStatus, creates: usize, refused: usize) -> ExitStatus {
+    let floor = if refused > 0 {
+        2
+    } else if creates == 0 {
+        1
+    } else {
+        0
+    };
+    if borg::exit_code(command) >= floor {
+        command
+    } else {
+        ExitStatus::from_raw(floor << 8)
+    }
+}
+
+/// Says, when it is not so, that the session's creates did not all read
+/// its snapshots, and what to do.
+fn say_what_was_read(command: ExitStatus, status: ExitStatus, creates: usize, refused: &[String]) {
+    let command_code = borg::exit_code(command);
+    let code = borg::exit_code(status);
+    if let Some(first) = refused.first() {
+        tracing::error!(
+            "the session refused {} borg create(s) of its command, which made no archive from \
+             its snapshots (the first refused because: {first}); the session exits {code} \
+             (its command exited {command_code}). Fix what the first refusal names and run the \
+             backup again",
+            refused.len()
+        );
+    } else if creates == 0 {
+        let text = "no borg create reached the session, so nothing was read from its \
+                    snapshots: if the command made backups, they read live files. Point \
+                    borgmatic's `local_path` (or your script's borg) at zfs-snap's `borg` link or \
+                    `zfs-snap wrap`, not at the real borg (that one belongs in ZFS_SNAP_BORG); a \
+                    command that makes no backup (prune, check, --dry-run) needs no session";
+        if command_code == 0 {
+            tracing::error!(
+                "{text}. The session exits {code} (a warning) although its command exited 0"
+            );
+        } else {
+            tracing::warn!("{text}");
+        }
+    }
 }
 
 /// The session's command, with the session's id and runtime root in its
@@ -127,18 +208,30 @@ fn session_command(ctx: &Context<'_>, program: &OsString, id: &str, root: &Path)
     command
 }
 
-/// Removes the session's socket when the session ends, however it ends.
-struct SocketFile(PathBuf);
+/// The socket this session bound: removed when the session ends, however
+/// it ends, and only while its path still names that very socket. It
+/// exists only once the bind succeeded, so a file found at the path (and
+/// refused) is never removed.
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let same = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino);
+        if same {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
 /// Binds the session's socket. A socket of that name is a dead session's
-/// (we hold the lock): it is replaced. Anything else there is not ours.
-fn listen(path: &Path) -> Result<UnixListener> {
+/// (we hold the lock): it is replaced. Anything else there is not ours: it
+/// is refused, and stays.
+fn listen(path: &Path) -> Result<(UnixListener, SocketFile)> {
     let io = |source| Error::Io {
         path: path.to_owned(),
         source,
@@ -153,8 +246,21 @@ fn listen(path: &Path) -> Result<UnixListener> {
         Err(_) => {}
     }
     let listener = UnixListener::bind(path).map_err(io)?;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            // Bound a moment ago, by us.
+            let _ = std::fs::remove_file(path);
+            return Err(io(e));
+        }
+    };
+    let socket = SocketFile {
+        path: path.to_owned(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
     listener.set_nonblocking(true).map_err(io)?;
-    Ok(listener)
+    Ok((listener, socket))
 }
 
 struct Server<'s, 'a> {
@@ -162,7 +268,12 @@ struct Server<'s, 'a> {
     signals: &'s Signals,
     run: &'s mut Run<'a>,
     id: &'s str,
+    /// Creates answered with a command line (their borg read the snapshots).
     creates: usize,
+    /// Creates of this session that asked (each one's number, for its files).
+    asked: usize,
+    /// Why each create of this session that was refused was refused.
+    refused: Vec<String>,
     /// Creates that were answered and whose borg has not ended.
     running: Vec<UnixStream>,
 }
@@ -235,7 +346,11 @@ impl Server<'_, '_> {
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
             // Read the request first: a reply before it reads as a broken pipe.
-            let _ = receive::<Request>(&mut BufReader::new(&stream));
+            let request = receive::<Request>(&mut BufReader::new(&stream));
+            tracing::error!("refused a create: {why}");
+            if request.is_ok_and(|r| r.session == self.id) {
+                self.refused.push(why.to_owned());
+            }
             let _ = send(&mut stream, &Reply::Refused(why.to_owned()));
         }
     }
@@ -259,41 +374,73 @@ impl Server<'_, '_> {
         });
     }
 
+    /// Answers one connection: a create of this session gets its command
+    /// line or a refusal that counts against the session; anyone else
+    /// (another uid, another session's id) a refusal that does not.
     fn handle(&mut self, mut stream: UnixStream) {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let reply = match self.answer(&stream) {
-            Ok(argv) => Reply::Ready(argv),
-            Err(e) => {
-                tracing::error!("refused a create: {e}");
-                Reply::Refused(e.to_string())
+        let answer = self
+            .request_of(&stream)
+            .and_then(|request| self.answer(request).map_err(|e| (true, e)));
+        match answer {
+            Ok(argv) => {
+                if send(&mut stream, &Reply::Ready(argv)).is_ok() {
+                    self.creates += 1;
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.running.push(stream);
+                    }
+                }
             }
-        };
-        let ready = matches!(reply, Reply::Ready(_));
-        if send(&mut stream, &reply).is_ok() && ready && stream.set_nonblocking(true).is_ok() {
-            self.running.push(stream);
+            Err((ours, e)) => {
+                // The client says it as a session's error already.
+                let why = match e {
+                    Error::Session(text) => text,
+                    other => other.to_string(),
+                };
+                tracing::error!("refused a create: {why}");
+                let _ = send(&mut stream, &Reply::Refused(why.clone()));
+                if ours {
+                    self.refused.push(why);
+                }
+            }
         }
     }
 
-    fn answer(&mut self, stream: &UnixStream) -> Result<Vec<String>> {
-        let refuse = |text: String| Err(Error::Session(text));
+    /// The request on `stream`, if it is a create of this session: its
+    /// peer has our uid and it names this session. `Err((false, _))`: not
+    /// this session's create.
+    fn request_of(&self, stream: &UnixStream) -> std::result::Result<Request, (bool, Error)> {
+        let refuse = |text: String| Err((false, Error::Session(text)));
         let me = nix::unistd::geteuid().as_raw();
         match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) {
             Ok(peer) if peer.uid() == me => {}
             Ok(peer) => return refuse(format!("uid {} may not use this session", peer.uid())),
             Err(e) => return refuse(format!("cannot tell who is asking: {e}")),
         }
-        let request: Request = receive(&mut BufReader::new(stream))
-            .map_err(|e| Error::Session(format!("unreadable request: {e}")))?;
+        let request: Request = match receive(&mut BufReader::new(stream)) {
+            Ok(request) => request,
+            Err(e) => return refuse(format!("unreadable request: {e}")),
+        };
         if request.session != self.id {
+            // Neither id is printed: each is a session's secret.
+            let ours = label(self.id);
+            let theirs = match label(&request.session) {
+                same if same == ours => "another zfs-snap session".to_owned(),
+                other => other,
+            };
             return refuse(format!(
-                "this borg belongs to session {}, but {} is held by session {}: a stale \
+                "this borg belongs to {theirs}, but {} is held by {ours}: a stale \
                  {SESSION_ENV}? Unset it, or run the command inside its own `zfs-snap session`",
-                request.session,
                 self.run.runtime_root().display(),
-                self.id
             ));
         }
+        Ok(request)
+    }
+
+    /// The command line for a create of this session, its snapshots frozen.
+    fn answer(&mut self, request: Request) -> Result<Vec<String>> {
+        let refuse = |text: String| Err(Error::Session(text));
         if let Some(signal) = self.signals.received() {
             return refuse(format!("the session is stopping (signal {signal})"));
         }
@@ -316,7 +463,7 @@ impl Server<'_, '_> {
             .into_iter()
             .map(|(path, text)| (PathBuf::from(OsString::from_vec(path)), text))
             .collect();
-        self.creates += 1;
+        self.asked += 1;
         let argv = self.freeze_for(&args, &cwd, &files)?;
         Ok(argv
             .into_iter()
@@ -347,8 +494,64 @@ impl Server<'_, '_> {
             self.run,
             &request,
             (&filesystems, &mounts),
-            Some(self.creates),
+            Some(self.asked),
             self.signals,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn the_status_says_whether_the_creates_read_the_snapshots() {
+        let code = |status: ExitStatus| borg::exit_code(status);
+        // Served, none refused: the command's.
+        assert_eq!(code(session_status(exited(0), 2, 0)), 0);
+        assert_eq!(code(session_status(exited(1), 1, 0)), 1);
+        // A refused create: at least an error, whatever the command said.
+        assert_eq!(code(session_status(exited(0), 0, 1)), 2);
+        assert_eq!(code(session_status(exited(1), 1, 1)), 2);
+        assert_eq!(code(session_status(exited(75), 1, 1)), 75);
+        let killed = ExitStatus::from_raw(15);
+        assert_eq!(code(session_status(killed, 0, 1)), 143);
+        // No create at all: a warning, unless the command failed itself.
+        assert_eq!(code(session_status(exited(0), 0, 0)), 1);
+        assert_eq!(code(session_status(exited(2), 0, 0)), 2);
+    }
+
+    #[test]
+    fn a_file_found_at_the_socket_path_is_refused_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET);
+        std::fs::write(&path, b"theirs").unwrap();
+        assert!(listen(&path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"theirs");
+    }
+
+    #[test]
+    fn only_the_socket_bound_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET);
+        let (listener, socket) = listen(&path).unwrap();
+        drop(listener);
+        drop(socket);
+        assert!(std::fs::symlink_metadata(&path).is_err(), "ours, removed");
+
+        // A dead session's socket is replaced, and ours removed at the end.
+        let dead = UnixListener::bind(&path).unwrap();
+        drop(dead);
+        let (listener, socket) = listen(&path).unwrap();
+        // Someone put another file in its place meanwhile: it stays.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"theirs").unwrap();
+        drop(listener);
+        drop(socket);
+        assert_eq!(std::fs::read(&path).unwrap(), b"theirs");
     }
 }
