@@ -135,6 +135,20 @@ fn differs_by(w: &World, c: &Case, id: &str, sabotage: &[&str], borg: &Path) -> 
             )
         });
     }
+    // A root that does not exist is borg's warning either way (exit 1).
+    let missing_root = c
+        .roots
+        .iter()
+        .any(|r| !r.is_empty() && r != "-" && fs::symlink_metadata(c.cwd.join(r)).is_err())
+        || c.files.iter().any(|(_, text)| text.contains("zz-gone"));
+    if missing_root && plain.status.code() != wrapped.status.code() {
+        return Some(format!(
+            "a root does not exist: plain borg exited {}, zfs-snap {}\n{}",
+            plain.status,
+            wrapped.status,
+            String::from_utf8_lossy(&wrapped.stderr)
+        ));
+    }
     let want = archive(w, &format!("plain-{id}"));
     let got = archive(w, &format!("wrapped-{id}"));
     match (want, got) {

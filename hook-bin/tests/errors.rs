@@ -18,17 +18,83 @@ fn wrap_args(repo: &str, path: &std::path::Path) -> Vec<String> {
     ]
 }
 
+/// A source root that does not exist is what plain borg makes of it
+/// (DESIGN Discovery 6): borg's own warning naming it, the rest archived
+/// from snapshots, exit 1. Missing as a positional path below a dataset, as
+/// a relative path, and as an `R` line of a patterns file; the archive's
+/// listing is plain borg's over the live tree with the same missing paths.
 #[test]
-fn missing_source_path_is_named_before_any_snapshot() {
+fn a_missing_source_path_is_borgs_warning_and_the_rest_is_archived() {
     need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
-    let missing = data.join("nope");
-    let out = run(w.cmd().args(wrap_args("/r", &missing)));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(&format!("{} does not exist", missing.display())));
-    assert_eq!(w.snapshot_calls(), 0);
+    w.write(&data.join("a.txt"), "a\n");
+    w.write(&data.join("sub/b.txt"), "b\n");
+    let below = data.join("nope");
+    let patterns = w.dir.path().join("patterns.lst");
+    w.write(
+        &patterns,
+        &format!(
+            "R {}\nR {}\n",
+            data.join("gone/deeper").display(),
+            data.display()
+        ),
+    );
+    let repo = w.repo();
+    let args = |archive: &str| -> Vec<String> {
+        vec![
+            "create".into(),
+            "--patterns-from".into(),
+            patterns.display().to_string(),
+            format!("{repo}::{archive}"),
+            below.display().to_string(),
+            "no-such-relative".into(),
+        ]
+    };
+    let out = run(w.cmd().args(["wrap", "--", "borg"]).args(args("a")));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "borg's warning status: {err}");
+    for missing in [
+        below.display().to_string(),
+        "no-such-relative".to_owned(),
+        data.join("gone/deeper").display().to_string(),
+    ] {
+        assert!(
+            err.contains(&format!("source path {missing} does not exist")),
+            "our warning names {missing}: {err}"
+        );
+        assert!(
+            err.contains(&format!("[Errno 2] No such file or directory: '{missing}'")),
+            "borg's own warning names {missing} as given: {err}"
+        );
+    }
+    assert_eq!(w.snapshot_calls(), 1, "the rest is read from a snapshot");
+    let plain = w.borg(&args("plain").iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(plain.status.code(), Some(1), "{}", stderr(&plain));
+    let listed = w.archive_paths("a");
+    assert!(
+        listed.contains(&archived(&data.join("sub/b.txt"))),
+        "{listed:?}"
+    );
+    assert_eq!(listed, w.archive_paths("plain"));
     w.assert_clean();
+}
+
+/// `zfs-snap plan` tells about a missing source path too.
+#[test]
+fn plan_names_a_missing_source_path() {
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    let out = run(w.cmd().arg("plan").arg(&data).arg(data.join("nope")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains(&format!(
+            "source path {} does not exist",
+            data.join("nope").display()
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -178,14 +244,15 @@ fn journal_lines_carry_their_priority() {
     need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
-    // An unknown borg option: a warning; a missing source: an error.
+    // An unknown borg option: a warning; a missing patterns file: an error.
     let log = w.dir.path().join("journal.log");
     let run_logged = |journal_stream: &str| {
         let file = fs::File::create(&log).unwrap();
         let status = w
             .cmd()
-            .args(wrap_args("/r", &data.join("nope")))
+            .args(wrap_args("/r", &data))
             .arg("--an-option-from-the-future")
+            .arg("--patterns-from=/nonexistent/zfs-snap-patterns")
             .env("JOURNAL_STREAM", journal_stream)
             .stderr(file)
             .status()
@@ -216,14 +283,14 @@ fn journal_lines_carry_their_priority() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("<3>") && l.contains("does not exist")),
+            .any(|l| l.starts_with("<3>") && l.contains("/nonexistent/zfs-snap-patterns")),
         "{text}"
     );
     assert!(!text.contains('\x1b'), "no colour");
 
     let text = run_logged("1:2");
     assert!(!text.lines().any(|l| l.starts_with('<')), "{text}");
-    assert!(text.contains("does not exist"));
+    assert!(text.contains("/nonexistent/zfs-snap-patterns"));
 }
 
 /// Standing in for a borg asked for `--log-json` (borgmatic always asks),
@@ -237,8 +304,9 @@ fn with_log_json_our_lines_are_borg_json_log_lines() {
     let out = run(w
         .cmd()
         .args(["wrap", "--", "borg", "create", "--log-json", "/r::a"])
-        .arg(data.join("nope"))
-        .arg("--an-option-from-the-future"));
+        .arg(&data)
+        .arg("--an-option-from-the-future")
+        .arg("--patterns-from=/nonexistent/zfs-snap-patterns"));
     assert_eq!(out.status.code(), Some(2));
     let lines: Vec<serde_json::Value> = stderr(&out)
         .lines()
@@ -255,5 +323,8 @@ fn with_log_json_our_lines_are_borg_json_log_lines() {
         level_of("an-option-from-the-future").as_deref(),
         Some("WARNING")
     );
-    assert_eq!(level_of("does not exist").as_deref(), Some("ERROR"));
+    assert_eq!(
+        level_of("/nonexistent/zfs-snap-patterns").as_deref(),
+        Some("ERROR")
+    );
 }

@@ -57,27 +57,42 @@ fn paths_off_zfs_are_read_live_next_to_snapshots() {
     fx.assert_clean();
 }
 
+/// A source path that does not exist is what plain borg makes of it
+/// (DESIGN Discovery 6): borg's warning naming it, exit 1, the rest
+/// archived from snapshots; the listing is plain borg's.
 #[test]
-fn missing_source_fails_before_any_snapshot() {
+fn missing_source_is_borgs_warning_and_the_rest_is_archived() {
     let fx = require_zfs!();
     let p = &fx.pool;
     p.dataset("data", &[]);
+    p.write("data/d.txt", "d\n");
     let (zfs_cmd, log) = zfs_logger(&fx);
+    let data = p.path("data").display().to_string();
     let missing = p.path("data/no-such-dir").display().to_string();
     let out = fx
         .wrap(
             &["--zfs-command", &zfs_cmd],
-            &[
-                "create",
-                &fx.repo.at("a"),
-                &p.path("data").display().to_string(),
-                &missing,
-            ],
+            &["create", &fx.repo.at("a"), &data, &missing],
         )
-        .expect_code(2);
-    out.expect_stderr(&missing);
-    assert_no_snapshot_call(&log, &out);
-    assert!(fx.repo.archives().is_empty());
+        .expect_code(1);
+    out.expect_stderr(&format!("source path {missing} does not exist"));
+    out.expect_stderr(&format!("No such file or directory: '{missing}'"));
+    assert!(
+        read_log(&log).lines().any(|l| l.starts_with("snapshot")),
+        "the rest is read from a snapshot\n{}",
+        out.dump()
+    );
+    fx.repo
+        .create_plain(&[&fx.repo.at("plain"), &data, &missing])
+        .expect_code(1);
+    let listed = fx.repo.list("a");
+    let d = format!("{}/d.txt", data.trim_start_matches('/'));
+    assert!(listed.contains(&d), "{d} missing: {listed:?}");
+    assert_same_paths(
+        &listed,
+        &fx.repo.list("plain"),
+        &format!("wrapper vs plain borg\n{}", out.dump()),
+    );
     fx.assert_clean();
 }
 

@@ -22,18 +22,24 @@ pub struct SourceRoot {
     /// Set when a directory above the root is a symlink: borg follows it,
     /// the mirror cannot, so such a root is read live.
     pub through_symlink: Option<PathBuf>,
+    /// The root does not exist: it goes to borg as given, so borg warns
+    /// about it and exits 1, as plain borg does, and archives the rest.
+    pub missing: bool,
 }
 
 impl SourceRoot {
-    /// Checks that `given` exists (without following a final symlink, as
-    /// borg does not) and notes whether a parent directory is a symlink.
+    /// Notes whether `given` exists (without following a final symlink, as
+    /// borg does not) and whether a parent directory is a symlink.
     pub fn resolve(given: &Path, cwd: &Path) -> Result<SourceRoot> {
         let absolute = normalize(&cwd.join(given));
         match std::fs::symlink_metadata(&absolute) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::SourceMissing {
-                    path: given.to_owned(),
+                return Ok(SourceRoot {
+                    given: given.to_owned(),
+                    absolute,
+                    through_symlink: None,
+                    missing: true,
                 })
             }
             Err(source) => {
@@ -59,6 +65,7 @@ impl SourceRoot {
             given: given.to_owned(),
             absolute,
             through_symlink,
+            missing: false,
         })
     }
 }
@@ -138,6 +145,17 @@ impl Discovery<'_, '_> {
     ) -> Vec<Option<usize>> {
         let mut root_mounts = Vec::with_capacity(roots.len());
         for root in roots {
+            if root.missing {
+                // Plain borg warns, archives the rest and exits 1: so does
+                // the run, with borg's own warning (DESIGN Discovery 6).
+                self.warnings.push(format!(
+                    "source path {} does not exist: borg is given it as it is, warns about it \
+                     and exits 1; the rest is archived",
+                    root.given.display()
+                ));
+                root_mounts.push(None);
+                continue;
+            }
             let mount = self.mount_for_root(root);
             if let Some(index) = mount {
                 self.select(index, format!("source root {}", root.absolute.display()));
@@ -357,7 +375,9 @@ impl<'w, 'a> Layout<'w, 'a> {
     }
 
     fn map_live_root(&mut self, root: &SourceRoot) -> PlannedRoot {
-        self.live_roots.push(root.absolute.clone());
+        if !root.missing {
+            self.live_roots.push(root.absolute.clone());
+        }
         PlannedRoot {
             path: root.given.clone(),
             source: RootSource::Live,
@@ -642,6 +662,7 @@ mod tests {
             given: path.into(),
             absolute: path.into(),
             through_symlink: None,
+            missing: false,
         }
     }
 
@@ -1000,14 +1021,46 @@ mod tests {
     }
 
     #[test]
-    fn missing_root_is_an_error_before_anything_happens() {
-        let err =
-            SourceRoot::resolve(Path::new("/nonexistent/zfs-snap"), Path::new("/")).unwrap_err();
+    fn a_missing_root_goes_to_borg_as_given_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path();
+        // Absolute, relative, and below a dataset's mountpoint: each is
+        // missing, none is an error.
+        for given in ["/nonexistent/zfs-snap", "no-such", "../no-such/x"] {
+            let root = SourceRoot::resolve(Path::new(given), cwd).unwrap();
+            assert!(root.missing, "{given}");
+            assert_eq!(root.given, Path::new(given));
+        }
+        let mut missing = root("/tank/data/no-such");
+        missing.missing = true;
+        let f = Fixture::new();
+        let mounts = f.mounts.clone();
+        let dev_of = move |p: &Path| {
+            mountinfo::visible(&mounts)
+                .iter()
+                .filter(|m| p.starts_with(&m.mount_point))
+                .max_by_key(|m| m.mount_point.components().count())
+                .map(|m| m.dev)
+        };
+        let world = World {
+            filesystems: &f.filesystems,
+            mounts: &f.mounts,
+            runtime_root: Path::new(RT),
+            cwd: Path::new("/"),
+            dev_of: &dev_of,
+        };
+        let plan = discover(&world, &[missing, root("/srv")], false);
+        // Its parent dataset is not frozen for it; the other root is.
+        assert_eq!(datasets(&plan), ["tank/srv"]);
+        assert_eq!(plan.roots[0].source, RootSource::Live);
+        assert_eq!(plan.roots[0].borg_path, "/tank/data/no-such");
+        assert_eq!(plan.roots[1].source, RootSource::Snapshot);
+        let warnings = plan.warnings.join("\n");
         assert!(
-            err.to_string()
-                .contains("/nonexistent/zfs-snap does not exist"),
-            "{err}"
+            warnings.contains("source path /tank/data/no-such does not exist"),
+            "{warnings}"
         );
+        assert_eq!(plan.warnings.len(), 1, "{warnings}");
     }
 
     /// A random tree of ZFS mounts: `paths[i]` mounted from `ds<i>`.

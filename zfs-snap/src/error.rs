@@ -47,9 +47,6 @@ pub enum Error {
         reason: &'static str,
     },
 
-    #[error("source path {path} does not exist; fix the path or remove it from the backup")]
-    SourceMissing { path: PathBuf },
-
     #[error("cannot use source path {path}: {source}")]
     SourceUnreadable {
         path: PathBuf,

@@ -209,6 +209,20 @@ pub fn case(rng: &mut Rng, dirs: &[PathBuf], live: &Path, scratch: &Path, n: usi
             }
             5 if rng.chance(20) => "-".into(),
             6 if rng.chance(10) => "".into(),
+            // A root that does not exist (DESIGN Discovery 6): below a
+            // directory of the tree (a dataset's or not), absolute or relative.
+            7 if rng.chance(50) => {
+                if ups != usize::MAX && rng.chance(50) {
+                    let mut rel = OsString::new();
+                    for _ in 0..ups {
+                        rel.push("../");
+                    }
+                    rel.push(d.join("zz-missing").as_os_str());
+                    rel
+                } else {
+                    abs.join("zz-missing/deeper").into_os_string()
+                }
+            }
             _ => abs.into_os_string(),
         };
         roots.push(root);
@@ -245,7 +259,12 @@ pub fn case(rng: &mut Rng, dirs: &[PathBuf], live: &Path, scratch: &Path, n: usi
             0 => options.push(vec!["--pattern".into(), format!("- {text}").into()]),
             1 => {
                 let path = scratch.join(format!("p{n}-{}.lst", options.len()));
-                let body = format!("# generated\n\nP fm\n! {text}\n+ */keep\n");
+                let mut body = format!("# generated\n\nP fm\n! {text}\n+ */keep\n");
+                if rng.chance(25) {
+                    // A root line naming a path that does not exist.
+                    let gone = live.join(rng.pick(dirs)).join("zz-gone");
+                    body.push_str(&format!("R {}\n", gone.display()));
+                }
                 files.push((path.clone(), body));
                 options.push(vec!["--patterns-from".into(), path.into()]);
             }
