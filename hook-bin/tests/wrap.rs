@@ -356,3 +356,64 @@ fn relative_paths_are_stored_relative_like_plain_borg() {
     assert_eq!(w.archive_paths("rel"), ["sub", "sub/f"]);
     w.assert_clean();
 }
+
+/// No value a user can set is read as a field separator, and a dataset zfs
+/// cannot print is a warning naming it (issue 19, item 8): a mountpoint
+/// holding a tab and a tag holding a line break (forging a line that tags
+/// another dataset) stop nothing, and forge nothing.
+#[test]
+fn free_text_in_another_datasets_values_does_not_stop_the_backup() {
+    let Some(_) = borg() else { return };
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("a.txt"), "a\n");
+    let other = w.dataset("tank/other", "tank/other");
+    w.write(&other.join("o.txt"), "o\n");
+    w.dataset_with(
+        "tank/odd",
+        "odd",
+        serde_json::json!({
+            "mountpoint": "/srv/t\tab",
+            "props": {TAG: "no\ntank/other\tauto\t-\n"},
+        }),
+    );
+    let out = w.create("a", &[&data]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = w.archive_paths("a");
+    assert!(
+        listed.contains(&archived(&data.join("a.txt"))),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.iter().any(|p| p.contains("tank/other")),
+        "a tag forged by a line break in another value selected tank/other: {listed:?}"
+    );
+    w.assert_clean();
+
+    // A value zfs cannot encode (a byte that is not UTF-8): zfs stops its
+    // JSON there. That dataset is named and left out; the rest goes on.
+    w.tag("tank/other");
+    let state = w.dir.path().join("state.json");
+    let text = fs::read_to_string(&state).unwrap();
+    let text = text.replace("\"no\\ntank/other\\tauto\\t-\\n\"", "\"bad \\udcff byte\"");
+    fs::write(&state, text).unwrap();
+    let out = w.create("b", &[&data]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("tank/odd") && err.contains("left out of discovery"),
+        "{err}"
+    );
+    let listed = w.archive_paths("b");
+    assert!(
+        listed.contains(&archived(&data.join("a.txt"))),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&archived(&other.join("o.txt"))),
+        "the tagged dataset after the bad one is still read: {listed:?}"
+    );
+    let text = fs::read_to_string(&state).unwrap().replace("\\udcff", "?");
+    fs::write(&state, text).unwrap();
+    w.assert_clean();
+}

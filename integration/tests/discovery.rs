@@ -392,3 +392,58 @@ fn tag_untag_and_tags_on_real_datasets() {
     out.expect_stderr(&missing);
     run(fx.zfs_snap().args(["untag", &a])).success();
 }
+
+/// No value a user can set is read as a field separator (issue 19, item 8):
+/// a dataset whose mountpoint holds a tab, with a tag value holding a line
+/// break that looks like a line tagging another dataset, stops no backup on
+/// the host, forges no tag, and is itself snapshotted like any other.
+#[test]
+fn a_tab_in_a_mountpoint_and_a_line_break_in_a_tag_stop_nothing() {
+    let fx = require_zfs!(exclusive);
+    let p = &fx.pool;
+    let n = &p.name;
+    p.dataset("data", &[]);
+    p.write("data/d.txt", "d\n");
+    let other = p.dataset("other", &[]);
+    p.write("other/o.txt", "o\n");
+    let odd = p.dataset(
+        "odd",
+        &[
+            &format!("mountpoint={}", p.path("t\tab").display()),
+            &format!("{TAG_PROPERTY}=no\n{other}\tauto\t-"),
+        ],
+    );
+    p.write("t\tab/x.txt", "x\n");
+
+    let out = fx
+        .wrap(
+            &[],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p.path("data").display().to_string(),
+            ],
+        )
+        .success();
+    let listed = fx.repo.list("a");
+    assert_contains(&listed, &format!("{n}/data/d.txt"));
+    assert_lacks(&listed, &format!("{n}/other"));
+    assert_lacks(&listed, &format!("{n}/t\tab"));
+    assert!(
+        !out.dump().contains("unexpected output"),
+        "{odd}: {}",
+        out.dump()
+    );
+
+    // A root on that dataset is read from its snapshot, as plain borg reads it live.
+    let odd_path = p.path("t\tab").display().to_string();
+    fx.wrap(&[], &["create", &fx.repo.at("b"), &odd_path])
+        .success();
+    fx.repo
+        .create_plain(&[&fx.repo.at("plain"), &odd_path])
+        .success();
+    let listed = fx.repo.list("b");
+    assert_contains(&listed, &format!("{n}/t\tab/x.txt"));
+    assert_same_paths(&listed, &fx.repo.list("plain"), "wrapper vs plain borg");
+    fx.assert_clean();
+}

@@ -122,10 +122,13 @@ def column(state, name, col):
 
 
 def zfs_list(state, args):
-    types, cols, i = ["filesystem"], ["name"], 0
+    types, cols, i, json_out, explicit = ["filesystem"], ["name"], 0, False, []
     while i < len(args):
         a = args[i]
         if a in ("-H", "-p"):
+            i += 1
+        elif a == "-j":
+            json_out = True
             i += 1
         elif a == "-t":
             types = args[i + 1].split(",")
@@ -133,8 +136,11 @@ def zfs_list(state, args):
         elif a == "-o":
             cols = args[i + 1].split(",")
             i += 2
+        elif a.startswith("-"):
+            die("invalid option '%s'" % a.lstrip("-")[:1], 2)
         else:
-            die("invalid option '%s'" % a, 2)
+            explicit.append(a)
+            i += 1
     if state.get("garbage"):
         print(state["garbage"])
     names = []
@@ -142,8 +148,69 @@ def zfs_list(state, args):
         names += list(state["datasets"])
     if "snapshot" in types:
         names += list(state["snapshots"])
+    if explicit:
+        for n in explicit:
+            if n not in names:
+                # Real zfs goes on with the others but prints no JSON.
+                die("cannot open '%s': dataset does not exist" % n)
+        names = explicit
+    if json_out:
+        return zfs_list_json(state, sorted(names), cols)
     for name in sorted(names):
         print("\t".join(column(state, name, c) for c in cols))
+
+
+def json_string(value):
+    """A string as OpenZFS 2.3's nvlist_print_json writes it: control
+    characters and the Basic Multilingual Plane escaped, characters above
+    it dropped; None where zfs gives up (a byte not valid in the locale:
+    here, a lone surrogate, which is what JSON state holds for one)."""
+    out = ['"']
+    for c in value:
+        o = ord(c)
+        if 0xD800 <= o <= 0xDFFF:
+            return None
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c in "\n\r\f\t\b":
+            out.append({"\n": "\\n", "\r": "\\r", "\f": "\\f", "\t": "\\t", "\b": "\\b"}[c])
+        elif o <= 0x1F or 0x7F < o <= 0xFFFF:
+            out.append("\\u%04x" % o)
+        elif o <= 0x7F:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def zfs_list_json(state, names, cols):
+    """`zfs list -j` as OpenZFS 2.3.2 prints it: one line of JSON. Where a
+    value cannot be printed, output stops there (and zfs exits 0)."""
+    out = ['{"output_version":{"command":"zfs list","vers_major":0,"vers_minor":1},"datasets":{']
+    for n, name in enumerate(names):
+        kind = "SNAPSHOT" if "@" in name else "FILESYSTEM"
+        head = '%s%s:{"name":%s,"type":"%s","pool":%s,"createtxg":"1","properties":{' % (
+            "," if n else "", json_string(name), json_string(name), kind,
+            json_string(name.split("/")[0].split("@")[0]))
+        out.append(head)
+        first = True
+        for c in cols:
+            if c == "name":
+                continue
+            value = column(state, name, c)
+            source = "NONE"
+            if ":" in c and "@" not in name:
+                src = user_prop(state, name, c)[1]
+                source = "LOCAL" if src == "local" else "INHERITED" if src != "-" else "NONE"
+            encoded = json_string(value)
+            out.append(("" if first else ",") + json_string(c) + ':{"value":')
+            if encoded is None:
+                sys.stdout.write("".join(out) + "\n")
+                return
+            out.append('%s,"source":{"type":"%s","data":"-"}}' % (encoded, source))
+            first = False
+        out.append("}}")
+    out.append("}}")
+    print("".join(out))
 
 
 def dataset_dir_copy(state, dataset, store):

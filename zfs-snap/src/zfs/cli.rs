@@ -37,8 +37,79 @@ impl ZfsCommand {
             "-t",
             "filesystem",
             "-o",
-            &format!("name,mountpoint,canmount,mounted,keystatus,{TAG_PROPERTY},guid"),
+            &filesystem_columns(),
         ])
+    }
+
+    /// `zfs list -j` (OpenZFS >= 2.3) of `names`, or of every filesystem:
+    /// values JSON-escaped, so a tab or line break in a mountpoint or a
+    /// user property is part of that value and nothing else. In a UTF-8
+    /// locale, so that zfs can print any valid UTF-8 value.
+    fn json_list(&self, names: &[String]) -> Result<std::process::Output> {
+        let mut argv = args(["list", "-j", "-p", "-t", "filesystem", "-o"]);
+        argv.push(filesystem_columns().into());
+        argv.extend(names.iter().map(OsString::from));
+        self.command
+            .clone()
+            .with_env("LC_ALL", "C.UTF-8")
+            .output(&argv)
+    }
+
+    /// Every filesystem from the JSON listing; see [`Zfs::filesystems`].
+    fn filesystems_json(&self) -> Result<Option<Vec<Filesystem>>> {
+        let output = self.json_list(&[])?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() && stderr.contains("invalid option 'j'") {
+            return Ok(None);
+        }
+        if !output.status.success() {
+            let mut argv = args(["list", "-j", "-p", "-t", "filesystem", "-o"]);
+            argv.push(filesystem_columns().into());
+            return Err(self.command.failure(&argv, &output));
+        }
+        if let Ok(listing) = parse_filesystems_json(&output.stdout) {
+            return Ok(Some(listing.readable()));
+        }
+        // zfs stops printing at a value it cannot encode (not valid in the
+        // locale), leaving JSON that does not parse. Find that dataset:
+        // names alone are exact (they hold no tab or line break), then
+        // halves of them are asked again until each bad one is alone.
+        let argv = args(["list", "-H", "-t", "filesystem", "-o", "name"]);
+        let stdout = self.run(argv.clone())?;
+        let names = parse_names(&self.command.display_with(&argv), &stdout)?;
+        let mut found = Vec::new();
+        self.bisect(&names, &mut found)?;
+        Ok(Some(found))
+    }
+
+    fn bisect(&self, names: &[String], found: &mut Vec<Filesystem>) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let output = self.json_list(names)?;
+        let parsed = output
+            .status
+            .success()
+            .then(|| parse_filesystems_json(&output.stdout).ok())
+            .flatten();
+        match (parsed, names) {
+            (Some(listing), _) => found.extend(listing.readable()),
+            (None, [name]) if only_missing(&output) => {
+                tracing::debug!(dataset = %name, "destroyed while listing");
+            }
+            (None, [name]) => tracing::warn!(
+                dataset = %name,
+                "zfs cannot print this dataset's mountpoint or {TAG_PROPERTY} \
+                 (a value that is not valid UTF-8?): it is left out of discovery; \
+                 paths on it are read live"
+            ),
+            (None, _) => {
+                let (a, b) = names.split_at(names.len() / 2);
+                self.bisect(a, found)?;
+                self.bisect(b, found)?;
+            }
+        }
+        Ok(())
     }
 
     /// Maps zfs's "dataset does not exist" to an error naming the dataset.
@@ -65,6 +136,12 @@ impl ZfsCommand {
 
 impl Zfs for ZfsCommand {
     fn filesystems(&self) -> Result<Vec<Filesystem>> {
+        if let Some(found) = self.filesystems_json()? {
+            return Ok(found);
+        }
+        // OpenZFS before 2.3 has no JSON: tab-separated values, where a
+        // tab or line break inside a value cannot be told from a separator.
+        tracing::debug!("zfs list has no -j (OpenZFS < 2.3): reading tab-separated output");
         let argv = Self::filesystems_args();
         let stdout = self.run(argv.clone())?;
         parse_filesystems(&self.command.display_with(&argv), &stdout)
@@ -223,6 +300,102 @@ fn malformed(command: &str, line: &str, reason: impl Into<String>) -> Error {
         line: line.to_owned(),
         reason: reason.into(),
     }
+}
+
+fn filesystem_columns() -> String {
+    format!("name,mountpoint,canmount,mounted,keystatus,{TAG_PROPERTY},guid")
+}
+
+/// What `zfs list -j` said: the filesystems it could read, and the names
+/// of those it could not (each named in a warning).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub filesystems: Vec<Filesystem>,
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl Listing {
+    fn readable(self) -> Vec<Filesystem> {
+        for (name, reason) in &self.unreadable {
+            tracing::warn!(
+                dataset = %name,
+                "cannot read what zfs says of this dataset ({reason}): it is left out of discovery; \
+                 paths on it are read live"
+            );
+        }
+        self.filesystems
+    }
+}
+
+/// Parses `zfs list -j -p -t filesystem -o <filesystem columns>` (OpenZFS
+/// 2.3: `{"output_version": .., "datasets": {NAME: {"name": NAME, "type":
+/// "FILESYSTEM", .., "properties": {PROP: {"value": "..", "source": ..}}}}}`).
+/// JSON that does not parse is an error; a dataset whose values make no
+/// sense is left out and named, never failing the others.
+pub fn parse_filesystems_json(stdout: &[u8]) -> std::result::Result<Listing, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Out {
+        datasets: std::collections::BTreeMap<String, serde_json::Value>,
+    }
+    let out: Out = serde_json::from_slice(stdout)?;
+    let mut listing = Listing::default();
+    for (key, item) in out.datasets {
+        match filesystem_from_json(&key, &item) {
+            Ok(fs) => listing.filesystems.push(fs),
+            Err(reason) => listing.unreadable.push((key, reason)),
+        }
+    }
+    Ok(listing)
+}
+
+fn filesystem_from_json(
+    key: &str,
+    item: &serde_json::Value,
+) -> std::result::Result<Filesystem, String> {
+    if item["name"].as_str() != Some(key) || !is_filesystem_name(key) {
+        return Err("not a filesystem name".into());
+    }
+    let value = |prop: &str| {
+        item["properties"][prop]["value"]
+            .as_str()
+            .ok_or_else(|| format!("no value of {prop}"))
+    };
+    let mounted = match value("mounted")? {
+        "yes" => true,
+        "no" | "-" => false,
+        other => return Err(format!("`mounted` is {other:?}, expected yes or no")),
+    };
+    Ok(Filesystem {
+        name: key.to_owned(),
+        mountpoint: value("mountpoint")?.to_owned(),
+        canmount: value("canmount")?.to_owned(),
+        mounted,
+        keystatus: optional(value("keystatus")?),
+        tag: optional(value(TAG_PROPERTY)?),
+        guid: value("guid")?.to_owned(),
+    })
+}
+
+/// A ZFS filesystem name: never empty, no snapshot or bookmark part, no
+/// tab or line break (ZFS allows neither in names).
+fn is_filesystem_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['@', '#', '\t', '\n', '\r'])
+}
+
+/// Parses `zfs list -H -o name`: names hold no tab or line break, so each
+/// line is exactly one.
+fn parse_names(command: &str, stdout: &str) -> Result<Vec<String>> {
+    stdout
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            if is_filesystem_name(line) {
+                Ok(line.to_owned())
+            } else {
+                Err(malformed(command, line, "not a filesystem name"))
+            }
+        })
+        .collect()
 }
 
 fn optional(value: &str) -> Option<String> {
@@ -393,6 +566,116 @@ tank/with space\t/tank/with space\ton\tyes\t-\t-\t6
         assert_eq!(fs[0].guid, "4216753591848231185");
         let snapshot = "tank/data@zfs-snap-1\t-\t-\t-\t-\t-\t7\n";
         assert!(parse_filesystems("zfs list", snapshot).is_err());
+    }
+
+    /// `zfs list -j -p` as OpenZFS 2.3 prints it (one line), made from
+    /// (name, mountpoint, tag) with serde_json's escaping, which agrees
+    /// with zfs's on every character zfs prints.
+    fn json_listing(datasets: &[(&str, &str, Option<&str>)]) -> Vec<u8> {
+        let mut map = serde_json::Map::new();
+        for (name, mountpoint, tag) in datasets {
+            let v = |value: &str| serde_json::json!({"value": value, "source": {"type": "NONE", "data": "-"}});
+            map.insert(
+                (*name).to_owned(),
+                serde_json::json!({
+                    "name": name, "type": "FILESYSTEM", "pool": pool_of(name), "createtxg": "1",
+                    "properties": {
+                        "mountpoint": v(mountpoint), "canmount": v("on"), "mounted": v("yes"),
+                        "keystatus": v("-"), TAG_PROPERTY: v(tag.unwrap_or("-")), "guid": v("7"),
+                    }
+                }),
+            );
+        }
+        serde_json::to_vec(&serde_json::json!({
+            "output_version": {"command": "zfs list", "vers_major": 0, "vers_minor": 1},
+            "datasets": map,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_the_json_listing_of_openzfs_2_3() {
+        // As printed by `zfs list -j -p -t filesystem -o ...` (2.3.2's
+        // nvlist_print_json: one line, tabs and line breaks escaped).
+        let out = concat!(
+            r#"{"output_version":{"command":"zfs list","vers_major":0,"vers_minor":1},"datasets":{"#,
+            r#""tank":{"name":"tank","type":"FILESYSTEM","pool":"tank","createtxg":"1","properties":{"#,
+            r#""mountpoint":{"value":"/srv/t\tab","source":{"type":"LOCAL","data":"-"}},"#,
+            r#""canmount":{"value":"on","source":{"type":"DEFAULT","data":"-"}},"#,
+            r#""mounted":{"value":"yes","source":{"type":"NONE","data":"-"}},"#,
+            r#""keystatus":{"value":"-","source":{"type":"NONE","data":"-"}},"#,
+            r#""org.torsion.borgmatic:backup":{"value":"auto\ntank/x\tauto","source":{"type":"LOCAL","data":"-"}},"#,
+            r#""guid":{"value":"4216753591848231185","source":{"type":"NONE","data":"-"}}}}}}"#,
+            "\n"
+        );
+        let listing = parse_filesystems_json(out.as_bytes()).unwrap();
+        assert!(listing.unreadable.is_empty());
+        let [tank] = &listing.filesystems[..] else {
+            panic!("{:?}", listing.filesystems)
+        };
+        assert_eq!(tank.mountpoint, "/srv/t\tab");
+        assert_eq!(tank.tag.as_deref(), Some("auto\ntank/x\tauto"));
+        assert!(!tank.is_tagged());
+        assert_eq!(tank.guid, "4216753591848231185");
+        // What zfs prints when it stops at a value it cannot encode.
+        assert!(parse_filesystems_json(&out.as_bytes()[..300]).is_err());
+    }
+
+    #[test]
+    fn one_unreadable_dataset_in_the_json_listing_is_named_not_fatal() {
+        let mut out: serde_json::Value = serde_json::from_slice(&json_listing(&[
+            ("tank", "/tank", None),
+            ("tank/a", "/a", None),
+        ]))
+        .unwrap();
+        out["datasets"]["tank/a"]["properties"]["mounted"]["value"] = "maybe".into();
+        let listing = parse_filesystems_json(&serde_json::to_vec(&out).unwrap()).unwrap();
+        assert_eq!(listing.filesystems.len(), 1);
+        assert_eq!(listing.filesystems[0].name, "tank");
+        assert_eq!(listing.unreadable[0].0, "tank/a");
+        assert!(listing.unreadable[0].1.contains("maybe"));
+    }
+
+    #[test]
+    fn names_only_listing_is_exact() {
+        assert_eq!(
+            parse_names("zfs list", "tank\ntank/with space\n").unwrap(),
+            ["tank", "tank/with space"]
+        );
+        let err = parse_names("zfs list", "tank\tnonsense\n").unwrap_err();
+        assert!(err.to_string().contains("\"tank\\tnonsense\""), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Whatever a user puts in a mountpoint or the tag (tabs, line
+        /// breaks, text that looks like another dataset's line or like
+        /// JSON), every dataset is read, with exactly its own values: no
+        /// other dataset is lost or changed, none is forged.
+        #[test]
+        fn free_text_values_never_touch_another_dataset(
+            values in proptest::collection::vec(
+                ("(/|[a-z/\t\n\\\" {}:,]|tank/[ab]|auto){0,12}",
+                 proptest::option::of("(auto|[a-z\t\n\\\"{}:,]|tank/[ab]\tauto){0,8}")),
+                1..6,
+            )
+        ) {
+            let names: Vec<String> = (0..values.len()).map(|i| format!("tank/d{i}")).collect();
+            let datasets: Vec<(&str, &str, Option<&str>)> = names
+                .iter()
+                .zip(&values)
+                .map(|(n, (m, t))| (n.as_str(), m.as_str(), t.as_deref()))
+                .collect();
+            let listing = parse_filesystems_json(&json_listing(&datasets)).unwrap();
+            proptest::prop_assert!(listing.unreadable.is_empty());
+            proptest::prop_assert_eq!(listing.filesystems.len(), datasets.len());
+            for (fs, (name, mountpoint, tag)) in listing.filesystems.iter().zip(&datasets) {
+                proptest::prop_assert_eq!(&fs.name, name);
+                proptest::prop_assert_eq!(&fs.mountpoint, mountpoint);
+                let want = tag.filter(|t| *t != "-" && !t.is_empty());
+                proptest::prop_assert_eq!(fs.tag.as_deref(), want);
+                proptest::prop_assert_eq!(fs.is_tagged(), *tag == Some("auto"));
+            }
+        }
     }
 
     #[test]
