@@ -208,7 +208,7 @@ fn make_runtime_root(w: &World) {
 
 #[test]
 fn a_session_whose_freeze_failed_fails_whatever_its_command_says() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "data");
     w.write(&data.join("file"), "d");
@@ -253,7 +253,7 @@ fn a_session_whose_freeze_failed_fails_whatever_its_command_says() {
 
 #[test]
 fn a_session_no_create_reached_warns_and_names_the_likely_cause() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "data");
     w.write(&data.join("file"), "d");
@@ -356,7 +356,7 @@ fn a_foreign_file_at_the_socket_path_is_refused_and_survives() {
 
 #[test]
 fn the_sessions_secret_is_never_printed() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "data");
     w.write(&data.join("file"), "d");
@@ -398,7 +398,7 @@ fn the_sessions_secret_is_never_printed() {
 
 #[test]
 fn a_client_refuses_a_runtime_root_others_could_replace() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "data");
     w.write(&data.join("file"), "d");
@@ -445,7 +445,7 @@ fn a_client_refuses_a_runtime_root_others_could_replace() {
 /// to `nobody` before it binds, its socket then moved into place.
 #[test]
 fn a_client_refuses_a_server_of_another_uid() {
-    let Some(borg) = borg() else { return };
+    let borg = need!(Need::Borg);
     if !is_root() {
         eprintln!("SKIPPED: needs root to run a server as another uid");
         return;

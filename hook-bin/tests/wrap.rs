@@ -363,7 +363,7 @@ fn relative_paths_are_stored_relative_like_plain_borg() {
 /// another dataset) stop nothing, and forge nothing.
 #[test]
 fn free_text_in_another_datasets_values_does_not_stop_the_backup() {
-    let Some(_) = borg() else { return };
+    need!(Need::Borg);
     let w = World::new();
     let data = w.dataset("tank/data", "tank/data");
     w.write(&data.join("a.txt"), "a\n");

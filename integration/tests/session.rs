@@ -195,10 +195,7 @@ fn a_session_whose_freeze_failed_fails_although_its_command_succeeded() {
 #[test]
 fn a_borgmatic_bypassing_the_link_makes_the_session_warn() {
     let fx = require_zfs!();
-    let Some(borgmatic) = which("borgmatic") else {
-        skip("needs `borgmatic` on PATH");
-        return;
-    };
+    let borgmatic = need!(Need::Borgmatic);
     let p = &fx.pool;
     p.dataset("data", &[]);
     p.write("data/f", "f\n");
