@@ -1,63 +1,259 @@
 //! `zfs-snap exporter`: serves the exposition of the state directory at
 //! `/metrics`, read afresh on every scrape. It never runs borg or zfs, so a
 //! scrape costs a few small file reads, whatever the repositories are
-//! doing. One thread answers, one request at a time (tiny_http: no async
-//! runtime for one endpoint); SIGTERM or SIGINT stops it between requests.
+//! doing.
+//!
+//! Whoever can connect must not be able to stop, crash or bloat it: hyper's
+//! HTTP/1 server on a current-thread tokio runtime (the main thread; the
+//! signal thread is the only other), with every client bounded in time and
+//! memory (the caps below), a request body never read, and at most
+//! [`MAX_CONNECTIONS`] open at once: a new one closes the oldest, so idle
+//! connections cannot crowd out a scrape. Each connection serves one request
+//! (no keep-alive: scrapes are seconds apart, and no connection sits idle).
+//! SIGTERM or SIGINT stops it within [`TICK`] + [`GRACE`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use tiny_http::{Header, Method, Request, Response, Server};
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::{AbortHandle, JoinSet};
 use zfs_snap::signals::Signals;
 
 use crate::exit::Failure;
 
-/// How often the loop looks for a signal while no request comes.
-const TICK: Duration = Duration::from_millis(200);
+/// The request line and headers, in bytes (hyper answers 431 past it).
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Headers in one request (431 past it).
+const MAX_HEADERS: usize = 64;
+/// hyper's read buffer; its smallest allowed size is 8 KiB.
+const MAX_BUF_BYTES: usize = 16 * 1024;
+/// From accepting a connection to the end of its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Everything on one connection, the answer's writing included: a client
+/// that reads it slowly, or not at all, is dropped then.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// Open connections. Each costs a few tens of KiB at most (buffers capped
+/// above); past the cap the oldest is closed.
+const MAX_CONNECTIONS: usize = 64;
+/// Connections the kernel completes before we take them (it caps this at
+/// net.core.somaxconn): large, so that a burst of connections fills it
+/// before a scrape's connection is refused and waits for a SYN retry (1 s).
+const BACKLOG: u32 = 1024;
+/// How often the accept loop looks for a signal while no client comes.
+const TICK: Duration = Duration::from_millis(100);
+/// After a signal, how long answers under way may take to finish.
+const GRACE: Duration = Duration::from_millis(300);
+/// Accepting that has failed for this long, without a success between, is
+/// taken as for good: exit, for systemd to restart us.
+const GIVE_UP: Duration = Duration::from_secs(5);
+
+/// What the answers share: where the records are, and which bad state
+/// files were already logged (each once, until it changes or goes away).
+struct State {
+    dir: PathBuf,
+    reported: Mutex<BTreeMap<PathBuf, String>>,
+}
 
 pub fn serve(listen: &str, state_dir: &Path, signals: &Signals) -> Result<(), Failure> {
-    let server = Server::http(listen).map_err(|e| {
-        Failure::Usage(format!(
-            "exporter: cannot listen on {listen}: {e} (use --listen ADDR:PORT)"
-        ))
-    })?;
-    tracing::info!(
-        listen = %server.server_addr(),
-        state_dir = %state_dir.display(),
-        "exporter serving /metrics"
-    );
-    // Each bad state file is logged once, until it changes or goes away.
-    let mut reported = BTreeMap::new();
-    loop {
-        if let Some(signal) = signals.received() {
-            tracing::info!(signal, "exporter stopped");
-            return Ok(());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Failure::Usage(format!("exporter: cannot start its runtime: {e}")))?;
+    let state = Arc::new(State {
+        dir: state_dir.to_owned(),
+        reported: Mutex::default(),
+    });
+    let served = runtime.block_on(async {
+        let listener = bind(listen).map_err(|e| {
+            Failure::Usage(format!(
+                "exporter: cannot listen on {listen}: {e} (use --listen ADDR:PORT)"
+            ))
+        })?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(
+                listen = %addr,
+                state_dir = %state_dir.display(),
+                "exporter serving /metrics"
+            );
         }
-        match server.recv_timeout(TICK) {
-            Ok(Some(request)) => answer(request, state_dir, &mut reported),
-            Ok(None) => {}
-            // tiny_http's accept loop has ended (out of descriptors, say):
-            // no request will come again. Exit, for systemd to restart it.
-            Err(e) => {
-                return Err(Failure::Usage(format!(
-                    "exporter: no longer accepting connections ({e}); exiting"
-                )))
+        accept(listener, state, signals).await
+    });
+    // Whatever a client still holds is dropped with the runtime, now.
+    drop(runtime);
+    let signal = served?;
+    tracing::info!(signal, "exporter stopped");
+    Ok(())
+}
+
+/// Listens on the first of `listen`'s addresses that can be bound, as
+/// std's `TcpListener::bind` does, with a backlog of [`BACKLOG`].
+fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in listen.to_socket_addrs()? {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        };
+        let bound = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(BACKLOG)
+        });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
+/// Accepts until a signal comes (which it returns) or accepting fails for
+/// good; then gives answers under way [`GRACE`] to finish.
+async fn accept(
+    listener: TcpListener,
+    state: Arc<State>,
+    signals: &Signals,
+) -> Result<i32, Failure> {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_BUF_BYTES)
+        .keep_alive(false);
+    let mut connections = JoinSet::new();
+    // Open connections, oldest first.
+    let mut open: VecDeque<AbortHandle> = VecDeque::with_capacity(MAX_CONNECTIONS + 1);
+    let mut failing_since: Option<Instant> = None;
+    let ended = loop {
+        if let Some(signal) = signals.received() {
+            break Ok(signal);
+        }
+        let accepted = match tokio::time::timeout(TICK, listener.accept()).await {
+            Ok(accepted) => accepted,
+            Err(_tick) => continue,
+        };
+        while let Some(done) = connections.try_join_next() {
+            log_panic(done);
+        }
+        match accepted {
+            Ok((stream, _)) => {
+                failing_since = None;
+                open.retain(|c| !c.is_finished());
+                if open.len() >= MAX_CONNECTIONS {
+                    if let Some(oldest) = open.pop_front() {
+                        tracing::debug!(
+                            "exporter: {MAX_CONNECTIONS} connections open; closing the oldest"
+                        );
+                        oldest.abort();
+                    }
+                }
+                open.push_back(connections.spawn(connection(
+                    stream,
+                    http.clone(),
+                    Arc::clone(&state),
+                )));
             }
+            // The client gave up before we took it: nothing is wrong here.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(|| {
+                    tracing::warn!("exporter: cannot accept a connection: {e}");
+                    Instant::now()
+                });
+                if since.elapsed() >= GIVE_UP {
+                    break Err(Failure::Usage(format!(
+                        "exporter: no longer accepting connections ({e}); exiting"
+                    )));
+                }
+                // Out of descriptors, say: the listener stays ready, so
+                // accepting again at once would spin.
+                tokio::time::sleep(TICK).await;
+            }
+        }
+    };
+    drop(listener);
+    let finished = tokio::time::timeout(GRACE, async {
+        while let Some(done) = connections.join_next().await {
+            log_panic(done);
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::debug!(
+            open = connections.len(),
+            "exporter: closing connections still open"
+        );
+    }
+    ended
+}
+
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            tracing::error!("exporter: an answer panicked: {e}");
         }
     }
 }
 
-fn answer(request: Request, state_dir: &Path, reported: &mut BTreeMap<PathBuf, String>) {
-    let path = request.url().split('?').next().unwrap_or("");
-    let response = if path != "/metrics" {
-        Response::from_string("zfs-snap exporter: only /metrics is served\n").with_status_code(404)
-    } else if !matches!(request.method(), Method::Get | Method::Head) {
-        Response::from_string("zfs-snap exporter: GET /metrics\n")
-            .with_status_code(405)
-            .with_header(header("Allow", "GET, HEAD"))
-    } else {
-        let recorded = zfs_snap::records::read(state_dir);
+async fn connection(stream: TcpStream, http: http1::Builder, state: Arc<State>) {
+    let service = service_fn(move |request| {
+        let response = answer(&request, &state);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let served = http.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_DEADLINE, served).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("exporter: connection ended: {e}"),
+        Err(_) => tracing::debug!("exporter: connection dropped after {CONNECTION_DEADLINE:?}"),
+    }
+}
+
+fn answer(request: &Request<Incoming>, state: &State) -> Response<String> {
+    if request.uri().path() != "/metrics" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "zfs-snap exporter: only /metrics is served\n",
+        );
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "zfs-snap exporter: GET /metrics\n",
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    // A Content-Length above 0 or any Transfer-Encoding: refused, and the
+    // body never read (the connection closes after the answer).
+    if !request.body().is_end_stream() {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "zfs-snap exporter: a scrape has no body\n",
+        );
+    }
+    let recorded = zfs_snap::records::read(&state.dir);
+    {
+        // A panic while it was held left nothing half-done in the map.
+        let mut reported = state
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for (file, why) in &recorded.unreadable {
             if reported.get(file) != Some(why) {
                 tracing::warn!("{}: {why}; left out of the metrics", file.display());
@@ -65,14 +261,17 @@ fn answer(request: Request, state_dir: &Path, reported: &mut BTreeMap<PathBuf, S
             }
         }
         reported.retain(|file, _| recorded.unreadable.iter().any(|(f, _)| f == file));
-        Response::from_string(zfs_snap::metrics::render(&recorded))
-            .with_header(header("Content-Type", zfs_snap::metrics::CONTENT_TYPE))
-    };
-    if let Err(e) = request.respond(response) {
-        tracing::debug!("exporter: the client went away: {e}");
     }
+    let mut response = Response::new(zfs_snap::metrics::render(&recorded));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(zfs_snap::metrics::CONTENT_TYPE),
+    );
+    response
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+fn text(status: StatusCode, body: &'static str) -> Response<String> {
+    let mut response = Response::new(body.to_owned());
+    *response.status_mut() = status;
+    response
 }
