@@ -556,7 +556,7 @@ impl<'w, 'a> Layout<'w, 'a> {
         if let Some(root) = self.live_roots.iter().find(|r| is_within(runtime_root, r)) {
             self.live_exclusions.push(runtime_root.to_owned());
             self.warnings.push(format!(
-                "the runtime root {} is inside the live path {}: it is not archived (it holds              zfs-snap's lock and the snapshot mirror, not data)",
+                "the runtime root {} is inside the live path {}: it is not archived (it holds zfs-snap's lock and the snapshot mirror, not data)",
                 runtime_root.display(),
                 root.display()
             ));

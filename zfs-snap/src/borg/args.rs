@@ -145,6 +145,16 @@ pub struct ValueAt {
     pub offset: usize,
 }
 
+impl ValueAt {
+    /// The whole word after the option at `i`.
+    fn next_word(i: usize) -> ValueAt {
+        ValueAt {
+            index: i + 1,
+            offset: 0,
+        }
+    }
+}
+
 /// An option that carries patterns, in command-line order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PatternOption {
@@ -358,26 +368,12 @@ fn skip_option(
                 if i + 1 >= argv.len() {
                     return Err(missing(canonical));
                 }
-                seen(
-                    canonical,
-                    Some(ValueAt {
-                        index: i + 1,
-                        offset: 0,
-                    }),
-                    i,
-                );
+                seen(canonical, Some(ValueAt::next_word(i)), i);
                 i + 2
             }
             (Arity::Optional, None) => match argv.get(i + 1) {
                 Some(next) if !is_option_like(next.as_bytes()) => {
-                    seen(
-                        canonical,
-                        Some(ValueAt {
-                            index: i + 1,
-                            offset: 0,
-                        }),
-                        i,
-                    );
+                    seen(canonical, Some(ValueAt::next_word(i)), i);
                     i + 2
                 }
                 _ => {
@@ -417,14 +413,7 @@ fn skip_option(
             if i + 1 >= argv.len() {
                 return Err(missing(long));
             }
-            seen(
-                long,
-                Some(ValueAt {
-                    index: i + 1,
-                    offset: 0,
-                }),
-                i,
-            );
+            seen(long, Some(ValueAt::next_word(i)), i);
             return Ok(i + 2);
         }
         match SHORT_FLAGS.iter().find(|(s, _)| *s == c) {
