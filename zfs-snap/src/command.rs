@@ -139,25 +139,28 @@ impl CommandLine {
     /// Starts the command with our stdio and passes on the signals
     /// [`Signals`] takes, until the caller has waited for it and cleared it
     /// (`signals.set_child(None)`).
+    /// A signal that came before the child was known is passed on at once
+    /// (a session's command must not run on after the session was asked to
+    /// stop; callers of [`CommandLine::run_forwarding`] check for a signal
+    /// before they start borg instead).
     pub fn spawn_forwarding(&self, args: &[OsString], signals: &Signals) -> Result<Child> {
-        self.start(args, signals, self.command(args))
-    }
-
-    /// Starts `command` (this command line, its stdio set up by the caller)
-    /// and passes signals on to it; a signal that came before the child was
-    /// known is passed on at once.
-    fn start(&self, args: &[OsString], signals: &Signals, mut command: Command) -> Result<Child> {
-        let child = command
-            .spawn()
-            .map_err(|source| self.spawn_error(args, source))?;
-        signals.set_child(Some(child.id()));
+        let child = self.start(args, signals, self.command(args))?;
         if let Some(signal) = signals.received() {
-            // It came before set_child: not passed on yet.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::try_from(signal).ok(),
             );
         }
+        Ok(child)
+    }
+
+    /// Starts `command` (this command line, its stdio set up by the caller)
+    /// and passes the signals that come from now on to it.
+    fn start(&self, args: &[OsString], signals: &Signals, mut command: Command) -> Result<Child> {
+        let child = command
+            .spawn()
+            .map_err(|source| self.spawn_error(args, source))?;
+        signals.set_child(Some(child.id()));
         tracing::debug!(command = %self.display_with(args), pid = child.id(), "started");
         Ok(child)
     }
@@ -267,6 +270,7 @@ fn hint_for(what: &str) -> &'static str {
             "set --umount-command / ZFS_SNAP_UMOUNT_COMMAND, or leave it unset to use umount2(2)"
         }
         "borg" => "install borgbackup >= 1.4, or set --borg / ZFS_SNAP_BORG",
+        "the session's" => "check the command given after `zfs-snap session --`",
         _ => "check the configured command",
     }
 }

@@ -334,7 +334,7 @@ pub fn record_create(
         Ran::Borg(run) => (run.start, run.end, run.stdout.as_deref()),
         Ran::StoppedEarly { start } => (start, records::now(), None),
     };
-    records::record_create(
+    let recorded = records::record_create(
         settings,
         &records::Create {
             borg,
@@ -347,22 +347,27 @@ pub fn record_create(
             signals,
         },
     );
-    refresh_textfile(settings);
+    refresh_textfile(settings, recorded);
 }
 
 /// Records zfs-snap's own figures of a run that took snapshots.
 pub fn record_run(settings: &Settings, run: &RunRecord<'_>) {
-    records::record_run(settings, run);
-    refresh_textfile(settings);
+    let recorded = records::record_run(settings, run);
+    refresh_textfile(settings, recorded);
 }
 
 /// Records a run that stopped before borg ended.
 pub fn record_failed_run(settings: &Settings, kind: &str, start: f64, status: i32) {
-    records::record_failed_run(settings, kind, start, status);
-    refresh_textfile(settings);
+    let recorded = records::record_failed_run(settings, kind, start, status);
+    refresh_textfile(settings, recorded);
 }
 
-fn refresh_textfile(settings: &Settings) {
+/// Rewrites the textfile after a record was written (only then: nothing
+/// new to show, or a state directory refused, which was said already).
+fn refresh_textfile(settings: &Settings, recorded: bool) {
+    if !recorded {
+        return;
+    }
     if let Err(e) = metrics::write_textfile(settings) {
         tracing::warn!("monitoring: {e}");
     }

@@ -13,8 +13,9 @@
 //! - [`zfs`] (talking to ZFS, its backends), [`mountinfo`] (the mount
 //!   table), [`mount`] (mounting snapshots), [`runtime`] (the runtime root,
 //!   its lock and names);
-//! - [`discovery`] (which datasets) -> [`plan`] (the result), [`mapping`]
-//!   (live <-> mirror paths), [`borg`] (its command line and patterns);
+//! - [`plan`] (what a run does), [`mapping`] (live <-> mirror paths),
+//!   [`source_root`] (a root as given), [`discovery`] (which datasets: data
+//!   in, plan out), [`borg`] (its command line and patterns);
 //! - [`report`] (what a run did), [`release`] (the one place snapshots are
 //!   released and destroyed), [`recover`] (what dead runs left,
 //!   `cleanup`), [`lifecycle`] (a run: lock, freeze, teardown);
@@ -43,6 +44,7 @@ pub mod report;
 pub mod runtime;
 pub mod session;
 pub mod signals;
+pub mod source_root;
 pub mod wrap;
 pub mod zfs;
 

@@ -434,14 +434,19 @@ impl<'a> Run<'a> {
         }
         for (path, content) in files {
             debug_assert!(path.starts_with(&dir));
-            // Remembered first: a file half written is still removed.
+            let io = |source| Error::Io {
+                path: path.clone(),
+                source,
+            };
+            // Remembered once opened (the file is then ours) and before it
+            // is written (a file half written is still removed); never
+            // when the open failed (a symlink or a directory of someone
+            // else's at the name stays).
+            let mut file = private::open_own_file(path).map_err(io)?;
             if !self.work_files.contains(path) {
                 self.work_files.push(path.clone());
             }
-            private::write_own_file(path, content.as_bytes()).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
+            std::io::Write::write_all(&mut file, content.as_bytes()).map_err(io)?;
         }
         Ok(())
     }

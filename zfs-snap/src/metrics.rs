@@ -336,7 +336,6 @@ fn register(registry: &Registry, family: impl Collector + 'static) {
         .expect("each name registered once");
 }
 
-/// The content type of [`render`]'s output.
 /// Rewrites the exposition in `settings`' textfile, if one is set (for
 /// node_exporter's textfile collector), from the records as they are now;
 /// taken under the state directory's lock, so a later writer's view wins.
@@ -355,6 +354,7 @@ pub fn write_textfile(settings: &Settings) -> Result<(), RecordError> {
     })
 }
 
+/// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]

@@ -163,14 +163,20 @@ pub fn lock_holder(path: &Path) -> Option<String> {
 /// Writes one of zfs-snap's own files (0600), replacing its content, never
 /// through a symlink someone left at its name.
 pub fn write_own_file(path: &Path, content: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
+    open_own_file(path)?.write_all(content)
+}
+
+/// Opens one of zfs-snap's own files for writing (0600, made if missing,
+/// emptied), never through a symlink someone left at its name: once this
+/// succeeded, the file at `path` is one zfs-snap made or emptied.
+pub fn open_own_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(content)
+        .open(path)
 }
 
 /// Writes `bytes` to a new file beside `path` (exactly `mode`, whatever the

@@ -105,10 +105,11 @@ pub struct Create<'a> {
 /// Records a create in its repository's file; on success, with borg's
 /// figures (from its `--json` output, or else one `borg info --json`, as
 /// `settings.info` allows). A failure leaves the last success as it was.
-pub fn record_create(settings: &Settings, create: &Create<'_>) {
+/// Whether it was recorded.
+pub fn record_create(settings: &Settings, create: &Create<'_>) -> bool {
     let Some((given, archive)) = repository_of(create.args) else {
         tracing::debug!("no repository in the create's command line: nothing recorded");
-        return;
+        return false;
     };
     let repository = absolute_location(&given, create.cwd);
     let attempt = Attempt {
@@ -122,8 +123,17 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) {
     let result = store::update_repository(&settings.dir, &repository, |old| {
         updated(old, repository.clone(), attempt, success)
     });
-    if let Err(e) = result {
-        tracing::warn!(repository, "monitoring: {e}");
+    warn_unless_recorded(result)
+}
+
+/// Says why a record was not written; whether it was.
+fn warn_unless_recorded(result: Result<(), RecordError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("monitoring: {e}");
+            false
+        }
     }
 }
 
@@ -219,23 +229,19 @@ fn may_ask_borg(
 /// A run that stopped before borg ended (an error, the lock held, a
 /// signal): counted as failed; the last run's figures stay, so what an
 /// earlier run left behind is still shown.
-pub fn record_failed_run(settings: &Settings, kind: &str, start: f64, status: i32) {
-    let result = store::update_run(&settings.dir, |old| {
+/// Whether it was recorded.
+pub fn record_failed_run(settings: &Settings, kind: &str, start: f64, status: i32) -> bool {
+    warn_unless_recorded(store::update_run(&settings.dir, |old| {
         failed_run_state(old, kind, start, now(), status)
-    });
-    if let Err(e) = result {
-        tracing::warn!("monitoring: {e}");
-    }
+    }))
 }
 
 /// Records zfs-snap's own figures of a run in `run.json`.
-pub fn record_run(settings: &Settings, run: &RunRecord<'_>) {
-    let result = store::update_run(&settings.dir, |old| {
+/// Whether it was recorded.
+pub fn record_run(settings: &Settings, run: &RunRecord<'_>) -> bool {
+    warn_unless_recorded(store::update_run(&settings.dir, |old| {
         run_state(old.unwrap_or_default(), run, now())
-    });
-    if let Err(e) = result {
-        tracing::warn!("monitoring: {e}");
-    }
+    }))
 }
 
 /// Forgets a repository's record (one retired or renamed); whether there

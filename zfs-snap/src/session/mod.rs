@@ -10,7 +10,7 @@
 //!
 //! The protocol is one JSON line each way, then one more from the client
 //! when its borg has exited:
-//! `{"session", "argv", "cwd"}` → `{"ready": argv}` or `{"refused": text}`
+//! `{"session", "argv", "cwd", "files"}` → `{"ready": argv}` or `{"refused": text}`
 //! → `{"status": code}`. Only a peer with the session's own uid is served,
 //! and a create asks only a session of its own uid, reached through a
 //! runtime root no one else can replace; the session's secret is never

@@ -66,7 +66,10 @@ fn serve_command(
     signals: &Signals,
     start: f64,
 ) -> Result<Outcome> {
+    let started = Instant::now();
     let (mut run, _, _, recovered) = Run::begin(ctx.zfs, ctx.mounter, &ctx.options)?;
+    // Lock and recovery; each create adds its own look and discovery.
+    run.timings_mut().discovery_ms = started.elapsed().as_secs_f64() * 1000.0;
     let root = run.runtime_root().to_owned();
     // Not the run id (that is in the snapshots' names, which anyone may
     // list): the session's own secret, for its creates to name it.
@@ -191,7 +194,7 @@ fn say_what_was_read(command: ExitStatus, status: ExitStatus, creates: usize, re
 /// The session's command, with the session's id and runtime root in its
 /// environment, and its creates recording where the session does.
 fn session_command(ctx: &Context<'_>, program: &OsString, id: &str, root: &Path) -> CommandLine {
-    let mut command = CommandLine::program_only("session command", program.clone())
+    let mut command = CommandLine::program_only("the session's", program.clone())
         .with_env(SESSION_ENV, id)
         .with_env("ZFS_SNAP_RUNTIME_ROOT", root);
     match &ctx.state {
@@ -488,8 +491,10 @@ impl Server<'_, '_> {
         let request = CreateRequest::new(args, cwd, &read)?;
         // A fresh look for every create: the command's own hooks may have
         // loaded keys or mounted datasets since the session began.
+        let started = Instant::now();
         let filesystems = self.ctx.zfs.filesystems()?;
         let mounts = crate::mountinfo::read(self.run.mountinfo_path())?;
+        self.run.timings_mut().discovery_ms += started.elapsed().as_secs_f64() * 1000.0;
         create::freeze_for(
             self.run,
             &request,

@@ -455,3 +455,28 @@ fn destroy_counts_a_missing_snapshot_as_gone_only_on_zfs_word() {
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert_eq!(zfs.names(), vec!["tank@zfs-snap-b"]);
 }
+
+#[test]
+fn a_file_of_someone_elses_at_a_work_file_name_is_refused_and_stays() {
+    let host = Host::new();
+    let mut run = host.begin();
+    run.freeze(&host.plan(&["tank/data"]), &never).unwrap();
+    let work = run.work_dir();
+    std::fs::create_dir(&work).unwrap();
+    let victim = host.root.parent().unwrap().join("victim");
+    std::fs::write(&victim, "theirs\n").unwrap();
+    let at = work.join("zfs-snap-patterns.lst");
+    std::os::unix::fs::symlink(&victim, &at).unwrap();
+    let err = run
+        .write_work_files(&[(at.clone(), "R /x\n".into())])
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    let (report, _) = run.finish();
+    report.unwrap();
+    assert!(
+        at.symlink_metadata().unwrap().file_type().is_symlink(),
+        "left alone"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "theirs\n");
+    assert_eq!(host.zfs.names(), Vec::<String>::new());
+}
