@@ -162,6 +162,11 @@ impl Discovery<'_, '_> {
             .enumerate()
             .filter(|(_, e)| is_within(&root.absolute, &e.mount_point))
             .max_by_key(|(_, e)| e.mount_point.components().count())?;
+        if let Some(warning) = foreign_snapshot(&shown.to_string(), entry, self.world.runtime_root)
+        {
+            self.warnings.push(warning);
+            return None;
+        }
         let Some(dataset) = entry.zfs_dataset() else {
             self.notes.push(format!(
                 "{shown} is not on ZFS ({} at {}); borg reads it live",
@@ -538,6 +543,25 @@ impl<'w, 'a> Layout<'w, 'a> {
     }
 }
 
+/// The warning for a root inside a ZFS snapshot that someone else mounted
+/// (borgmatic's own `zfs:` hook hands borg such paths): zfs-snap can only
+/// read it as it is, from that snapshot, where the datasets below it are
+/// not mounted; the user's fix is to leave the snapshots to zfs-snap.
+fn foreign_snapshot(shown: &str, entry: &MountEntry, runtime_root: &Path) -> Option<String> {
+    let snapshot = entry.fstype == "zfs" && entry.source.contains('@');
+    if !snapshot || is_within(&entry.mount_point, runtime_root) {
+        return None;
+    }
+    Some(format!(
+        "{shown} is inside snapshot {} mounted at {} by someone else: zfs-snap takes no \
+         snapshot for it and borg reads that snapshot as it is, without the datasets below it. \
+         If borgmatic's own `zfs:` hook made it, remove `zfs:` from borgmatic's configuration \
+         and give the live paths: zfs-snap snapshots every dataset they reach, in one moment",
+        entry.source,
+        entry.mount_point.display()
+    ))
+}
+
 /// Which mirror the selected mount `index` goes in: the level of the
 /// nearest selected mount above it, plus one if a file system no snapshot
 /// holds (a tmpfs, an unselected dataset) lies between them: there, the
@@ -718,6 +742,30 @@ mod tests {
             ]
         );
         assert!(plan.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_root_in_someone_elses_snapshot_mount_is_warned_about() {
+        let mut fx = Fixture::new();
+        let borgmatic = "/run/user/0/borgmatic/zfs_snapshots/ab12/tank/data";
+        fx.mounts
+            .push(mount(7, borgmatic, "zfs", "tank/data@borgmatic-1234"));
+        let root = format!("{borgmatic}/./sub");
+        let plan = fx.plan(&[&root], false);
+        assert!(plan.mounts.is_empty(), "no snapshot taken for it");
+        assert_eq!(plan.roots[0].source, RootSource::Live);
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("tank/data@borgmatic-1234") && w.contains("remove `zfs:`")),
+            "{:?}",
+            plan.warnings
+        );
+        // Our own mirror is never someone else's snapshot.
+        let ours = format!("{RT}/snap/tank/data");
+        fx.mounts
+            .push(mount(8, &ours, "zfs", "tank/data@zfs-snap-x"));
+        assert!(foreign_snapshot("x", fx.mounts.last().unwrap(), Path::new(RT)).is_none());
     }
 
     #[test]
