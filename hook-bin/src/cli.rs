@@ -179,6 +179,11 @@ pub enum Command {
     /// it starts through zfs-snap's `borg` link or `zfs-snap wrap` reads the same snapshots, taken
     /// at the first create that needs them; teardown happens once, when the command ends.
     Session {
+        /// After the command ended or a signal came, how long to wait for what it left running
+        /// (its creates, hooks, any process it started) before teardown. Under systemd keep it
+        /// below the unit's TimeoutStopSec=, which must leave time for teardown.
+        #[arg(long, env = "ZFS_SNAP_STOP_TIMEOUT", value_name = "SECS", default_value_t = zfs_snap::session::server::DEFAULT_STOP_TIMEOUT.as_secs())]
+        stop_timeout: u64,
         /// The command and its arguments, e.g. `borgmatic create --verbosity 1`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<OsString>,

@@ -146,8 +146,12 @@ fn run(cli: Cli, signals: &Signals) -> Result<u8, Failure> {
             write_timings(global.timings_json.as_deref(), outcome.timings());
             Ok(exit::from_outcome(&outcome))
         }
-        Command::Session { command } => {
-            let outcome = zfs_snap::session::serve(&ctx, &command, signals)?;
+        Command::Session {
+            stop_timeout,
+            command,
+        } => {
+            let stop_timeout = std::time::Duration::from_secs(stop_timeout);
+            let outcome = zfs_snap::session::serve(&ctx, &command, signals, stop_timeout)?;
             write_timings(global.timings_json.as_deref(), outcome.timings());
             Ok(exit::from_outcome(&outcome))
         }

@@ -120,7 +120,7 @@ fn sigterm_reaches_borg_and_teardown_completes() {
     assert!(!out.status.success());
     assert_eq!(borg_processes_of(&w), 0, "borg stopped");
     assert!(
-        stderr(&out).contains("passing signal to borg"),
+        stderr(&out).contains("passing the signal on to the child"),
         "{}",
         stderr(&out)
     );

@@ -615,3 +615,88 @@ fn nix_kill(pid: u32, signal: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// systemd's chain under `systemctl stop` with `KillMode=mixed`: SIGTERM
+/// to the session alone; its child (as `systemd-inhibit`) dies of it and
+/// so sends its own child SIGTERM (`PR_SET_PDEATHSIG`); that one (as
+/// borgmatic) passes it to its process group and exits, leaving a hook in
+/// its `TERM` trap. The session waits for the hook's trap to finish.
+#[test]
+fn sigterm_waits_for_every_process_the_command_started() {
+    let w = World::new();
+    let ready = w.dir.path().join("hook-ready");
+    let trapped = w.dir.path().join("hook-trapped");
+    let inhibit_like = r#"
+import ctypes, signal, subprocess, sys
+libc = ctypes.CDLL(None)
+child = subprocess.Popen(sys.argv[1:], preexec_fn=lambda: libc.prctl(1, signal.SIGTERM))
+sys.exit(child.wait())
+"#;
+    let borgmatic_like = r#"
+import os, signal, subprocess, sys, time
+def handle(n, frame):
+    if frame.f_back and frame.f_back.f_code.co_name == handle.__name__:
+        return
+    os.killpg(os.getpgrp(), n)
+    sys.exit(128 + n)
+signal.signal(signal.SIGTERM, handle)
+hook = 'trap "sleep 1; echo trapped > \"$TRAPPED\"; exit 0" TERM; echo > "$READY"; while :; do sleep 0.1; done'
+subprocess.Popen(["sh", "-c", hook], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(120)
+"#;
+    let mut cmd = w.cmd();
+    cmd.args(["session", "--stop-timeout", "30", "--"])
+        .args(["python3", "-c", inhibit_like])
+        .args(["python3", "-c", borgmatic_like])
+        .env("READY", &ready)
+        .env("TRAPPED", &trapped)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while !ready.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the hook never started"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    nix_kill(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    // At the moment the session has ended, the hook's trap has finished.
+    let trap = std::fs::read_to_string(&trapped).unwrap_or_default();
+    let err = stderr(&out);
+    assert_eq!(
+        trap, "trapped\n",
+        "the session ended before the hook's trap:\n{err}"
+    );
+    assert!(
+        err.contains("waiting for what the session's command left running"),
+        "{err}"
+    );
+    w.assert_clean();
+}
+
+/// What the command leaves running is waited for at most --stop-timeout,
+/// then named in a warning.
+#[test]
+fn what_the_command_leaves_running_is_waited_for_at_most_the_stop_timeout() {
+    let w = World::new();
+    let started = Instant::now();
+    let out = run(w
+        .cmd()
+        .args(["session", "--stop-timeout", "2", "--"])
+        .args(["sh", "-c", "sleep 30 >/dev/null 2>&1 & exit 0"])
+        .process_group(0));
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert!(took >= Duration::from_secs(2), "waited: {took:?}\n{err}");
+    assert!(
+        took < Duration::from_secs(20),
+        "at most the stop timeout: {took:?}\n{err}"
+    );
+    assert!(err.contains("tearing down anyway"), "{err}");
+    assert!(err.contains("(sleep)"), "names what it left: {err}");
+    w.assert_clean();
+}

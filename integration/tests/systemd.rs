@@ -92,6 +92,16 @@ fn install() {
 /// appends to `changing`, so a later create reading the live tree would
 /// see it.
 fn configure(sources: &[PathBuf], changing: &Path, extra: &str) -> [PathBuf; 2] {
+    configure_with_commands(sources, changing, extra, "")
+}
+
+/// [`configure`], with more items for borgmatic's `commands:` list.
+fn configure_with_commands(
+    sources: &[PathBuf],
+    changing: &Path,
+    extra: &str,
+    commands: &str,
+) -> [PathBuf; 2] {
     let repos = [1, 2].map(|n| PathBuf::from(format!("{REPOS}/repo-{n}")));
     for repo in &repos {
         let _ = std::fs::remove_dir_all(repo);
@@ -114,7 +124,7 @@ fn configure(sources: &[PathBuf], changing: &Path, extra: &str) -> [PathBuf; 2] 
              store_config_files: false\n\
              keep_daily: 7\n\
              commands:\n    - after: repository\n      run:\n          - date +%s%N >> {changing}\n\
-             {extra}",
+             {commands}{extra}",
             r1 = repos[0].display(),
             r2 = repos[1].display(),
             changing = changing.display(),
@@ -312,10 +322,34 @@ fn systemctl_stop_while_borg_runs_tears_down_and_the_next_start_works() {
     let fifo = p.path("data/fifo");
     mkfifo(&fifo);
     // borg opens the FIFO and waits for a writer that never comes.
-    let repos = configure(
+    // A hook that leaves a process with a TERM trap behind, as a hook
+    // starting a helper does; the first time only.
+    let ready = Path::new(REPOS).join("hook-ready");
+    let trapped = Path::new(REPOS).join("hook-trapped");
+    let once = Path::new(REPOS).join("hook-once");
+    for f in [&ready, &trapped, &once] {
+        let _ = std::fs::remove_file(f);
+    }
+    // Where the unit sees it (its /tmp and /var/tmp are private).
+    let hook = write_script(
+        &Path::new(REPOS).join("hook.sh"),
+        &format!(
+            "[ -e {once} ] && exit 0\n: > {once}\n\
+             ( trap 'sleep 2; echo trapped > {trapped}; exit 0' TERM\n\
+               : > {ready}\n  while :; do sleep 0.2; done ) >/dev/null 2>&1 </dev/null &\n",
+            once = once.display(),
+            trapped = trapped.display(),
+            ready = ready.display(),
+        ),
+    );
+    let repos = configure_with_commands(
         &[p.path("data")],
         &changing,
         &format!("read_special: true\n{CREATE_ONLY}"),
+        &format!(
+            "    - before: repository\n      run:\n          - {}\n",
+            hook.display()
+        ),
     );
     systemctl(&["start", "--no-block", "borgmatic.service"]).success();
     // borgmatic gives borg its roots in a patterns file: look for the real
@@ -357,6 +391,16 @@ fn systemctl_stop_while_borg_runs_tears_down_and_the_next_start_works() {
     assert!(
         took < Duration::from_secs(60),
         "stopped within its timeout, not killed: {took:?}\n{journal}"
+    );
+    assert!(ready.exists(), "the hook ran:\n{journal}");
+    assert_eq!(
+        std::fs::read_to_string(&trapped).unwrap_or_default(),
+        "trapped\n",
+        "the hook's TERM trap finished before the session ended:\n{journal}"
+    );
+    assert!(
+        journal.contains("waiting for what the session's command left running"),
+        "{journal}"
     );
     assert_nothing_left(&fx);
     let stray = run(Command::new("pgrep").args(["-f", "borg create"]));

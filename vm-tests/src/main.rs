@@ -66,6 +66,10 @@ enum Cmd {
         /// Skip the guest self-check (pool, snapshot, borg, borgmatic) before the tests.
         #[arg(long)]
         no_smoke: bool,
+        /// Tests run at a time in the plain guest (each test its own process;
+        /// the systemd guest's run one at a time).
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        jobs: usize,
         /// Arguments for every test executable.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         test_args: Vec<String>,
@@ -185,8 +189,9 @@ fn real_main(cli: Cli) -> Result<i32> {
             vm,
             package,
             no_smoke,
+            jobs,
             test_args,
-        } => test(&vm, &package, no_smoke, &test_args)?,
+        } => test(&vm, &package, no_smoke, jobs, &test_args)?,
         Cmd::Smoke { vm } => {
             let img = image::ensure(false)?;
             let mut share = Share::new()?;
@@ -280,11 +285,46 @@ const COMMAND_BACKEND_TESTS: &[&str] = &[
     "sigkill_leftovers_are_removed_by_cleanup_and_by_the_next_run",
 ];
 
+/// Executables whose tests take longest, in that order: their jobs start
+/// first so that the last jobs to end are short ones.
+const SLOW_FIRST: &[&str] = &["faults", "same_archive", "patterns", "lifecycle", "basics"];
+
+fn slow_first(label: &str) -> usize {
+    SLOW_FIRST
+        .iter()
+        .position(|s| label.starts_with(&format!("{s}-")))
+        .unwrap_or(SLOW_FIRST.len())
+}
+
+/// The tests of a test executable that `args` (a name filter, say) select,
+/// from its own `--list`.
+fn list_tests(exe: &Path, args: &[String]) -> Result<Vec<String>> {
+    let mut c = std::process::Command::new(exe);
+    c.args(["--list", "--format", "terse"]).args(args);
+    let out = c
+        .output()
+        .with_context(|| format!("cannot run {}", show(&c)))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", show(&c), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Test executables whose name starts with this run in a guest that boots
 /// systemd as PID 1 (one boot of their own); the others in the plain guest.
 const SYSTEMD_TESTS_PREFIX: &str = "systemd";
 
-fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Result<i32> {
+fn test(
+    vm: &VmArgs,
+    package: &str,
+    no_smoke: bool,
+    jobs: usize,
+    test_args: &[String],
+) -> Result<i32> {
     let img = image::ensure(false)?;
     let bin = build_zfs_snap()?;
     let exes = build_tests(package)?;
@@ -302,32 +342,48 @@ fn test(vm: &VmArgs, package: &str, no_smoke: bool, test_args: &[String]) -> Res
         let s = share.add_text("smoke.sh", SMOKE_SH, true)?;
         share.add_command("smoke", vec!["env".into(), "SMOKE_QUICK=1".into(), s]);
     }
-    let mut second_pass = Vec::new();
+    // One job per test, longest first (roughly), a few at a time: a test
+    // mostly waits on one Python borg at a time, so one alone leaves the
+    // guest's second CPU idle.
+    let mut plain_exes = plain_exes;
+    plain_exes.sort_by_key(|e| slow_first(&label_of(e)));
+    let mut backend_jobs = Vec::new();
     for exe in &plain_exes {
         let g = share.add_file(exe, None)?;
-        let mut argv = vec![g.clone(), "--test-threads=2".to_string()];
-        argv.extend(test_args.iter().cloned());
         let label = label_of(exe);
-        share.add_command(&label, argv);
-        second_pass.push((g, label));
-    }
-    // The first pass runs with the default backend, which in the guest is
-    // libzetta (plain `zfs`, libzfs_core opens); the core scenarios run once
-    // more on the zfs command backend.
-    if test_args.is_empty() {
-        for (g, label) in second_pass {
+        let short = label.rsplit_once('-').map_or(label.as_str(), |(s, _)| s);
+        for name in list_tests(exe, test_args)? {
             let mut argv = vec![
-                "env".to_string(),
-                "ZFS_SNAP_BACKEND=command".to_string(),
-                g,
-                "--test-threads=2".to_string(),
+                g.clone(),
+                "--exact".into(),
+                name.clone(),
+                "--test-threads=1".into(),
             ];
-            argv.extend(COMMAND_BACKEND_TESTS.iter().map(|t| t.to_string()));
-            share.add_command(&format!("{label} (command backend)"), argv);
+            argv.extend(test_args.iter().cloned());
+            share.add_job(&format!("{short}::{name}"), argv);
+            // The first pass runs with the default backend, which in the
+            // guest is libzetta (plain `zfs`, libzfs_core opens); the core
+            // scenarios run once more on the zfs command backend.
+            if test_args.is_empty() && COMMAND_BACKEND_TESTS.contains(&name.as_str()) {
+                backend_jobs.push((
+                    format!("{short}::{name} (command backend)"),
+                    vec![
+                        "env".into(),
+                        "ZFS_SNAP_BACKEND=command".into(),
+                        g.clone(),
+                        "--exact".into(),
+                        name,
+                        "--test-threads=1".into(),
+                    ],
+                ));
+            }
         }
     }
-    let passes = if test_args.is_empty() { 2 } else { 1 };
-    let mut expected = passes * plain_exes.len() + usize::from(!no_smoke);
+    for (label, argv) in backend_jobs {
+        share.add_job(&label, argv);
+    }
+    share.set_parallel(jobs);
+    let mut expected = share.expected();
     let mut code = vm::boot(&img, &share, &vm.opts(3000))?;
     let mut results = share.results();
 

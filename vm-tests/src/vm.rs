@@ -36,6 +36,9 @@ pub struct Share {
     pub dir: PathBuf,
     env: Vec<(String, String)>,
     commands: Vec<(String, Vec<String>)>,
+    /// Run after `commands`, at most `parallel` at a time.
+    jobs: Vec<(String, Vec<String>)>,
+    parallel: usize,
 }
 
 impl Share {
@@ -75,6 +78,8 @@ impl Share {
             dir,
             env: Vec::new(),
             commands: Vec::new(),
+            jobs: Vec::new(),
+            parallel: 1,
         };
         s.set_env(
             "PATH",
@@ -143,19 +148,35 @@ impl Share {
         self.commands.push((label.to_string(), argv));
     }
 
+    /// A command run after every [`Share::add_command`] one, alongside the
+    /// other jobs, at most [`Share::set_parallel`] at a time; its output is
+    /// printed whole when it ends.
+    pub fn add_job(&mut self, label: &str, argv: Vec<String>) {
+        self.jobs.push((label.to_string(), argv));
+    }
+
+    pub fn set_parallel(&mut self, jobs: usize) {
+        self.parallel = jobs.max(1);
+    }
+
+    /// Commands and jobs the guest will report on.
+    pub fn expected(&self) -> usize {
+        self.commands.len() + self.jobs.len()
+    }
+
     fn write_job(&self) -> Result<()> {
         let mut s = String::from(
-            "#!/bin/sh\n# Written by vm-tests for one boot: runs the commands, records exit codes.\n",
+            "#!/bin/bash\n# Written by vm-tests for one boot: runs the commands, records exit codes.\n",
         );
         for (k, v) in &self.env {
             s.push_str(&format!("export {k}={}\n", sh_quote(v)));
         }
+        s.push_str(&format!("vm_parallel={}\n", self.parallel));
         s.push_str(
             r#"cd /tmp
-vm_status=0
 results=/share/.vm/results
 : >"$results"
-echo "vm-tests guest: up $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r), $(zfs version 2>/dev/null | head -n1)"
+echo "vm-tests guest: up $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r), $(zfs version 2>/dev/null | head -n1), $vm_parallel jobs at a time"
 vm_run() {
     label=$1; shift
     echo "vm-tests guest: >>> $label"
@@ -165,7 +186,33 @@ vm_run() {
     end=$(cut -d' ' -f1 /proc/uptime)
     echo "vm-tests guest: <<< $label: exit $rc ($start s -> $end s)"
     echo "$rc $label" >>"$results"
-    if [ "$rc" -ne 0 ]; then vm_status=$rc; fi
+}
+# One job in the background: its output kept, then printed whole (one
+# job at a time) when it ends.
+vm_job() {
+    n=$1; label=$2; shift 2
+    log=/tmp/vm-job-$n.log
+    start=$(cut -d' ' -f1 /proc/uptime)
+    "$@" >"$log" 2>&1 </dev/null
+    rc=$?
+    end=$(cut -d' ' -f1 /proc/uptime)
+    {
+        flock 9
+        echo "vm-tests guest: >>> $label"
+        cat "$log"
+        echo "vm-tests guest: <<< $label: exit $rc ($start s -> $end s)"
+        echo "$rc $label" >>"$results"
+    } 9>>/tmp/vm-job.lock
+    rm -f "$log"
+}
+vm_running=0
+vm_spawn() {
+    if [ "$vm_running" -ge "$vm_parallel" ]; then
+        wait -n
+        vm_running=$((vm_running - 1))
+    fi
+    vm_job "$@" &
+    vm_running=$((vm_running + 1))
 }
 "#,
         );
@@ -173,7 +220,21 @@ vm_run() {
             let q: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
             s.push_str(&format!("vm_run {} {}\n", sh_quote(label), q.join(" ")));
         }
-        s.push_str("echo \"$vm_status\" >/share/.vm/exit-code\nsync\n");
+        for (n, (label, argv)) in self.jobs.iter().enumerate() {
+            let q: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
+            s.push_str(&format!(
+                "vm_spawn {n} {} {}\n",
+                sh_quote(label),
+                q.join(" ")
+            ));
+        }
+        s.push_str(
+            r#"wait
+vm_status=$(awk '$1 != 0 { s = $1 } END { print s + 0 }' "$results")
+echo "$vm_status" >/share/.vm/exit-code
+sync
+"#,
+        );
         let p = self.dir.join(".vm/run.sh");
         fs::write(&p, s)?;
         use std::os::unix::fs::PermissionsExt;

@@ -65,7 +65,7 @@ impl Signals {
                     // has the signal already: sending it back would loop.
                     let from_child = child > 0 && sender == child;
                     if child > 0 && !already_delivered && !from_child {
-                        tracing::info!(signal = %signal, pid = child, "passing signal to borg");
+                        tracing::info!(signal = %signal, pid = child, "passing the signal on to the child");
                         let _ = kill(Pid::from_raw(child), signal);
                     } else if child == 0 {
                         tracing::warn!(signal = %signal, "signal received: stopping after cleanup");

@@ -16,13 +16,19 @@
 //! runtime root no one else can replace; the session's secret is never
 //! printed. The session's status says whether its creates read its
 //! snapshots ([`server::session_status`]).
+//!
+//! The session reaps its command's orphans ([`reaper`]): teardown waits for
+//! every process the command started, however deep, at most the stop
+//! timeout (`--stop-timeout`) after a signal or after the command ended.
 
 //!
 //! [`protocol`] (the messages), [`client`] (a create asking its session),
-//! [`server`] (the session itself).
+//! [`reaper`] (waiting for the command's whole tree), [`server`] (the
+//! session itself).
 
 pub mod client;
 pub mod protocol;
+pub mod reaper;
 pub mod server;
 
 pub use client::join;

@@ -23,20 +23,30 @@ use crate::runtime::SOCKET;
 use crate::session::protocol::{
     joined, label, receive, send, session_id, Done, Reply, Request, SESSION_ENV,
 };
+use crate::session::reaper;
 use crate::signals::Signals;
 
-/// After a signal, how long the session waits for the creates still
-/// running before it tears down anyway.
-const GRACE_AFTER_SIGNAL: Duration = Duration::from_secs(30);
+/// How long the session waits for what its command left running (its
+/// creates, its hooks, any process it started) once the command has ended
+/// or a signal came, unless told otherwise: systemd's default stop timeout
+/// (90 s) less time to tear down.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(80);
 const POLL: Duration = Duration::from_millis(20);
 
 /// `zfs-snap session -- COMMAND...`: runs `command` with every create it
 /// starts served from one snapshot set, and tears that down once at the end.
 /// The outcome's status is the command's, raised when the session's
-/// creates did not read its snapshots ([`session_status`]). A session that
-/// stops before its command has ended (the lock held, a runtime root or
-/// socket refused, the command not started) is recorded as a failed run.
-pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Result<Outcome> {
+/// creates did not read its snapshots ([`session_status`]). Teardown waits
+/// for every process the command started, at most `stop_timeout` after a
+/// signal or after the command ended. A session that stops before its
+/// command has ended (the lock held, a runtime root or socket refused, the
+/// command not started) is recorded as a failed run.
+pub fn serve(
+    ctx: &Context<'_>,
+    command: &[OsString],
+    signals: &Signals,
+    stop_timeout: Duration,
+) -> Result<Outcome> {
     if let Some(id) = joined() {
         return Err(Error::Session(format!(
             "already inside {} ({SESSION_ENV} is set): run the command without \
@@ -50,7 +60,7 @@ pub fn serve(ctx: &Context<'_>, command: &[OsString], signals: &Signals) -> Resu
         ));
     };
     let start = crate::records::now();
-    let result = serve_command(ctx, program, args, signals, start);
+    let result = serve_command(ctx, program, args, signals, stop_timeout, start);
     if let (Err(e), Some(settings)) = (&result, &ctx.state) {
         create::record_failed_run(settings, "session", start, i32::from(e.exit_code()));
     }
@@ -64,6 +74,7 @@ fn serve_command(
     program: &OsString,
     args: &[OsString],
     signals: &Signals,
+    stop_timeout: Duration,
     start: f64,
 ) -> Result<Outcome> {
     let started = Instant::now();
@@ -83,6 +94,9 @@ fn serve_command(
         return Err(Error::Interrupted { signal });
     }
     let command_line = session_command(ctx, program, &id, &root);
+    if let Err(e) = reaper::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become the reaper of the command's processes: teardown waits for the command alone");
+    }
     let mut child = command_line.spawn_forwarding(args, signals)?;
     tracing::info!(pid = child.id(), command = %program.to_string_lossy(), "session started");
     let mut server = Server {
@@ -94,10 +108,11 @@ fn serve_command(
         asked: 0,
         refused: Vec::new(),
         running: Vec::new(),
+        signalled_at: None,
     };
     let status = server.run_until_exit(&listener, &mut child);
     signals.set_child(None);
-    server.drain(&listener);
+    server.drain(&listener, stop_timeout);
     drop(listener);
     drop(socket);
     let command_status = status?;
@@ -279,6 +294,8 @@ struct Server<'s, 'a> {
     refused: Vec<String>,
     /// Creates that were answered and whose borg has not ended.
     running: Vec<UnixStream>,
+    /// When the session first saw a signal.
+    signalled_at: Option<Instant>,
 }
 
 impl Server<'_, '_> {
@@ -290,40 +307,50 @@ impl Server<'_, '_> {
             })? {
                 return Ok(status);
             }
+            if self.signalled_at.is_none() && self.signals.received().is_some() {
+                self.signalled_at = Some(Instant::now());
+            }
             self.accept(listener);
             self.reap();
             std::thread::sleep(POLL);
         }
     }
 
-    /// After the command ended: waits for the creates still running (a
-    /// borg left in the background, or one stopping after a signal), at
-    /// most [`GRACE_AFTER_SIGNAL`] once a signal came. New creates are
-    /// refused.
-    fn drain(&mut self, listener: &UnixListener) {
-        let mut deadline = None;
+    /// After the command ended: waits for the creates still running and for
+    /// every process the command left (borgmatic after `systemd-inhibit`
+    /// ended, a hook in its `TERM` trap, a borg writing its checkpoint), at
+    /// most `stop_timeout` from the end of the command or from a signal,
+    /// whichever came first. New creates are refused.
+    fn drain(&mut self, listener: &UnixListener, stop_timeout: Duration) {
+        let mut deadline = self.signalled_at.unwrap_or_else(Instant::now) + stop_timeout;
         let mut said = false;
         loop {
             self.reap();
             self.refuse_all(listener, "the session's command has ended");
-            if self.running.is_empty() {
+            let processes = reaper::reap_ended();
+            if self.running.is_empty() && !processes {
                 return;
             }
             if !said {
                 tracing::info!(
                     creates = self.running.len(),
-                    "waiting for borg creates still running before teardown"
+                    processes = %reaper::describe(&reaper::children()),
+                    "waiting for what the session's command left running before teardown"
                 );
                 said = true;
             }
-            if deadline.is_none() && self.signals.received().is_some() {
-                deadline = Some(Instant::now() + GRACE_AFTER_SIGNAL);
+            if self.signalled_at.is_none() && self.signals.received().is_some() {
+                let now = Instant::now();
+                self.signalled_at = Some(now);
+                deadline = deadline.min(now + stop_timeout);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if Instant::now() >= deadline {
                 tracing::warn!(
                     creates = self.running.len(),
-                    "borg creates still running after a signal and {}s: tearing down anyway",
-                    GRACE_AFTER_SIGNAL.as_secs()
+                    processes = %reaper::describe(&reaper::children()),
+                    "still running {}s after the session's command ended or was signalled: \
+                     tearing down anyway (raise --stop-timeout, and the unit's TimeoutStopSec=)",
+                    stop_timeout.as_secs()
                 );
                 return;
             }
