@@ -22,6 +22,7 @@ use crate::plan::Plan;
 use crate::records::{self, RunRecord, Settings};
 use crate::report::{Report, Timings};
 use crate::runtime::Options;
+use crate::settle;
 use crate::signals::Signals;
 use crate::zfs::{Filesystem, Zfs};
 
@@ -248,7 +249,7 @@ pub fn freeze_for(
     signals: &Signals,
 ) -> Result<Vec<OsString>> {
     let started = std::time::Instant::now();
-    let plan = discover_here(
+    let mut plan = discover_here(
         look,
         run.runtime_root(),
         request.cwd,
@@ -258,6 +259,19 @@ pub fn freeze_for(
     log_plan(&plan);
     run.timings_mut().discovery_ms += started.elapsed().as_secs_f64() * 1000.0;
     run.freeze(&plan, &|| signals.received())?;
+    let (notes, warnings) = (plan.notes.len(), plan.warnings.len());
+    settle::after_freeze(
+        &mut plan,
+        run.mapping(),
+        request.cwd,
+        request.args.read_special,
+    );
+    for note in &plan.notes[notes..] {
+        tracing::info!("{note}");
+    }
+    for warning in &plan.warnings[warnings..] {
+        tracing::warn!("{warning}");
+    }
     let rewritten = borg::rewrite_numbered(
         request.args,
         &request.sources,

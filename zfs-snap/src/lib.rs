@@ -43,6 +43,7 @@ pub mod release;
 pub mod report;
 pub mod runtime;
 pub mod session;
+pub mod settle;
 pub mod signals;
 pub mod source_root;
 pub mod wrap;

@@ -57,6 +57,9 @@ pub enum Kind {
     Symlink,
     CacheTag,
     Marker,
+    /// A named pipe: with `--read-special` borg reads it (a writer is
+    /// started for each one, see [`fifos`]).
+    Fifo,
 }
 
 /// A tree below `tank`: entries (relative paths, parents first), every
@@ -83,6 +86,7 @@ pub fn tree(rng: &mut Rng) -> TreeSpec {
             let kind = match rng.below(10) {
                 0..=4 => Kind::File,
                 5 | 6 if depth < 3 => Kind::Dir,
+                7 if rng.chance(30) => Kind::Fifo,
                 7 => Kind::Symlink,
                 8 => Kind::CacheTag,
                 _ => Kind::Marker,
@@ -142,6 +146,13 @@ pub fn materialize_at(spec: &TreeSpec, base: &Path, top: &str) {
             Kind::Symlink => std::os::unix::fs::symlink("a", &path).unwrap(),
             Kind::CacheTag => std::fs::write(&path, CACHEDIR_TAG).unwrap(),
             Kind::Marker => std::fs::write(&path, "").unwrap(),
+            Kind::Fifo => {
+                let status = std::process::Command::new("mkfifo")
+                    .arg(&path)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "mkfifo {}", path.display());
+            }
         }
     }
 }
@@ -279,6 +290,9 @@ pub fn case(rng: &mut Rng, dirs: &[PathBuf], live: &Path, scratch: &Path, n: usi
     if rng.chance(25) {
         options.push(vec!["--exclude-caches".into()]);
     }
+    if rng.chance(30) {
+        options.push(vec!["--read-special".into()]);
+    }
     if rng.chance(25) {
         options.push(vec!["--exclude-if-present".into(), ".nobackup".into()]);
         if rng.chance(50) {
@@ -291,6 +305,26 @@ pub fn case(rng: &mut Rng, dirs: &[PathBuf], live: &Path, scratch: &Path, n: usi
         roots,
         files,
     }
+}
+
+/// The named pipes below `dir`, for their writers.
+pub fn fifos(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_fifo() {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
 }
 
 fn regex_escape(text: &str) -> String {

@@ -179,6 +179,8 @@ pub struct CreateArgs {
     pub patterns: Vec<PatternOption>,
     pub dry_run: bool,
     pub one_file_system: bool,
+    /// `--read-special`: borg reads named pipes and devices as files.
+    pub read_special: bool,
     /// `--paths-from-stdin`, `--paths-from-command`, ...: borg learns its
     /// paths only when it runs.
     pub paths_at_run_time: Option<String>,
@@ -263,6 +265,7 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
         patterns: Vec::new(),
         dry_run: false,
         one_file_system: false,
+        read_special: false,
         paths_at_run_time: None,
         unknown_options: Vec::new(),
         json: false,
@@ -294,6 +297,7 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
                     args.reach.push(reach_option(argv, name, at))
                 }
                 ("--one-file-system", _) => args.one_file_system = true,
+                ("--read-special", _) => args.read_special = true,
                 (
                     "--paths-from-stdin"
                     | "--paths-from-command"
