@@ -77,10 +77,7 @@ fn blocked_run(w: &World) -> std::process::Child {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while !w.state()["mounts"]
-        .as_array()
-        .is_some_and(|m| !m.is_empty())
-    {
+    while w.state()["mounts"].as_array().is_none_or(|m| m.is_empty()) {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the run never mounted"

@@ -81,13 +81,26 @@ const PROMISED: &[&str] = &[
     "borg_last_backup_size",
 ];
 
-/// Where a create's figures come from: what borg printed for it with
-/// `--json`, or else `borg info --json` of its archive. (borg's create-time
-/// sizes count the archive's own metadata stream too; `borg info` does
-/// not: a few hundred bytes apart for the same archive.)
-enum Oracle<'a> {
-    Info,
-    Printed(&'a Value),
+/// A borg whose creates keep a copy of what they print on stdout in
+/// `$BORG_STDOUT_COPY`: the JSON zfs-snap asked for when the caller did
+/// not, borg's own report of that very create, the oracle for its figures.
+fn recording_borg(w: &World) -> PathBuf {
+    let path = w.dir.path().join("recording-borg");
+    if !path.exists() {
+        std::fs::write(
+            &path,
+            "#!/bin/bash\nset -o pipefail\n[ \"$1\" = create ] || exec borg \"$@\"\n\
+             borg \"$@\" | tee \"${BORG_STDOUT_COPY:-/dev/null}\"\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    path
+}
+
+fn copied(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 /// Checks every figure of `repo` against borg's own.
@@ -96,24 +109,21 @@ fn assert_figures_match_borg(
     m: &BTreeMap<String, f64>,
     repo: &str,
     archive: &str,
-    oracle: Oracle<'_>,
+    printed: &Value,
 ) {
     let info = json_of(&w.borg(&["info", "--json", &format!("{repo}::{archive}")]));
     // The repository's totals are the same either way.
     let cache = &info["cache"]["stats"];
-    let (a, duration) = match oracle {
-        Oracle::Info => (
-            &info["archives"][0]["stats"],
-            &info["archives"][0]["duration"],
-        ),
-        Oracle::Printed(json) => {
-            assert_eq!(
-                &json["cache"]["stats"], cache,
-                "borg's totals, printed and asked"
-            );
-            (&json["archive"]["stats"], &json["archive"]["duration"])
-        }
-    };
+    assert_eq!(
+        &printed["cache"]["stats"], cache,
+        "borg's totals, printed and asked"
+    );
+    // borg's create-time sizes count the archive's own metadata stream
+    // too; `borg info` does not: the create's report is the figure.
+    let (a, duration) = (
+        &printed["archive"]["stats"],
+        &printed["archive"]["duration"],
+    );
     assert_eq!(
         a["nfiles"], info["archives"][0]["stats"]["nfiles"],
         "the same archive"
@@ -159,15 +169,22 @@ fn creates_with_and_without_json_record_what_borg_says() {
     let before = now();
     let textfile = w.dir.path().join("textfile/zfs-snap.prom");
     std::fs::create_dir_all(textfile.parent().unwrap()).unwrap();
-    // Without --json: zfs-snap asks borg info (auto: a local repository).
+    // Without --json: zfs-snap adds it, and keeps borg's JSON from the
+    // caller; the recording borg keeps a copy, the oracle.
+    let copy = w.dir.path().join("one.json");
     let plain = run(w
         .cmd()
         .env("ZFS_SNAP_METRICS_INFO", "auto")
         .env("ZFS_SNAP_METRICS_TEXTFILE", &textfile)
-        .args(["wrap", "--", "borg", "create", &format!("{repo}::one")])
+        .env("BORG_STDOUT_COPY", &copy)
+        .args(["wrap", "--"])
+        .arg(recording_borg(&w))
+        .args(["create", &format!("{repo}::one")])
         .arg(&data));
-    assert!(plain.status.success());
+    assert!(plain.status.success(), "{}", stderr(&plain));
     assert!(plain.stdout.is_empty(), "nothing of ours on borg's stdout");
+    let one = copied(&copy);
+    assert_eq!(one["archive"]["name"], "one", "borg was asked for --json");
     // With --json: borg's own output, passed on unchanged and read.
     let json = run(w
         .cmd()
@@ -198,8 +215,8 @@ fn creates_with_and_without_json_record_what_borg_says() {
         );
     }
     let m = samples(&text);
-    assert_figures_match_borg(&w, &m, &repo, "one", Oracle::Info);
-    assert_figures_match_borg(&w, &m, &repo2, "two", Oracle::Printed(&printed));
+    assert_figures_match_borg(&w, &m, &repo, "one", &one);
+    assert_figures_match_borg(&w, &m, &repo2, "two", &printed);
     for r in [&repo, &repo2] {
         let t = of(&m, "borg_last_backup_timestamp", r);
         assert!(before <= t && t <= now(), "{t} in [{before}, now]");
@@ -210,8 +227,8 @@ fn creates_with_and_without_json_record_what_borg_says() {
     let record = |r: &str| record_of(&w, r);
     assert_eq!(
         record(&repo)["last_success"]["figures_from"],
-        "borg info",
-        "no --json: one borg info"
+        "create --json",
+        "no --json: the one zfs-snap added"
     );
     assert_eq!(
         record(&repo2)["last_success"]["figures_from"],
@@ -241,7 +258,7 @@ fn creates_with_and_without_json_record_what_borg_says() {
     assert_eq!(of(&m, "zfs_snap_creates_total", &repo), 2.0);
     assert_eq!(of(&m, "zfs_snap_create_failures_total", &repo), 1.0);
     assert_eq!(of(&m, "zfs_snap_create_last_status", &repo), 2.0);
-    assert_figures_match_borg(&w, &m, &repo, "one", Oracle::Info);
+    assert_figures_match_borg(&w, &m, &repo, "one", &one);
     assert_eq!(m["zfs_snap_last_run_success"], 0.0);
     assert_eq!(m["zfs_snap_run_failures_total"], 1.0);
 
@@ -296,20 +313,22 @@ fn assert_promtool_accepts(text: &str) {
 
 #[test]
 fn a_session_records_each_create_and_the_run() {
-    let borg = need!(Need::Borg);
+    need!(Need::Borg);
     let (w, data, repo2) = world();
     let repo = w.repo();
     let link_dir = w.dir.path().join("link");
     std::fs::create_dir_all(&link_dir).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_zfs-snap"), link_dir.join("borg")).unwrap();
     let printed = w.dir.path().join("printed.json");
+    let copy = w.dir.path().join("b.json");
     let script = "\"$LINK\" create --json \"$REPO::a\" \"$DATA\" >\"$PRINTED\"\n\
                   \"$LINK\" create \"$REPO2::b\" \"$DATA\"\n";
     let out = run(w
         .cmd()
         .env("ZFS_SNAP_METRICS_INFO", "auto")
         .args(["session", "--", "sh", "-ec", script])
-        .env("ZFS_SNAP_BORG", &borg)
+        .env("ZFS_SNAP_BORG", recording_borg(&w))
+        .env("BORG_STDOUT_COPY", &copy)
         .env("LINK", link_dir.join("borg"))
         .env("REPO", &repo)
         .env("REPO2", &repo2)
@@ -318,8 +337,8 @@ fn a_session_records_each_create_and_the_run() {
     assert!(out.status.success());
     let m = samples(&metrics(&w));
     let printed: Value = serde_json::from_slice(&std::fs::read(&printed).unwrap()).unwrap();
-    assert_figures_match_borg(&w, &m, &repo, "a", Oracle::Printed(&printed));
-    assert_figures_match_borg(&w, &m, &repo2, "b", Oracle::Info);
+    assert_figures_match_borg(&w, &m, &repo, "a", &printed);
+    assert_figures_match_borg(&w, &m, &repo2, "b", &copied(&copy));
     assert_eq!(m["zfs_snap_last_run_creates"], 2.0);
     assert_eq!(m["zfs_snap_runs_total"], 1.0, "one run: the session");
     assert_eq!(
@@ -664,21 +683,25 @@ fn a_content_from_command_create_is_recorded_without_snapshots() {
     need!(Need::Borg);
     let w = World::new();
     let repo = w.repo();
-    let out = run(w.cmd().env("ZFS_SNAP_METRICS_INFO", "auto").args([
-        "wrap",
-        "--",
-        "borg",
-        "create",
-        "--content-from-command",
-        &format!("{repo}::dump"),
-        "--",
-        "echo",
-        "a database dump",
-    ]));
+    let copy = w.dir.path().join("dump.json");
+    let out = run(w
+        .cmd()
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .env("BORG_STDOUT_COPY", &copy)
+        .args(["wrap", "--"])
+        .arg(recording_borg(&w))
+        .args([
+            "create",
+            "--content-from-command",
+            &format!("{repo}::dump"),
+            "--",
+            "echo",
+            "a database dump",
+        ]));
     assert!(out.status.success());
     assert_eq!(w.snapshot_calls(), 0);
     let m = samples(&metrics(&w));
-    assert_figures_match_borg(&w, &m, &repo, "dump", Oracle::Info);
+    assert_figures_match_borg(&w, &m, &repo, "dump", &copied(&copy));
     assert!(
         !m.contains_key("zfs_snap_runs_total"),
         "no snapshot run to record"
@@ -759,7 +782,7 @@ fn a_warning_exit_with_modern_codes_is_a_backup_made() {
     std::fs::write(
         &unprivileged,
         "#!/bin/sh\nif [ \"$(id -u)\" = 0 ]; then\n  exec setpriv --bounding-set=-dac_override,-dac_read_search \
-         --inh-caps=-dac_override,-dac_read_search borg \"$@\"\nfi\nexec borg \"$@\"\n",
+         --inh-caps=-dac_override,-dac_read_search \"$RECORDING\" \"$@\"\nfi\nexec \"$RECORDING\" \"$@\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&unprivileged, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -768,6 +791,8 @@ fn a_warning_exit_with_modern_codes_is_a_backup_made() {
         .cmd()
         .env("BORG_EXIT_CODES", "modern")
         .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .env("RECORDING", recording_borg(&w))
+        .env("BORG_STDOUT_COPY", w.dir.path().join("w.json"))
         .arg("wrap")
         .arg("--")
         .arg(&unprivileged)
@@ -780,7 +805,8 @@ fn a_warning_exit_with_modern_codes_is_a_backup_made() {
         "the warning borg gave"
     );
     let m = samples(&metrics(&w));
-    assert_figures_match_borg(&w, &m, &repo, "w", Oracle::Info);
+    let printed = copied(&w.dir.path().join("w.json"));
+    assert_figures_match_borg(&w, &m, &repo, "w", &printed);
     assert_eq!(
         of(&m, "zfs_snap_create_last_status", &repo),
         f64::from(code)
@@ -827,22 +853,19 @@ fn a_passphrase_through_a_pipe_is_not_read_twice() {
             record_of(&w, &repo.display().to_string())["last_success"].clone(),
         )
     };
-    let (err, last) = through_a_pipe("a", false, false);
-    assert!(
-        err.contains("BORG_PASSPHRASE_FD") && err.contains("no borg info"),
-        "{err}"
-    );
-    assert_eq!(last["figures_from"], "none");
-    assert_eq!(last["archives"], Value::Null);
-    // With --json the figures are borg's own; only the count is missing.
-    let (err, last) = through_a_pipe("b", true, false);
-    assert!(err.contains("no borg list for the archive count"), "{err}");
-    assert_eq!(last["figures_from"], "create --json");
-    assert_eq!(last["archive_figures"]["name"], "b");
-    // borg prefers BORG_PASSPHRASE to the pipe: then borg info works.
+    // The create reports its own figures (the --json zfs-snap added), so
+    // no second borg needs the passphrase; only the count is missing.
+    for (archive, json) in [("a", false), ("b", true)] {
+        let (err, last) = through_a_pipe(archive, json, false);
+        assert!(err.contains("no borg list for the archive count"), "{err}");
+        assert_eq!(last["figures_from"], "create --json");
+        assert_eq!(last["archive_figures"]["name"], archive);
+        assert_eq!(last["archives"], Value::Null);
+    }
+    // borg prefers BORG_PASSPHRASE to the pipe: then borg list works.
     let (err, last) = through_a_pipe("c", false, true);
     assert!(!err.contains("BORG_PASSPHRASE_FD"), "{err}");
-    assert_eq!(last["figures_from"], "borg info");
+    assert_eq!(last["figures_from"], "create --json");
     assert_eq!(last["archives"], 3);
 }
 
@@ -947,4 +970,83 @@ fn a_retired_repository_is_forgotten_on_request() {
     let again = run(w.cmd().args(["metrics", "--forget", &repo]));
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("no record of"));
+}
+
+/// The lines of borg's `--stats` block in `text`: from its first line of
+/// dashes to its last.
+fn stats_block(text: &str) -> Vec<String> {
+    let dashes = "-".repeat(78);
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| *l == dashes)
+        .expect("a stats block");
+    let last = lines.iter().rposition(|l| *l == dashes).unwrap();
+    lines[first..=last].iter().map(|l| l.to_string()).collect()
+}
+
+/// A caller that asked for `--stats` gets borg's text though zfs-snap
+/// asked borg for `--json`: line for line what real borg prints for the
+/// same create (the same repository path and archive name, borg's command
+/// line the same length, no compression: the same bytes stored), but for
+/// the lines that name the moment (fingerprint, times, duration).
+#[test]
+fn a_caller_asking_for_stats_gets_borgs_own_text() {
+    need!(Need::Borg);
+    let w = World::new();
+    let repo = w.dir.path().join("stats-repo");
+    let archive = format!("{}::s", repo.display());
+    let init = || {
+        let _ = std::fs::remove_dir_all(&repo);
+        w.borg(&["init", "-e", "none", repo.to_str().unwrap()]);
+    };
+    let create = |first: Option<&str>| {
+        let mut argv = vec!["create".to_owned()];
+        argv.extend(first.map(str::to_owned));
+        argv.extend(
+            [
+                "--stats",
+                "--compression",
+                "none",
+                "--content-from-command",
+                &archive,
+                "--",
+                "echo",
+                "a database dump",
+            ]
+            .map(str::to_owned),
+        );
+        argv
+    };
+    init();
+    // `--info` is as long as the `--json` zfs-snap adds in its place.
+    let plain = run(Command::new("borg")
+        .args(create(Some("--info")))
+        .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+        .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
+        .env("BORG_BASE_DIR", w.dir.path().join("borg-home"))
+        .current_dir(w.dir.path()));
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    init();
+    let ours = run(w.cmd().args(["wrap", "--", "borg"]).args(create(None)));
+    assert!(ours.status.success(), "{}", stderr(&ours));
+    assert!(ours.stdout.is_empty(), "borg's JSON is not the caller's");
+    let (plain, ours) = (stats_block(&stderr(&plain)), stats_block(&stderr(&ours)));
+    assert_eq!(plain.len(), ours.len(), "{plain:#?}\n{ours:#?}");
+    let moment = [
+        "Archive fingerprint:",
+        "Time (start):",
+        "Time (end):",
+        "Duration:",
+    ];
+    for (p, o) in plain.iter().zip(&ours) {
+        match moment.iter().find(|m| p.starts_with(**m)) {
+            Some(m) => assert!(o.starts_with(m), "{o:?} for {p:?}"),
+            None => assert_eq!(o, p),
+        }
+    }
+    assert!(
+        ours.iter().any(|l| l.starts_with("This archive:")),
+        "{ours:#?}"
+    );
 }

@@ -167,7 +167,8 @@ impl CommandLine {
 
     /// Runs with our stdin and stderr, passing signals on, to its end. With
     /// [`Stdout::Tee`] its stdout goes through a pipe, on to ours unchanged,
-    /// and its first [`KEEP_STDOUT`] bytes are returned too.
+    /// and its first [`KEEP_STDOUT`] bytes are returned too; with
+    /// [`Stdout::Keep`] they are returned only.
     pub fn run_forwarding(
         &self,
         args: &[OsString],
@@ -176,14 +177,15 @@ impl CommandLine {
     ) -> Result<Finished> {
         let started = Instant::now();
         let mut command = self.command(args);
-        if stdout == Stdout::Tee {
+        if stdout != Stdout::Inherit {
             command.stdout(Stdio::piped());
         }
         let mut child = self.start(args, signals, command)?;
+        let shown = stdout == Stdout::Tee;
         let tee = child
             .stdout
             .take()
-            .map(|out| std::thread::spawn(move || tee(out)));
+            .map(|out| std::thread::spawn(move || tee(out, shown)));
         let status = child.wait();
         signals.set_child(None);
         let stdout = tee.and_then(|t| t.join().ok());
@@ -315,13 +317,15 @@ pub enum Stdout {
     Inherit,
     /// On to ours, and kept (`create --json` prints its figures there).
     Tee,
+    /// Kept, not shown (the `--json` zfs-snap added to a create).
+    Keep,
 }
 
 /// How a child run by [`CommandLine::run_forwarding`] ended.
 #[derive(Debug)]
 pub struct Finished {
     pub status: ExitStatus,
-    /// With [`Stdout::Tee`], its first [`KEEP_STDOUT`] bytes.
+    /// With [`Stdout::Tee`] or [`Stdout::Keep`], its first [`KEEP_STDOUT`] bytes.
     pub stdout: Option<Vec<u8>>,
 }
 
@@ -372,7 +376,7 @@ fn write_all_patiently(out: &mut impl std::io::Write, mut bytes: &[u8]) -> io::R
 /// [`KEEP_STDOUT`] bytes (all of it is passed on). When our stdout fails,
 /// the pipe is closed, so the child sees what it would have seen writing
 /// there.
-fn tee(mut from: impl std::io::Read) -> Vec<u8> {
+fn tee(mut from: impl std::io::Read, shown: bool) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     let mut out = std::io::stdout();
@@ -385,7 +389,7 @@ fn tee(mut from: impl std::io::Read) -> Vec<u8> {
         };
         let room = KEEP_STDOUT.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
-        if write_all_patiently(&mut out, &buf[..n]).is_err() {
+        if shown && write_all_patiently(&mut out, &buf[..n]).is_err() {
             break;
         }
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use crate::borg::{self, CreateArgs, Invocation, Sources};
-use crate::command::CommandLine;
+use crate::command::{CommandLine, Stdout};
 use crate::discovery::{discover, SourceRoot, World};
 use crate::error::{Error, Result};
 use crate::lifecycle::Run;
@@ -117,7 +117,7 @@ impl Outcome {
 }
 
 /// When a `borg create` ran (Unix seconds) and what it printed on stdout
-/// (only kept with `--json`).
+/// (kept with `--json`, the caller's or the one zfs-snap added).
 #[derive(Debug)]
 pub struct CreateRun {
     pub start: f64,
@@ -126,23 +126,67 @@ pub struct CreateRun {
 }
 
 impl CreateRun {
-    /// Runs borg with `argv` (the create's command line, rewritten or not),
-    /// keeping stdout with `--json`.
+    /// Runs borg with `argv` (the create's command line, rewritten or not).
+    /// With `figures` (the run is recorded for monitoring) the create
+    /// itself reports its figures, so no second borg call has to ask for
+    /// them: `--json` is added when the caller did not give it, its stdout
+    /// kept from the caller, and the `--stats` text the caller asked for
+    /// made from it as borg makes it ([`borg::stats`]). Not with
+    /// `--log-json` (borg's text would be a JSON log line).
     pub fn run(
         borg: &CommandLine,
         args: &CreateArgs,
         argv: &[OsString],
         signals: &Signals,
+        figures: bool,
     ) -> Result<(ExitStatus, CreateRun)> {
+        let added_json = figures && !args.json && !args.log_json;
+        let (argv, stdout) = if args.json {
+            (argv.to_vec(), Stdout::Tee)
+        } else if added_json {
+            let mut with_json = argv.to_vec();
+            with_json.insert(args.create_index + 1, "--json".into());
+            (with_json, Stdout::Keep)
+        } else {
+            (argv.to_vec(), Stdout::Inherit)
+        };
         let start = records::now();
-        let finished = borg::run(borg, argv, signals, args.json)?;
+        let finished = borg::run(borg, &argv, signals, stdout)?;
         let end = records::now();
+        if added_json {
+            give_back(args, finished.stdout.as_deref().unwrap_or_default());
+        }
         let run = CreateRun {
             start,
             end,
             stdout: finished.stdout,
         };
         Ok((finished.status, run))
+    }
+}
+
+/// What the caller would have seen without the `--json` zfs-snap added:
+/// the `--stats` text when it asked for it; anything borg printed that is
+/// not borg's JSON document, as printed.
+fn give_back(args: &CreateArgs, stdout: &[u8]) {
+    use std::io::Write;
+    if stdout.trim_ascii().is_empty() {
+        return;
+    }
+    if serde_json::from_slice::<serde_json::Value>(stdout).is_err() {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(stdout).and_then(|()| out.flush());
+        return;
+    }
+    if args.stats {
+        match borg::stats::text(stdout, args.iec) {
+            Some(text) => {
+                let _ = std::io::stderr().write_all(text.as_bytes());
+            }
+            None => {
+                tracing::warn!("borg's --json lacks a figure of its --stats text: no stats shown")
+            }
+        }
     }
 }
 

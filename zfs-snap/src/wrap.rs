@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::borg::{self, CreateArgs};
-use crate::command::CommandLine;
+use crate::command::{CommandLine, Stdout};
 use crate::create::{
     self, discover_here, needs_snapshots, recordable, resolve_roots, Context, CreateRun, Outcome,
     Ran, Request,
@@ -64,13 +64,13 @@ fn live(
     signals: &Signals,
 ) -> Result<Outcome> {
     let Some(args) = recordable(argv) else {
-        let finished = borg::run(borg, argv, signals, false)?;
+        let finished = borg::run(borg, argv, signals, Stdout::Inherit)?;
         return Ok(Outcome::Live {
             status: finished.status,
             create: None,
         });
     };
-    let (status, run) = CreateRun::run(borg, &args, argv, signals)?;
+    let (status, run) = CreateRun::run(borg, &args, argv, signals, ctx.state.is_some())?;
     if let Some(settings) = &ctx.state {
         let code = borg::exit_code(status);
         create::record_create(
@@ -108,7 +108,7 @@ fn wrap_here(
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
-    let (status, create) = CreateRun::run(borg, args, &argv, signals)?;
+    let (status, create) = CreateRun::run(borg, args, &argv, signals, ctx.state.is_some())?;
     let (teardown, mut timings) = run.finish();
     timings.borg_ms = (create.end - create.start) * 1000.0;
     tracing::info!(

@@ -181,6 +181,12 @@ pub struct CreateArgs {
     pub one_file_system: bool,
     /// `--read-special`: borg reads named pipes and devices as files.
     pub read_special: bool,
+    /// `--stats`: borg logs the archive's figures as text.
+    pub stats: bool,
+    /// `--iec`: sizes in binary units.
+    pub iec: bool,
+    /// `--log-json`: borg's log lines are JSON.
+    pub log_json: bool,
     /// `--paths-from-stdin`, `--paths-from-command`, ...: borg learns its
     /// paths only when it runs.
     pub paths_at_run_time: Option<String>,
@@ -233,6 +239,7 @@ fn is_option_like(arg: &[u8]) -> bool {
 pub fn parse(argv: &[OsString]) -> Result<Invocation> {
     let mut i = 0;
     let mut reach = Vec::new();
+    let (mut iec, mut log_json) = (false, false);
     // Common options may precede the subcommand.
     let create_index = loop {
         let Some(arg) = argv.get(i) else {
@@ -252,6 +259,8 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
                 if let Some(at) = value.filter(|_| REACH.contains(&name)) {
                     reach.push(reach_option(argv, name, at));
                 }
+                iec |= name == "--iec";
+                log_json |= name == "--log-json";
             },
             &mut Vec::new(),
         )?;
@@ -266,6 +275,9 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
         dry_run: false,
         one_file_system: false,
         read_special: false,
+        stats: false,
+        iec,
+        log_json,
         paths_at_run_time: None,
         unknown_options: Vec::new(),
         json: false,
@@ -298,6 +310,9 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
                 }
                 ("--one-file-system", _) => args.one_file_system = true,
                 ("--read-special", _) => args.read_special = true,
+                ("--stats", _) => args.stats = true,
+                ("--iec", _) => args.iec = true,
+                ("--log-json", _) => args.log_json = true,
                 (
                     "--paths-from-stdin"
                     | "--paths-from-command"

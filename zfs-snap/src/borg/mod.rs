@@ -4,6 +4,7 @@
 pub mod args;
 pub mod patterns;
 pub mod rewrite;
+pub mod stats;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -98,22 +99,17 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Runs borg with our stdio and environment, passing signals on; with
-/// `keep_stdout`, its stdout is teed and returned too (`create --json`
-/// prints the archive's figures there).
+/// Runs borg with our stdio and environment, passing signals on; its
+/// stdout as `stdout` says (`create --json` prints the archive's figures
+/// there).
 pub fn run(
     borg: &CommandLine,
     argv: &[OsString],
     signals: &Signals,
-    keep_stdout: bool,
+    stdout: Stdout,
 ) -> Result<Finished> {
     tracing::info!(command = %borg.display_with(argv), "running borg");
     let started = Instant::now();
-    let stdout = if keep_stdout {
-        Stdout::Tee
-    } else {
-        Stdout::Inherit
-    };
     let finished = borg.run_forwarding(argv, signals, stdout)?;
     tracing::info!(status = %finished.status, elapsed_s = started.elapsed().as_secs_f64(), "borg finished");
     Ok(finished)

@@ -26,7 +26,7 @@ use crate::command::CommandLine;
 
 pub use error::RecordError;
 pub use figures::{parse_create_json, parse_info_json, ArchiveFigures, RepositoryTotals};
-pub use location::{absolute_location, is_remote, repository_of};
+pub use location::{absolute_location, canonical, is_remote, repository_of};
 use record::{failed_run_state, run_state, updated};
 pub use record::{
     made_archive, Attempt, Recorded, RepositoryState, RunRecord, RunState, Success, FORMAT,
@@ -111,7 +111,14 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) -> bool {
         tracing::debug!("no repository in the create's command line: nothing recorded");
         return false;
     };
-    let repository = absolute_location(&given, create.cwd);
+    let repository = canonical(&given, create.cwd);
+    // Earlier records were keyed by the location as spelled.
+    let spelled = absolute_location(&given, create.cwd);
+    if spelled != repository {
+        if let Err(e) = store::rename_repository(&settings.dir, &spelled, &repository) {
+            tracing::warn!("monitoring: {e}");
+        }
+    }
     let attempt = Attempt {
         start: create.start,
         end: create.end,
@@ -138,7 +145,8 @@ fn warn_unless_recorded(result: Result<(), RecordError>) -> bool {
 }
 
 /// The record of a create that made an archive, with the figures borg
-/// printed or, where allowed, asked of it.
+/// printed (its `--json`, the caller's or the one zfs-snap added) and, as
+/// `settings.info` allows, the archive count of one `borg list`.
 fn success_of(
     settings: &Settings,
     create: &Create<'_>,
@@ -146,38 +154,35 @@ fn success_of(
     repository: &str,
     attempt: Attempt,
 ) -> Success {
-    let from_json = create.stdout.and_then(|out| match parse_create_json(out) {
-        Ok(figures) => Some(figures),
-        Err(e) => {
-            tracing::warn!("borg create --json printed no figures zfs-snap can read: {e}");
+    let figures = match create.stdout.map(parse_create_json) {
+        Some(Ok(figures)) => Some(figures),
+        Some(Err(e)) => {
+            tracing::warn!(
+                repository,
+                "borg create --json printed no figures zfs-snap can read: {e}"
+            );
             None
         }
-    });
-    let ask = may_ask_borg(settings, create, given, repository, from_json.is_some());
-    let (figures, from) = match from_json {
-        Some(f) => (Some(f), "create --json"),
-        None if ask => match borg_calls::info(
-            create.borg,
-            create.args,
-            create.signals,
-            given,
-            &attempt.archive,
-        ) {
-            Ok(f) => (Some(f), "borg info"),
-            Err(e) => {
-                tracing::warn!(repository, "no figures for the new archive: {e}");
-                (None, "none")
-            }
-        },
-        None => (None, "none"),
+        None => {
+            tracing::warn!(
+                repository,
+                "no figures for the new archive: borg was not asked for --json (it had --log-json)"
+            );
+            None
+        }
     };
-    let archives = ask
+    let archives = may_count_archives(settings, create, given, repository)
         .then(|| {
             borg_calls::count_archives(create.borg, create.args, create.signals, given)
                 .map_err(|e| tracing::warn!(repository, "no archive count: {e}"))
                 .ok()
         })
         .flatten();
+    let from = if figures.is_some() {
+        "create --json"
+    } else {
+        "none"
+    };
     let (archive_figures, totals) = figures.unzip();
     Success {
         figures_end: archive_figures.as_ref().map(|_| attempt.end),
@@ -189,16 +194,15 @@ fn success_of(
     }
 }
 
-/// Whether zfs-snap may make its own borg calls for this create's figures:
-/// as `settings.info` says, never after a signal, and never when borg read
+/// Whether zfs-snap may make its own `borg list` for the archive count: as
+/// `settings.info` says, never after a signal, and never when borg read
 /// its passphrase from a pipe (borgmatic's way) that a second borg would
 /// find empty.
-fn may_ask_borg(
+fn may_count_archives(
     settings: &Settings,
     create: &Create<'_>,
     given: &str,
     repository: &str,
-    have_figures: bool,
 ) -> bool {
     let ask = create.signals.received().is_none()
         && match settings.info {
@@ -207,20 +211,11 @@ fn may_ask_borg(
             InfoPolicy::Auto => !is_remote(given),
         };
     if ask && borg_calls::passphrase_through_a_pipe() {
-        if have_figures {
-            tracing::warn!(
-                repository,
-                "borg's passphrase came through BORG_PASSPHRASE_FD (as borgmatic passes it), \
-                 which only one borg can read: no borg list for the archive count"
-            );
-        } else {
-            tracing::warn!(
-                repository,
-                "borg's passphrase came through BORG_PASSPHRASE_FD (as borgmatic passes it), \
-                 which only one borg can read: no borg info for the archive's figures; give \
-                 the create --json (`borgmatic create --json`) to record them"
-            );
-        }
+        tracing::warn!(
+            repository,
+            "borg's passphrase came through BORG_PASSPHRASE_FD (as borgmatic passes it), \
+             which only one borg can read: no borg list for the archive count"
+        );
         return false;
     }
     ask
@@ -247,5 +242,7 @@ pub fn record_run(settings: &Settings, run: &RunRecord<'_>) -> bool {
 /// Forgets a repository's record (one retired or renamed); whether there
 /// was one.
 pub fn forget(settings: &Settings, location: &str, cwd: &Path) -> Result<bool, RecordError> {
-    store::remove_repository(&settings.dir, &absolute_location(location, cwd))
+    let canonical = store::remove_repository(&settings.dir, &canonical(location, cwd))?;
+    let spelled = store::remove_repository(&settings.dir, &absolute_location(location, cwd))?;
+    Ok(canonical || spelled)
 }

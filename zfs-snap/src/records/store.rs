@@ -57,6 +57,37 @@ pub fn update_repository(
     })
 }
 
+/// Moves the record of repository `from` to `to` (the same repository,
+/// spelled another way), unless `to` has one already; then `from`'s is
+/// dropped.
+pub fn rename_repository(dir: &Path, from: &str, to: &str) -> Result<()> {
+    if !repository_file(dir, from).exists() {
+        return Ok(());
+    }
+    locked(dir, |dir| {
+        let old_path = repository_file(dir, from);
+        let new_path = repository_file(dir, to);
+        let old = read_json::<RepositoryState>(&old_path)
+            .ok()
+            .flatten()
+            .filter(|s| s.repository == from);
+        if let Some(mut state) = old {
+            if !new_path.exists() {
+                state.repository = to.to_owned();
+                write_json(&new_path, &state)?;
+            }
+        }
+        match std::fs::remove_file(&old_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RecordError::Io {
+                path: old_path,
+                source: e,
+            }),
+        }
+    })
+}
+
 /// Replaces the runs' record with what `update` makes of the one on file.
 pub fn update_run(dir: &Path, update: impl FnOnce(Option<RunState>) -> RunState) -> Result<()> {
     locked(dir, |dir| {
