@@ -17,8 +17,15 @@ pub fn plan(plan: &Plan, json: bool) {
     } else {
         println!("Snapshots (one atomic `zfs snapshot` per pool), mounted read-only:");
         for m in &plan.mounts {
+            let bind = m.bind.as_ref().map_or(String::new(), |b| {
+                format!(
+                    "; a bind mount: its {} bound from {}",
+                    b.root.display(),
+                    b.from.display()
+                )
+            });
             println!(
-                "  {}  {} -> {}  ({})",
+                "  {}  {} -> {}  ({}{bind})",
                 m.dataset,
                 m.mountpoint.display(),
                 m.snapshot_mountpoint.display(),

@@ -2,6 +2,7 @@
 //! mountpoints, encryption, several pools; and the tag commands.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use integration::*;
 
@@ -446,4 +447,282 @@ fn a_tab_in_a_mountpoint_and_a_line_break_in_a_tag_stop_nothing() {
     assert_contains(&listed, &format!("{n}/t\tab/x.txt"));
     assert_same_paths(&listed, &fx.repo.list("plain"), "wrapper vs plain borg");
     fx.assert_clean();
+}
+
+// ---------------------------------------------------------------- bind mounts
+
+/// `borg create ARGS` (`ARCHIVE` standing for the archive) plainly over the
+/// live tree and through `zfs-snap wrap`: the path lists must be equal, and
+/// zfs-snap must not have read a bind mount live. Returns zfs-snap's output.
+#[track_caller]
+fn same_as_plain_borg(fx: &Fixture, name: &str, args: &[&str]) -> Out {
+    let with = |at: String| -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                if *a == "ARCHIVE" {
+                    at.clone()
+                } else {
+                    (*a).to_owned()
+                }
+            })
+            .collect()
+    };
+    let plain_args = with(fx.repo.at(&format!("plain-{name}")));
+    run(fx.repo.borg().arg("create").args(&plain_args)).success();
+    let wrapped_args = with(fx.repo.at(&format!("wrapped-{name}")));
+    let borg_args: Vec<&str> = std::iter::once("create")
+        .chain(wrapped_args.iter().map(String::as_str))
+        .collect();
+    let out = fx.wrap(&[], &borg_args).success();
+    let want = fx.repo.list(&format!("plain-{name}"));
+    assert!(!want.is_empty(), "{name}: plain borg archived nothing");
+    assert_same_paths(
+        &fx.repo.list(&format!("wrapped-{name}")),
+        &want,
+        &format!("{name}\n{}", out.dump()),
+    );
+    assert!(
+        !out.stderr.contains("live, not from a snapshot") && !out.stderr.contains("reads it live"),
+        "{name}: a bind mount was read live\n{}",
+        out.dump()
+    );
+    fx.assert_clean();
+    out
+}
+
+/// The datasets and bind sources `zfs-snap plan --json PATH` would mount:
+/// (dataset, snapshot mountpoint, bound-from or "").
+fn planned_mounts(fx: &Fixture, path: &str) -> Vec<(String, String, String)> {
+    let out = run(fx.zfs_snap().args(["plan", "--json", path])).success();
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("plan --json is not JSON: {e}\n{}", out.dump()));
+    plan["mounts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no mounts array\n{}", out.dump()))
+        .iter()
+        .map(|m| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                text(&m["dataset"]),
+                text(&m["snapshot_mountpoint"]),
+                text(&m["bind"]["from"]),
+            )
+        })
+        .collect()
+}
+
+/// Archives `root` through zfs-snap with a mount command that first writes
+/// `changed` into `live_file` (after the snapshot, before borg reads) and
+/// returns what the archive holds at `archived` (a path relative to `/`).
+#[track_caller]
+fn archived_after_a_change(fx: &Fixture, root: &str, live_file: &Path, archived: &str) -> String {
+    let mount = fx.script(
+        "change-then-mount",
+        &format!("echo changed > {}\nexec mount \"$@\"", sh_quote(live_file)),
+    );
+    let archive = "after-change";
+    let out = fx
+        .wrap(
+            &["--mount-command", &mount.display().to_string()],
+            &["create", &fx.repo.at(archive), root],
+        )
+        .success();
+    assert_eq!(read_file(live_file), "changed\n", "{}", out.dump());
+    fx.assert_clean();
+    let x = fx.work.join("extract-after-change");
+    fx.repo.extract(archive, &x);
+    read_file(&x.join(archived))
+}
+
+/// `mount --bind <dataset>/sub <other dataset>/x` (by hand, or NixOS
+/// impermanence's `/persist/var/lib/foo` on `/var/lib/foo`): read from the
+/// source dataset's snapshot through a bind of its directory in the mirror,
+/// the archive the same as plain borg's over the live tree; a change made
+/// after the snapshot is not archived.
+#[test]
+fn a_bind_mount_of_a_datasets_directory_elsewhere_is_read_from_its_snapshot() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    let n = &p.name;
+    p.dataset("data", &[]);
+    p.write("data/sub/a.txt", "a\n");
+    p.write("data/sub/deep/b.txt", "b\n");
+    p.write("data/other.txt", "o\n");
+    p.dataset("srv", &[]);
+    p.write("srv/s.txt", "s\n");
+    p.write("srv/x/hidden.txt", "under the bind\n");
+    let at = p.path("srv/x");
+    let at_s = at.display().to_string();
+    must(
+        "mount",
+        &["--bind", &p.path("data/sub").display().to_string(), &at_s],
+    );
+
+    let plan = planned_mounts(&fx, &at_s);
+    assert_eq!(
+        plan,
+        [
+            (
+                p.ds("data"),
+                fx.snapshot_path(&p.path("data")).display().to_string(),
+                String::new()
+            ),
+            (
+                p.ds("data"),
+                fx.snapshot_path(&at).display().to_string(),
+                fx.snapshot_path(&p.path("data/sub")).display().to_string()
+            ),
+        ]
+    );
+    let srv = p.path("srv").display().to_string();
+    let pool = p.mountpoint().display().to_string();
+    same_as_plain_borg(&fx, "bind", &["ARCHIVE", &at_s]);
+    same_as_plain_borg(&fx, "below", &["ARCHIVE", &srv]);
+    same_as_plain_borg(&fx, "below-x", &["--one-file-system", "ARCHIVE", &srv]);
+    same_as_plain_borg(&fx, "pool", &["ARCHIVE", &pool]);
+    let listed = fx.repo.list("wrapped-bind");
+    assert_contains(&listed, &format!("{n}/srv/x/deep/b.txt"));
+    assert_lacks(&listed, &format!("{n}/srv/x/hidden.txt"));
+
+    let got = archived_after_a_change(
+        &fx,
+        &at_s,
+        &p.path("data/sub/a.txt"),
+        &format!("{n}/srv/x/a.txt"),
+    );
+    assert_eq!(got, "a\n", "the bind was read live, not from the snapshot");
+    must("umount", &[&at]);
+}
+
+/// `mount --bind /X /X` of a dataset's directory, as systemd's
+/// `ProtectSystem=` and `ReadOnlyPaths=` do with `/etc` and `/usr`: read
+/// from the dataset's own snapshot mount, with no mount of its own; with
+/// `-x` too (the bind has the dataset's `st_dev`, so borg walks into it).
+#[test]
+fn a_self_bind_of_a_datasets_directory_is_read_from_its_snapshot() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    let n = &p.name;
+    p.dataset("data", &[]);
+    p.write("data/etc/conf", "c\n");
+    p.write("data/etc/sub/s", "s\n");
+    p.write("data/top", "t\n");
+    p.dataset("data/kid", &[]);
+    p.write("data/kid/k", "k\n");
+    let etc = p.path("data/etc");
+    let etc_s = etc.display().to_string();
+    must("mount", &["--bind", &etc_s, &etc_s]);
+
+    let data = p.path("data").display().to_string();
+    assert_eq!(
+        planned_mounts(&fx, &etc_s),
+        [(
+            p.ds("data"),
+            fx.snapshot_path(&p.path("data")).display().to_string(),
+            String::new()
+        )],
+        "no mount for the self-bind"
+    );
+    same_as_plain_borg(&fx, "etc", &["ARCHIVE", &etc_s]);
+    same_as_plain_borg(&fx, "data", &["ARCHIVE", &data]);
+    same_as_plain_borg(&fx, "data-x", &["--one-file-system", "ARCHIVE", &data]);
+    assert_contains(
+        &fx.repo.list("wrapped-data-x"),
+        &format!("{n}/data/etc/sub/s"),
+    );
+
+    let got = archived_after_a_change(
+        &fx,
+        &etc_s,
+        &etc.join("conf"),
+        &format!("{n}/data/etc/conf"),
+    );
+    assert_eq!(
+        got, "c\n",
+        "the self-bind was read live, not from the snapshot"
+    );
+    must("umount", &[&etc]);
+}
+
+/// A dead run's bind mount of its snapshot in the mirror (a `zfs` mount
+/// with the snapshot as source and the directory as root) is removed with
+/// its snapshot mount and snapshot by the next run; a bind of a live
+/// dataset and one of someone else's snapshot in the mirror stay.
+#[test]
+fn a_dead_runs_bind_mounts_are_removed_and_foreign_binds_stay() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    let data = p.dataset("data", &[]);
+    p.write("data/sub/a.txt", "a\n");
+    let ours = format!("{data}@zfs-snap-20260101T000000Z-1-0123456789abcdef");
+    fx.plant_leftover(&ours);
+    let home = fx.snapshot_path(&p.path("data"));
+    let bound = fx.snapshot_path(Path::new("/var/lib/foo"));
+    let live_bind = fx.root.join("snap/live");
+    let their_bind = fx.root.join("snap/theirs");
+    for dir in [&home, &bound, &live_bind, &their_bind] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    let text = |p: &Path| p.display().to_string();
+    must("mount", &["-t", "zfs", &ours, &text(&home)]);
+    must(
+        "mount",
+        &["--bind", &text(&home.join("sub")), &text(&bound)],
+    );
+    must(
+        "mount",
+        &["--bind", &text(&p.path("data/sub")), &text(&live_bind)],
+    );
+    let theirs = format!("{data}@users");
+    zfs(&["snapshot", &theirs]);
+    let their_mount = fx.work.join("users");
+    fs::create_dir_all(&their_mount).unwrap();
+    must("mount", &["-t", "zfs", &theirs, &text(&their_mount)]);
+    must(
+        "mount",
+        &[
+            "--bind",
+            &text(&their_mount.join("sub")),
+            &text(&their_bind),
+        ],
+    );
+
+    let out = fx
+        .wrap(
+            &[],
+            &[
+                "create",
+                &fx.repo.at("a"),
+                &p.path("data").display().to_string(),
+            ],
+        )
+        .success();
+    let left: Vec<PathBuf> = mounts_under(&fx.root)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect();
+    assert!(
+        !left.contains(&home) && !left.contains(&bound),
+        "{left:?}\n{}",
+        out.dump()
+    );
+    assert!(
+        left.contains(&live_bind) && left.contains(&their_bind),
+        "{left:?}\n{}",
+        out.dump()
+    );
+    assert!(
+        fx.owned_snapshots().is_empty(),
+        "{:?}",
+        fx.owned_snapshots()
+    );
+    assert!(
+        p.snapshots().iter().any(|(s, _)| *s == theirs),
+        "theirs destroyed"
+    );
+    out.expect_stderr("is not a mount of zfs-snap's: left alone");
+    fx.assert_clean_except(&[live_bind.clone(), their_bind.clone()]);
+    for m in [&their_bind, &live_bind, &their_mount] {
+        must("umount", &[m]);
+    }
 }

@@ -346,9 +346,53 @@ fn a_dataset_below_a_tmpfs_below_a_snapshot() {
 #[path = "../../hook-bin/tests/support/generate.rs"]
 mod generate;
 
+/// Up to two bind mounts over a generated tree (DESIGN Discovery 7): a
+/// directory bound onto another one, or onto itself as systemd's
+/// `ProtectSystem=` does. From their own generator (seeded per tree), so
+/// the trees and command lines stay those of the hermetic test. Returns
+/// the targets, in the order mounted, and the commands for a failure's
+/// report.
+fn bind_some(
+    tree_n: usize,
+    dirs: &[std::path::PathBuf],
+    live: &Path,
+) -> (Vec<std::path::PathBuf>, Vec<String>) {
+    let mut rng = generate::Rng(0x9e37_79b9_7f4a_7c15 ^ (tree_n as u64 + 1));
+    let mut targets = Vec::new();
+    let mut shown = Vec::new();
+    for _ in 0..rng.below(3) {
+        let from = live.join(rng.pick(dirs));
+        let onto = if rng.chance(30) {
+            from.clone()
+        } else {
+            live.join(rng.pick(dirs))
+        };
+        // An earlier bind may hide either.
+        if !from.is_dir() || !onto.is_dir() {
+            continue;
+        }
+        must(
+            "mount",
+            &[
+                std::ffi::OsStr::new("--bind"),
+                from.as_os_str(),
+                onto.as_os_str(),
+            ],
+        );
+        shown.push(format!(
+            "mount --bind {} {}",
+            generate::sh(from.as_os_str()),
+            generate::sh(onto.as_os_str())
+        ));
+        targets.push(onto);
+    }
+    (targets, shown)
+}
+
 /// A sample of the hermetic differential test's generated trees and
 /// command lines, on real datasets and snapshots (`ZFS_SNAP_DIFF_CASES`
-/// runs more than the default 6).
+/// runs more than the default 6), with bind mounts over the trees (which
+/// the hermetic test cannot make).
 #[test]
 fn generated_command_lines_on_real_snapshots() {
     let fx = require_zfs!();
@@ -386,6 +430,7 @@ fn generated_command_lines_on_real_snapshots() {
             .collect();
         moved.dirs = spec.dirs.iter().map(|d| rename(d)).collect();
         generate::materialize_at(&moved, &live, &top);
+        let (binds, shown_binds) = bind_some(tree_n, &moved.dirs, &live);
         for _ in 0..3.min(cases - done) {
             let mut c = generate::case(&mut rng, &moved.dirs, &live, &fx.work, done);
             // Every other case with --one-file-system: only here are the
@@ -436,10 +481,20 @@ fn generated_command_lines_on_real_snapshots() {
                 })
             };
             if let Some(why) = verdict {
-                failures.push(format!("{}\n{why}", generate::show(&c)));
+                failures.push(format!(
+                    "{}{}\n{why}",
+                    shown_binds
+                        .iter()
+                        .map(|b| format!("{b} && "))
+                        .collect::<String>(),
+                    generate::show(&c)
+                ));
             }
             fx.assert_clean();
             done += 1;
+        }
+        for target in binds.iter().rev() {
+            must("umount", &[target]);
         }
         tree_n += 1;
     }

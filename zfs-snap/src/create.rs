@@ -344,6 +344,7 @@ pub fn discover_here(
             runtime_root,
             cwd,
             dev_of: &dev_of,
+            is_dir: &is_dir,
         },
         roots,
         one_file_system,
@@ -356,6 +357,10 @@ pub fn resolve_roots(roots: &[PathBuf], cwd: &Path) -> Result<Vec<SourceRoot>> {
 
 fn dev_of(path: &Path) -> Option<u64> {
     std::fs::symlink_metadata(path).ok().map(|m| m.dev())
+}
+
+fn is_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 fn log_plan(plan: &Plan) {

@@ -1,14 +1,23 @@
 //! Discovery: from source roots, the datasets ZFS knows and the mount table,
 //! decide which datasets to snapshot and how each root reaches borg.
-//! Pure: takes data, returns a [`Plan`]; the only outside question,
-//! `st_dev` of a root, is asked through a closure.
+//! Pure: takes data, returns a [`Plan`]; the only outside questions,
+//! `st_dev` of a root and whether a mountpoint is a directory, are asked
+//! through closures.
+//!
+//! A bind mount of a dataset counts as that dataset (DESIGN Discovery 7): a
+//! mount of dataset D whose mountinfo root is R is read from D's snapshot
+//! at R. Where the mirror shows that already (a bind at the path where D's
+//! own mount shows R: systemd's self-binds of `/etc` and `/usr`), the bind
+//! is left out of the mount table; elsewhere (NixOS impermanence's `/persist/var/lib/x` on
+//! `/var/lib/x`) the mirror gets a read-only bind of that directory of D's
+//! snapshot mount.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::mapping::{is_within, Mapping};
 use crate::mountinfo::{self, MountEntry};
-use crate::plan::{Plan, PlannedMount, PlannedRoot, RootSource};
+use crate::plan::{Plan, PlannedBind, PlannedMount, PlannedRoot, RootSource};
 use crate::zfs::{pool_of, Filesystem};
 
 pub use crate::source_root::SourceRoot;
@@ -22,7 +31,15 @@ pub struct World<'a> {
     pub cwd: &'a Path,
     /// `st_dev` of a path, to confirm a root lives on the mount we think.
     pub dev_of: &'a dyn Fn(&Path) -> Option<u64>,
+    /// Whether a path is a directory (not through a symlink): a bind mount
+    /// of a single file is read live.
+    pub is_dir: &'a dyn Fn(&Path) -> bool,
 }
+
+/// For each visible bind mount of a dataset (by index): the index of the
+/// dataset's own mount it is bound from in the mirror, or why it is read
+/// live.
+type Binds = BTreeMap<usize, Result<usize, String>>;
 
 /// Builds the plan for `roots`. With `one_file_system` (borg's `-x`), mounts
 /// below a root are not followed, as borg would not follow them.
@@ -33,19 +50,23 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         .filter(|m| !is_within(&m.mount_point, world.runtime_root))
         .cloned()
         .collect();
-    let visible = mountinfo::visible(&own);
+    let visible = without_aligned_binds(mountinfo::visible(&own));
+    let binds = bind_sources(world, &visible);
     let mut d = Discovery {
         world,
         visible: &visible,
+        binds: &binds,
+        one_file_system,
         selected: Vec::new(),
+        source_only: BTreeSet::new(),
         tagged: BTreeSet::new(),
         notes: Vec::new(),
         warnings: Vec::new(),
     };
-    let root_mounts = d.select_for_roots(roots, one_file_system);
+    let root_mounts = d.select_for_roots(roots);
     d.select_tagged();
 
-    let mut layout = Layout::new(d, one_file_system);
+    let mut layout = Layout::new(d);
     let planned_roots = layout.map_roots(roots, &root_mounts);
     let order = layout.selected_by_depth();
     layout.add_unreached_mounts(&order, &root_mounts);
@@ -70,8 +91,13 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
 struct Discovery<'w, 'a> {
     world: &'w World<'a>,
     visible: &'w [MountEntry],
+    binds: &'w Binds,
+    one_file_system: bool,
     /// Indices into `visible`, with the first reason each was selected.
     selected: Vec<(usize, String)>,
+    /// Selected only as the source of a bind mount: mounted in the mirror,
+    /// not read as a root of its own.
+    source_only: BTreeSet<usize>,
     /// Indices into `visible` of tagged datasets.
     tagged: BTreeSet<usize>,
     notes: Vec<String>,
@@ -79,13 +105,9 @@ struct Discovery<'w, 'a> {
 }
 
 impl Discovery<'_, '_> {
-    /// Each root: the deepest mount containing it, then (without -x) the
-    /// mounts below it. Returns the mount of each root, in order.
-    fn select_for_roots(
-        &mut self,
-        roots: &[SourceRoot],
-        one_file_system: bool,
-    ) -> Vec<Option<usize>> {
+    /// Each root: the deepest mount containing it, then the mounts below it
+    /// that borg's walk enters. Returns the mount of each root, in order.
+    fn select_for_roots(&mut self, roots: &[SourceRoot]) -> Vec<Option<usize>> {
         let mut root_mounts = Vec::with_capacity(roots.len());
         for root in roots {
             if root.missing {
@@ -104,44 +126,77 @@ impl Discovery<'_, '_> {
                 self.select(index, format!("source root {}", root.absolute.display()));
             }
             root_mounts.push(mount);
-            if !one_file_system {
-                self.select_mounts_below(root);
-            }
+            self.select_mounts_below(root, mount);
         }
         root_mounts
     }
 
-    /// Selects the usable ZFS mounts strictly below `root`.
-    fn select_mounts_below(&mut self, root: &SourceRoot) {
+    /// Selects the usable ZFS mounts strictly below `root` that borg's walk
+    /// enters: all of them, or with -x those on the root's own file system
+    /// (bind mounts of its dataset: borg compares `st_dev` only).
+    fn select_mounts_below(&mut self, root: &SourceRoot, root_mount: Option<usize>) {
         let visible = self.visible;
         for (index, entry) in visible.iter().enumerate() {
             let below =
                 entry.mount_point != root.absolute && is_within(&entry.mount_point, &root.absolute);
-            if below && self.usable(entry).is_some() {
-                self.select(
-                    index,
-                    format!("below source root {}", root.absolute.display()),
-                );
+            if !below {
+                continue;
+            }
+            if self.one_file_system {
+                let Some(at) = root_mount else { continue };
+                if !enters(visible, &root.absolute, visible[at].dev, entry) {
+                    continue;
+                }
+            }
+            let reason = format!("below source root {}", root.absolute.display());
+            match self.binds.get(&index) {
+                Some(Ok(home)) => {
+                    self.select(index, reason);
+                    self.select_source(*home, index);
+                }
+                Some(Err(why)) => {
+                    let warning = bind_read_live(entry, why);
+                    self.warn_once(warning);
+                }
+                None if self.usable(entry).is_some() => self.select(index, reason),
+                None => {}
             }
         }
     }
 
     fn select(&mut self, index: usize, reason: String) {
-        if !self.selected.iter().any(|(i, _)| *i == index) {
-            self.selected.push((index, reason));
+        match self.selected.iter_mut().find(|(i, _)| *i == index) {
+            // A bind's source is now wanted for itself too.
+            Some((_, first)) if self.source_only.remove(&index) => *first = reason,
+            Some(_) => {}
+            None => self.selected.push((index, reason)),
         }
     }
 
-    /// The dataset behind a visible ZFS mount, if it can be snapshotted.
+    /// The dataset mount `home` is the source of the selected bind mount
+    /// `bind`: its snapshot is mounted in the mirror first.
+    fn select_source(&mut self, home: usize, bind: usize) {
+        if !self.selected.iter().any(|(i, _)| *i == home) {
+            let at = self.visible[bind].mount_point.display();
+            self.selected
+                .push((home, format!("source of the bind mount at {at}")));
+            self.source_only.insert(home);
+        }
+    }
+
+    fn warn_once(&mut self, warning: String) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
+
+    /// The dataset behind a visible ZFS mount of a whole dataset, if it can
+    /// be snapshotted.
     fn usable(&self, entry: &MountEntry) -> Option<&Filesystem> {
-        let name = entry.zfs_dataset()?;
         if entry.root != Path::new("/") {
             return None;
         }
-        self.world
-            .filesystems
-            .iter()
-            .find(|f| f.name == name && f.keystatus.as_deref() != Some("unavailable"))
+        usable_dataset(self.world, entry)
     }
 
     /// The index of the visible mount holding `root`, when it is a usable
@@ -175,15 +230,20 @@ impl Discovery<'_, '_> {
             ));
             return None;
         };
-        if entry.root != Path::new("/") {
-            self.warnings.push(format!(
-                "{shown} is on a bind mount of {dataset}{} at {}; borg reads it live",
-                entry.root.display(),
-                entry.mount_point.display()
-            ));
-            return None;
-        }
-        if self.usable(entry).is_none() {
+        let home = match self.binds.get(&index) {
+            Some(Ok(home)) => Some(*home),
+            Some(Err(why)) => {
+                self.warnings.push(format!(
+                    "{shown} is on the bind mount of {dataset}'s {} at {}, so borg reads it \
+                     live, not from a snapshot: {why}",
+                    entry.root.display(),
+                    entry.mount_point.display()
+                ));
+                return None;
+            }
+            None => None,
+        };
+        if home.is_none() && self.usable(entry).is_none() {
             self.warnings.push(format!(
                 "{shown} is on dataset {dataset}, which zfs does not list as usable; borg reads it live"
             ));
@@ -198,6 +258,9 @@ impl Discovery<'_, '_> {
                 ));
                 return None;
             }
+        }
+        if let Some(home) = home {
+            self.select_source(home, index);
         }
         Some(index)
     }
@@ -232,10 +295,12 @@ impl Discovery<'_, '_> {
 struct Layout<'w, 'a> {
     world: &'w World<'a>,
     visible: &'w [MountEntry],
+    binds: &'w Binds,
     one_file_system: bool,
     /// Indices into `visible`, with the first reason each was selected.
     reasons: Vec<(usize, String)>,
     selected: BTreeSet<usize>,
+    source_only: BTreeSet<usize>,
     /// Indices into `visible` of tagged datasets.
     tagged: BTreeSet<usize>,
     /// Paths read from a snapshot, with the index of the mount holding each.
@@ -248,14 +313,16 @@ struct Layout<'w, 'a> {
 }
 
 impl<'w, 'a> Layout<'w, 'a> {
-    fn new(d: Discovery<'w, 'a>, one_file_system: bool) -> Self {
+    fn new(d: Discovery<'w, 'a>) -> Self {
         let selected = d.selected.iter().map(|(i, _)| *i).collect();
         Layout {
             world: d.world,
             visible: d.visible,
-            one_file_system,
+            binds: d.binds,
+            one_file_system: d.one_file_system,
             reasons: d.selected,
             selected,
+            source_only: d.source_only,
             tagged: d.tagged,
             snapshot_roots: Vec::new(),
             live_roots: Vec::new(),
@@ -362,6 +429,10 @@ impl<'w, 'a> Layout<'w, 'a> {
             if root_mounts.contains(&Some(index)) && !self.tagged.contains(&index) {
                 continue;
             }
+            // A bind's source is mounted for the bind, not read for itself.
+            if self.source_only.contains(&index) {
+                continue;
+            }
             if self.reached(index) {
                 continue;
             }
@@ -407,18 +478,26 @@ impl<'w, 'a> Layout<'w, 'a> {
     }
 
     /// Other file systems below snapshotted roots: mounts not selected that
-    /// lie strictly below a path read from a snapshot.
-    fn unselected_below_snapshots(&self) -> impl Iterator<Item = &'w MountEntry> + '_ {
-        self.visible
+    /// lie strictly below a path read from a snapshot, each with whether
+    /// borg's walk enters it (always without -x; with -x, one on the
+    /// root's own file system, a bind mount of the root's dataset).
+    fn unselected_below_snapshots(&self) -> impl Iterator<Item = (&'w MountEntry, bool)> + '_ {
+        let visible = self.visible;
+        visible
             .iter()
             .enumerate()
-            .filter(|(index, entry)| {
-                !self.is_selected(*index)
-                    && self.snapshot_roots.iter().any(|(path, _)| {
-                        entry.mount_point != *path && is_within(&entry.mount_point, path)
-                    })
+            .filter(|(index, _)| !self.is_selected(*index))
+            .filter_map(move |(_, entry)| {
+                let mut below = self.snapshot_roots.iter().filter(|(path, _)| {
+                    entry.mount_point != *path && is_within(&entry.mount_point, path)
+                });
+                let first = below.next()?;
+                let entered = !self.one_file_system
+                    || std::iter::once(first)
+                        .chain(below)
+                        .any(|(path, at)| enters(visible, path, visible[*at].dev, entry));
+                Some((entry, entered))
             })
-            .map(|(_, entry)| entry)
     }
 
     /// With -x, borg stores the mountpoints of other file systems below
@@ -430,25 +509,42 @@ impl<'w, 'a> Layout<'w, 'a> {
         }
         let mapping = Mapping::new(self.world.runtime_root);
         self.unselected_below_snapshots()
-            .map(|entry| mapping.to_snapshot(&entry.mount_point))
+            .filter(|(_, entered)| !entered)
+            .map(|(entry, _)| mapping.to_snapshot(&entry.mount_point))
             .collect()
     }
 
-    /// Without -x, the content of other file systems below snapshotted
-    /// roots is in no snapshot, which the user must hear about. Plain borg
-    /// would read them: so do we, live.
+    /// The content of other file systems below snapshotted roots that
+    /// borg's walk enters is in no snapshot, which the user must hear
+    /// about. Plain borg would read them: so do we, live.
     fn read_unfrozen_live(&mut self) {
-        if self.one_file_system {
-            return;
-        }
-        let unfrozen: BTreeSet<String> = self
+        let entered: Vec<&MountEntry> = self
             .unselected_below_snapshots()
-            .map(|entry| entry.mount_point.display().to_string())
+            .filter(|(_, entered)| *entered)
+            .map(|(entry, _)| entry)
             .collect();
-        if !unfrozen.is_empty() {
+        let mut unfrozen = BTreeSet::new();
+        let mut not_zfs = BTreeSet::new();
+        for entry in entered {
+            let index = self.index_of(entry);
+            match self.binds.get(&index) {
+                // Named with its reason.
+                Some(Err(why)) => {
+                    let warning = bind_read_live(entry, why);
+                    if !self.warnings.contains(&warning) {
+                        self.warnings.push(warning);
+                    }
+                }
+                _ => {
+                    not_zfs.insert(entry.mount_point.display().to_string());
+                }
+            }
+            unfrozen.insert(entry.mount_point.display().to_string());
+        }
+        if !not_zfs.is_empty() {
             self.warnings.push(format!(
                 "not on ZFS, so read live, not from a snapshot: {}",
-                unfrozen.iter().cloned().collect::<Vec<_>>().join(", ")
+                not_zfs.into_iter().collect::<Vec<_>>().join(", ")
             ));
         }
         let unfrozen: Vec<PathBuf> = unfrozen.iter().map(PathBuf::from).collect();
@@ -511,14 +607,52 @@ impl<'w, 'a> Layout<'w, 'a> {
         }
     }
 
-    /// The selected mounts, shallowest first, each with its place in the
-    /// mirror and the reason it was selected.
+    fn index_of(&self, entry: &MountEntry) -> usize {
+        self.visible
+            .iter()
+            .position(|e| std::ptr::eq(e, entry))
+            .expect("entries come from `visible`")
+    }
+
+    /// The selected mounts in the order they are mounted, each with its
+    /// place in the mirror and the reason it was selected. Shallowest first,
+    /// except that bind mounts and what lies inside them come after the
+    /// rest: a bind's source (its dataset's own mount, never inside a bind,
+    /// see [`bind_sources`]) must be mounted before it, and a mount inside a
+    /// bind after the bind. Teardown goes in reverse.
     fn planned_mounts(&self, order: &[usize]) -> Vec<PlannedMount> {
-        let mut mounts: Vec<PlannedMount> = order
+        let visible = self.visible;
+        let binds: Vec<&Path> = order
+            .iter()
+            .filter(|i| matches!(self.binds.get(i), Some(Ok(_))))
+            .map(|&i| visible[i].mount_point.as_path())
+            .collect();
+        let mut order = order.to_vec();
+        order.sort_by_key(|&i| {
+            let at = &visible[i].mount_point;
+            (
+                binds.iter().any(|b| is_within(at, b)),
+                at.components().count(),
+                at.clone(),
+            )
+        });
+        order
             .iter()
             .map(|&i| {
-                let entry = &self.visible[i];
+                let entry = &visible[i];
                 let dataset = entry.zfs_dataset().unwrap_or_default().to_owned();
+                let bind = match self.binds.get(&i) {
+                    Some(Ok(home)) => Some(PlannedBind {
+                        root: entry.root.clone(),
+                        from: self
+                            .mirror(self.level(*home))
+                            .to_snapshot(&bind_source_path(
+                                &visible[*home].mount_point,
+                                &entry.root,
+                            )),
+                    }),
+                    _ => None,
+                };
                 PlannedMount {
                     pool: pool_of(&dataset).to_owned(),
                     dataset,
@@ -530,17 +664,171 @@ impl<'w, 'a> Layout<'w, 'a> {
                         .find(|(j, _)| *j == i)
                         .map(|(_, r)| r.clone())
                         .unwrap_or_default(),
+                    bind,
                 }
             })
-            .collect();
-        mounts.sort_by(|a, b| {
-            let depth = |m: &PlannedMount| m.mountpoint.components().count();
-            depth(a)
-                .cmp(&depth(b))
-                .then(a.mountpoint.cmp(&b.mountpoint))
-        });
-        mounts
+            .collect()
     }
+}
+
+/// The dataset's mount at `home` shows its directory `root` at this path.
+fn bind_source_path(home: &Path, root: &Path) -> PathBuf {
+    home.join(root.strip_prefix("/").unwrap_or(root))
+}
+
+/// Whether `entry` is a mount of a part of a dataset (a bind mount of a
+/// directory of it, or of a file).
+fn is_dataset_bind(entry: &MountEntry) -> bool {
+    entry.zfs_dataset().is_some() && entry.root != Path::new("/")
+}
+
+/// The visible mounts without the bind mounts the mirror shows already: a
+/// bind of dataset D's directory R at the path where the mount above it,
+/// of D too, shows R (a self-bind: `mount --bind /X /X`, systemd's
+/// `ProtectSystem=` and `ReadOnlyPaths=` on `/etc` and `/usr`). There the
+/// mirror mount above it shows D's snapshot at R already; leaving the bind
+/// out reads it from there, on the same file system as plain borg sees it.
+fn without_aligned_binds(mut visible: Vec<MountEntry>) -> Vec<MountEntry> {
+    while let Some(aligned) = (0..visible.len()).find(|&i| {
+        let entry = &visible[i];
+        is_dataset_bind(entry)
+            && parent_of(&visible, entry).is_some_and(|p| {
+                let parent = &visible[p];
+                parent.fstype == entry.fstype
+                    && parent.source == entry.source
+                    && entry
+                        .root
+                        .strip_prefix(&parent.root)
+                        .is_ok_and(|rest| parent.mount_point.join(rest) == entry.mount_point)
+            })
+    }) {
+        visible.remove(aligned);
+    }
+    visible
+}
+
+/// The dataset of a visible ZFS mount, if zfs lists it as one that can be
+/// snapshotted.
+fn usable_dataset<'a>(world: &World<'a>, entry: &MountEntry) -> Option<&'a Filesystem> {
+    let name = entry.zfs_dataset()?;
+    world
+        .filesystems
+        .iter()
+        .find(|f| f.name == name && f.keystatus.as_deref() != Some("unavailable"))
+}
+
+/// For each visible bind mount of a dataset D with root R at M: the index
+/// of D's own mount (root `/`, at P), whose snapshot is mounted in the
+/// mirror and R of it bound onto M's place in the mirror; or why it is
+/// read live. The bind is read from the snapshot only when
+/// - D can be snapshotted and is mounted itself where a path lookup
+///   reaches it (the bind is made from that mount in the mirror);
+/// - M is a directory (the mirror holds directories zfs-snap made and
+///   mounts, never files of its own: a file cannot be a mountpoint there);
+/// - P is not inside a bind mount (then D's snapshot would have to be
+///   mounted after a bind it is the source of: a circle);
+/// - nothing else is mounted between P and P/R (P/R in the mirror must be
+///   D's snapshot; the bind itself may lie there: its source is looked up
+///   before it is mounted).
+fn bind_sources(world: &World<'_>, visible: &[MountEntry]) -> Binds {
+    let mut binds = Binds::new();
+    for (index, entry) in visible.iter().enumerate() {
+        let Some(dataset) = entry.zfs_dataset() else {
+            continue;
+        };
+        if entry.root == Path::new("/") {
+            continue;
+        }
+        binds.insert(index, bind_source(world, visible, index, dataset));
+    }
+    binds
+}
+
+fn bind_source(
+    world: &World<'_>,
+    visible: &[MountEntry],
+    index: usize,
+    dataset: &str,
+) -> Result<usize, String> {
+    let entry = &visible[index];
+    let fs = world.filesystems.iter().find(|f| f.name == dataset);
+    match fs.map(|f| (f, usable_dataset(world, entry))) {
+        None | Some((_, None)) => {
+            return Err(match fs.and_then(Filesystem::unusable_reason) {
+                Some(reason) => format!("{dataset} cannot be snapshotted: {reason}"),
+                None => format!("zfs does not list {dataset} as usable"),
+            })
+        }
+        Some(_) => {}
+    }
+    if !(world.is_dir)(&entry.mount_point) {
+        return Err(
+            "it is a single file, and zfs-snap mounts only on directories in its mirror".into(),
+        );
+    }
+    let Some(home) = visible
+        .iter()
+        .position(|e| e.zfs_dataset() == Some(dataset) && e.root == Path::new("/"))
+    else {
+        return Err(format!(
+            "{dataset} itself is mounted nowhere a path lookup reaches, and the bind is made \
+             from where its snapshot is mounted"
+        ));
+    };
+    let at = &visible[home].mount_point;
+    if let Some(outer) = visible
+        .iter()
+        .find(|e| is_dataset_bind(e) && is_within(at, &e.mount_point))
+    {
+        return Err(format!(
+            "{dataset} itself is mounted at {}, inside the bind mount at {}",
+            at.display(),
+            outer.mount_point.display()
+        ));
+    }
+    let source = bind_source_path(at, &entry.root);
+    if let Some(cover) = visible.iter().enumerate().find(|(i, e)| {
+        *i != home
+            && *i != index
+            && e.mount_point != *at
+            && is_within(&e.mount_point, at)
+            && is_within(&source, &e.mount_point)
+    }) {
+        return Err(format!(
+            "{}, where it comes from, is covered by another mount ({} {} at {})",
+            source.display(),
+            cover.1.fstype,
+            cover.1.source,
+            cover.1.mount_point.display()
+        ));
+    }
+    Ok(home)
+}
+
+/// The warning for a bind mount of a dataset that borg reads live.
+fn bind_read_live(entry: &MountEntry, why: &str) -> String {
+    format!(
+        "the bind mount of {}'s {} at {} is read live, not from a snapshot: {why}",
+        entry.source,
+        entry.root.display(),
+        entry.mount_point.display()
+    )
+}
+
+/// Whether borg's walk with `--one-file-system` from `root` (on the file
+/// system with `st_dev` `root_dev`) enters the mount `entry` below it:
+/// borg descends only into directories with the root's `st_dev`, which a
+/// bind mount of the root's own dataset has, so every mount on the way
+/// must have it.
+fn enters(visible: &[MountEntry], root: &Path, root_dev: u64, entry: &MountEntry) -> bool {
+    visible
+        .iter()
+        .filter(|e| {
+            e.mount_point != root
+                && is_within(&e.mount_point, root)
+                && is_within(&entry.mount_point, &e.mount_point)
+        })
+        .all(|e| e.dev == root_dev)
 }
 
 /// The warning for a root inside a ZFS snapshot that someone else mounted
@@ -624,6 +912,24 @@ mod tests {
         }
     }
 
+    /// A bind mount of `source`'s directory `root` at `path`: a mount of
+    /// the same file system, so the same `st_dev` as `source`'s own mount
+    /// (`dev`).
+    fn bind(id: u32, dev: u64, root: &str, path: &str, source: &str) -> MountEntry {
+        MountEntry {
+            dev,
+            root: root.into(),
+            ..mount(id, path, "zfs", source)
+        }
+    }
+
+    /// In the fixtures, a path whose last part starts with `file` is a file.
+    fn is_dir(path: &Path) -> bool {
+        !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("file"))
+    }
+
     fn root(path: &str) -> SourceRoot {
         SourceRoot {
             given: path.into(),
@@ -633,6 +939,7 @@ mod tests {
         }
     }
 
+    #[derive(Clone, Debug)]
     struct Fixture {
         filesystems: Vec<Filesystem>,
         mounts: Vec<MountEntry>,
@@ -675,6 +982,7 @@ mod tests {
                 runtime_root: Path::new(RT),
                 cwd: Path::new("/"),
                 dev_of: &dev_of,
+                is_dir: &is_dir,
             };
             let roots: Vec<SourceRoot> = roots.iter().map(|r| root(r)).collect();
             discover(&world, &roots, x)
@@ -1003,6 +1311,7 @@ mod tests {
             runtime_root: Path::new(RT),
             cwd: Path::new("/"),
             dev_of: &wrong_dev,
+            is_dir: &|_| true,
         };
         let plan = discover(&world, &[r, root("/tank/data")], false);
         assert!(plan.roots.iter().all(|r| r.source == RootSource::Live));
@@ -1039,6 +1348,7 @@ mod tests {
             runtime_root: Path::new(RT),
             cwd: Path::new("/"),
             dev_of: &dev_of,
+            is_dir: &|_| true,
         };
         let plan = discover(&world, &[missing, root("/srv")], false);
         // Its parent dataset is not frozen for it; the other root is.
@@ -1052,6 +1362,449 @@ mod tests {
             "{warnings}"
         );
         assert_eq!(plan.warnings.len(), 1, "{warnings}");
+    }
+
+    /// Root on ZFS, as systemd's `ProtectSystem=full` shows it inside a
+    /// unit: `/etc` and `/usr` bound onto themselves, and `/usr/lib/x`
+    /// bound inside the `/usr` bind.
+    fn self_bound() -> Fixture {
+        Fixture {
+            filesystems: vec![fs("rpool/root", "/", false)],
+            mounts: vec![
+                mount(1, "/", "zfs", "rpool/root"),
+                bind(2, 1, "/etc", "/etc", "rpool/root"),
+                bind(3, 1, "/usr", "/usr", "rpool/root"),
+                bind(4, 1, "/usr/lib/x", "/usr/lib/x", "rpool/root"),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_self_bind_is_read_from_the_datasets_own_snapshot_with_no_mount_of_its_own() {
+        let f = self_bound();
+        for x in [false, true] {
+            let plan = f.plan(&["/etc", "/usr/lib/x/y"], x);
+            assert_eq!(datasets(&plan), ["rpool/root"], "-x {x}");
+            assert!(plan.mounts[0].bind.is_none());
+            let borg: Vec<_> = plan.roots.iter().map(|r| r.borg_path.as_str()).collect();
+            assert_eq!(
+                borg,
+                [
+                    "/run/zfs-snap/snap/./etc",
+                    "/run/zfs-snap/snap/./usr/lib/x/y"
+                ]
+            );
+            assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+            // Below `/`, the binds are the root's own file system: walked
+            // in the mirror, not read live, not boundaries.
+            let plan = f.plan(&["/"], x);
+            assert_eq!(datasets(&plan), ["rpool/root"]);
+            assert!(plan.extra_roots.is_empty(), "{:?}", plan.extra_roots);
+            assert!(plan.boundaries.is_empty(), "{:?}", plan.boundaries);
+            assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        }
+    }
+
+    /// NixOS impermanence: `/` a tmpfs, rpool/persist at `/persist`, its
+    /// `/var/lib/foo` bound onto `/var/lib/foo`.
+    fn impermanence() -> Fixture {
+        Fixture {
+            filesystems: vec![
+                fs("rpool/persist", "legacy", false),
+                fs("rpool/nix", "legacy", false),
+            ],
+            mounts: vec![
+                mount(1, "/", "tmpfs", "none"),
+                mount(2, "/persist", "zfs", "rpool/persist"),
+                mount(3, "/nix", "zfs", "rpool/nix"),
+                bind(4, 2, "/var/lib/foo", "/var/lib/foo", "rpool/persist"),
+            ],
+        }
+    }
+
+    /// A planned mount as (dataset, where in the mirror, (root, from) of a bind).
+    type Shown = (String, String, Option<(String, String)>);
+
+    fn mounts_of(plan: &Plan) -> Vec<Shown> {
+        plan.mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.dataset.clone(),
+                    m.snapshot_mountpoint.display().to_string(),
+                    m.bind
+                        .as_ref()
+                        .map(|b| (b.root.display().to_string(), b.from.display().to_string())),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_bind_from_elsewhere_is_bound_from_its_datasets_snapshot_in_the_mirror() {
+        let f = impermanence();
+        let plan = f.plan(&["/var/lib/foo"], false);
+        assert_eq!(
+            mounts_of(&plan),
+            [
+                ("rpool/persist".into(), format!("{RT}/snap/persist"), None),
+                (
+                    "rpool/persist".into(),
+                    format!("{RT}/snap/var/lib/foo"),
+                    Some((
+                        "/var/lib/foo".into(),
+                        format!("{RT}/snap/persist/var/lib/foo")
+                    ))
+                ),
+            ]
+        );
+        assert_eq!(
+            plan.mounts[0].reason,
+            "source of the bind mount at /var/lib/foo"
+        );
+        assert_eq!(plan.roots[0].borg_path, format!("{RT}/snap/./var/lib/foo"));
+        assert_eq!(plan.roots[0].dataset.as_deref(), Some("rpool/persist"));
+        // Mounted for the bind only: /persist is not archived for it.
+        assert!(plan.extra_roots.is_empty(), "{:?}", plan.extra_roots);
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        assert_eq!(
+            plan.snapshots_by_pool("s")["rpool"],
+            ["rpool/persist@s"],
+            "one snapshot for both"
+        );
+
+        // Below a live root, each is read from the mirror in a walk of its
+        // own and left out of the live walk.
+        let plan = f.plan(&["/"], false);
+        let extra: Vec<_> = plan
+            .extra_roots
+            .iter()
+            .map(|r| r.borg_path.as_str())
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                "/run/zfs-snap/snap/./nix",
+                "/run/zfs-snap/snap/./persist",
+                "/run/zfs-snap/snap/./var/lib/foo"
+            ]
+        );
+        assert_eq!(
+            plan.live_exclusions,
+            [
+                PathBuf::from("/nix"),
+                PathBuf::from("/persist"),
+                PathBuf::from("/var/lib/foo"),
+                PathBuf::from(RT)
+            ]
+        );
+        assert_eq!(
+            plan.mounts.last().unwrap().mountpoint,
+            Path::new("/var/lib/foo")
+        );
+        // With -x borg does not leave the tmpfs: nothing to freeze.
+        assert!(f.plan(&["/"], true).mounts.is_empty());
+    }
+
+    #[test]
+    fn a_bind_by_hand_is_mounted_after_its_source_and_before_what_is_inside_it() {
+        let mut f = Fixture::new();
+        f.mounts.push(bind(7, 3, "/sub", "/srv/x", "tank/data"));
+        f.filesystems.push(fs("tank/inner", "/srv/x/in", false));
+        f.mounts.push(mount(8, "/srv/x/in", "zfs", "tank/inner"));
+        let plan = f.plan(&["/srv"], false);
+        assert_eq!(
+            mounts_of(&plan),
+            [
+                ("tank/srv".into(), format!("{RT}/snap/srv"), None),
+                ("tank/data".into(), format!("{RT}/snap/tank/data"), None),
+                (
+                    "tank/data".into(),
+                    format!("{RT}/snap/srv/x"),
+                    Some(("/sub".into(), format!("{RT}/snap/tank/data/sub")))
+                ),
+                ("tank/inner".into(), format!("{RT}/snap/srv/x/in"), None),
+            ]
+        );
+        assert!(plan.extra_roots.is_empty(), "{:?}", plan.extra_roots);
+        // With -x the bind is another file system below /srv: a boundary.
+        let plan = f.plan(&["/srv"], true);
+        assert_eq!(datasets(&plan), ["tank/srv"]);
+        assert_eq!(
+            plan.boundaries,
+            [
+                PathBuf::from(format!("{RT}/snap/srv/x")),
+                PathBuf::from(format!("{RT}/snap/srv/x/in"))
+            ]
+        );
+    }
+
+    #[test]
+    fn with_one_file_system_a_bind_of_the_roots_own_dataset_is_walked() {
+        let mut f = Fixture::new();
+        f.mounts
+            .push(bind(7, 3, "/sub", "/tank/data/other", "tank/data"));
+        let plan = f.plan(&["/tank/data"], true);
+        assert_eq!(
+            mounts_of(&plan),
+            [
+                ("tank/data".into(), format!("{RT}/snap/tank/data"), None),
+                (
+                    "tank/data".into(),
+                    format!("{RT}/snap/tank/data/other"),
+                    Some(("/sub".into(), format!("{RT}/snap/tank/data/sub")))
+                ),
+            ]
+        );
+        assert!(!plan.boundaries.iter().any(|b| b.ends_with("other")));
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn a_bind_of_a_single_file_is_read_live_with_a_warning_naming_it() {
+        let mut f = Fixture::new();
+        f.mounts
+            .push(bind(7, 3, "/file-id", "/srv/file-id", "tank/data"));
+        let plan = f.plan(&["/srv"], false);
+        assert_eq!(datasets(&plan), ["tank/srv"]);
+        let live: Vec<_> = plan
+            .extra_roots
+            .iter()
+            .map(|r| (r.borg_path.as_str(), r.source))
+            .collect();
+        assert_eq!(live, [("/srv/file-id", RootSource::Live)]);
+        assert_eq!(
+            plan.live_exclusions,
+            [PathBuf::from(format!("{RT}/snap/srv/file-id"))]
+        );
+        let warnings = plan.warnings.join("\n");
+        assert!(
+            warnings.contains(
+                "the bind mount of tank/data's /file-id at /srv/file-id is read live, not from \
+                 a snapshot: it is a single file"
+            ),
+            "{warnings}"
+        );
+        assert!(!warnings.contains("not on ZFS"), "{warnings}");
+        let plan = f.plan(&["/srv/file-id"], false);
+        assert!(plan.mounts.is_empty());
+        assert_eq!(plan.roots[0].source, RootSource::Live);
+        assert!(
+            plan.warnings[0].contains("/srv/file-id is on the bind mount of tank/data's /file-id"),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn a_bind_whose_dataset_cannot_be_read_from_a_snapshot_stays_live_and_says_why() {
+        let cases: [(&str, MountEntry, Option<Filesystem>); 4] = [
+            (
+                "tank/secret cannot be snapshotted: its encryption key is not loaded",
+                bind(7, 70, "/x", "/srv/s", "tank/secret"),
+                Some(Filesystem {
+                    keystatus: Some("unavailable".into()),
+                    ..fs("tank/secret", "/tank/secret", false)
+                }),
+            ),
+            (
+                "tank/gone itself is mounted nowhere a path lookup reaches",
+                bind(7, 70, "/x", "/srv/s", "tank/gone"),
+                Some(fs("tank/gone", "/tank/gone", false)),
+            ),
+            (
+                "zfs does not list tank/unlisted as usable",
+                bind(7, 70, "/x", "/srv/s", "tank/unlisted"),
+                None,
+            ),
+            (
+                "/tank/data/child/x, where it comes from, is covered by another mount \
+                 (zfs tank/data/child at /tank/data/child)",
+                bind(7, 3, "/child/x", "/srv/s", "tank/data"),
+                None,
+            ),
+        ];
+        for (why, entry, filesystem) in cases {
+            let mut f = Fixture::new();
+            f.mounts.push(entry);
+            f.filesystems.extend(filesystem);
+            for root in ["/srv", "/srv/s"] {
+                let plan = f.plan(&[root], false);
+                assert!(
+                    !plan.mounts.iter().any(|m| m.bind.is_some()),
+                    "{:?}",
+                    plan.mounts
+                );
+                let warnings = plan.warnings.join("\n");
+                assert!(warnings.contains(why), "{root}: {warnings}");
+                assert!(
+                    warnings.contains("live, not from a snapshot"),
+                    "{root}: {warnings}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_bind_whose_source_is_mounted_inside_a_bind_stays_live() {
+        let mut f = Fixture::new();
+        f.mounts.push(bind(7, 3, "/sub", "/srv/x", "tank/data"));
+        f.filesystems.push(fs("tank/in", "legacy", false));
+        f.mounts.push(mount(8, "/srv/x/in", "zfs", "tank/in"));
+        f.mounts.push(bind(9, 8, "/z", "/opt/y", "tank/in"));
+        let plan = f.plan(&["/opt/y"], false);
+        assert!(plan.mounts.is_empty(), "{:?}", plan.mounts);
+        assert!(
+            plan.warnings[0].contains(
+                "tank/in itself is mounted at /srv/x/in, inside the bind mount at /srv/x"
+            ),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Generated {
+        Dataset,
+        /// A bind of `d<k>`'s directory.
+        Bind(usize, &'static str),
+    }
+
+    /// A mount table with binds: a file system that is not ZFS at `/`,
+    /// datasets `pool/d<k>` at `/d<k>` (some with their key unloaded, and
+    /// some with `/d<k>/a` bound onto itself), and a tree below `/p` of
+    /// datasets and binds of the `d<k>`.
+    fn table_with_binds() -> impl Strategy<Value = (Fixture, Vec<String>)> {
+        let kinds = prop_oneof![
+            Just(None),
+            (0usize..3, prop::sample::select(vec!["/a", "/b", "/b/c"])).prop_map(Some)
+        ];
+        (
+            tree(),
+            prop::collection::vec(kinds, 8),
+            prop::collection::vec(any::<(bool, bool)>(), 3),
+        )
+            .prop_map(|(paths, kinds, homes)| {
+                let mut filesystems = Vec::new();
+                let mut mounts = vec![mount(1000, "/", "ext4", "/dev/vda")];
+                for (k, (locked, self_bound)) in homes.iter().enumerate() {
+                    let name = format!("pool/d{k}");
+                    filesystems.push(Filesystem {
+                        keystatus: locked.then(|| "unavailable".to_owned()),
+                        ..fs(&name, &format!("/d{k}"), false)
+                    });
+                    mounts.push(mount(100 + k as u32, &format!("/d{k}"), "zfs", &name));
+                    if *self_bound {
+                        let at = format!("/d{k}/a");
+                        mounts.push(bind(300 + k as u32, 100 + k as u64, "/a", &at, &name));
+                    }
+                }
+                for (j, path) in paths.iter().enumerate() {
+                    let id = 200 + j as u32;
+                    match kinds[j].map_or(Generated::Dataset, |(k, r)| Generated::Bind(k, r)) {
+                        Generated::Dataset => {
+                            let name = format!("pool/t{j}");
+                            filesystems.push(fs(&name, path, false));
+                            mounts.push(mount(id, path, "zfs", &name));
+                        }
+                        Generated::Bind(k, r) => {
+                            mounts.push(bind(id, 100 + k as u64, r, path, &format!("pool/d{k}")))
+                        }
+                    }
+                }
+                (
+                    Fixture {
+                        filesystems,
+                        mounts,
+                    },
+                    paths,
+                )
+            })
+    }
+
+    /// The live path a mirror path stands for, in whichever mirror.
+    fn original(path: &Path) -> Option<PathBuf> {
+        (0..8).find_map(|level| Mapping::at_level(Path::new(RT), level).to_original(path))
+    }
+
+    proptest! {
+        #[test]
+        fn binds_are_read_from_their_datasets_snapshots(
+            (f, paths) in table_with_binds(),
+            pick in 0usize..16,
+            x in any::<bool>(),
+        ) {
+            let mut candidates = paths.clone();
+            candidates.extend(["/", "/d0", "/d1/a", "/p"].map(str::to_owned));
+            let chosen = &candidates[pick % candidates.len()];
+            let plan = f.plan(&[chosen], x);
+            let visible = mountinfo::visible(&f.mounts);
+            // Every planned mount maps back to a visible mount of that
+            // dataset (and part of it): nothing foreign is planned.
+            for m in &plan.mounts {
+                prop_assert_eq!(original(&m.snapshot_mountpoint), Some(m.mountpoint.clone()));
+                let root = m.bind.as_ref().map_or(PathBuf::from("/"), |b| b.root.clone());
+                prop_assert!(
+                    visible.iter().any(|e| e.mount_point == m.mountpoint
+                        && e.zfs_dataset() == Some(m.dataset.as_str())
+                        && e.root == root),
+                    "{:?} is not in the mount table", m
+                );
+            }
+            let targets: BTreeSet<_> = plan.mounts.iter().map(|m| &m.snapshot_mountpoint).collect();
+            prop_assert_eq!(targets.len(), plan.mounts.len());
+            for (j, m) in plan.mounts.iter().enumerate() {
+                // What a mount lies in is mounted before it.
+                for (i, outer) in plan.mounts.iter().enumerate() {
+                    if outer.snapshot_mountpoint != m.snapshot_mountpoint
+                        && m.snapshot_mountpoint.starts_with(&outer.snapshot_mountpoint)
+                    {
+                        prop_assert!(i < j, "{:?} before {:?}", outer, m);
+                    }
+                }
+                // A bind is bound from its dataset's snapshot, mounted
+                // earlier, at its directory.
+                if let Some(b) = &m.bind {
+                    let from = plan.mounts[..j].iter().find(|h| h.dataset == m.dataset && h.bind.is_none());
+                    prop_assert!(from.is_some(), "no source before {:?}", m);
+                    let from = from.unwrap();
+                    prop_assert_eq!(
+                        &b.from,
+                        &from.snapshot_mountpoint.join(b.root.strip_prefix("/").unwrap())
+                    );
+                    prop_assert_eq!(original(&b.from), Some(bind_source_path(&from.mountpoint, &b.root)));
+                }
+            }
+            // Snapshot roots map back to the path given.
+            for r in plan.borg_roots().filter(|r| r.source == RootSource::Snapshot) {
+                let (head, tail) = r.borg_path.split_once("/./").unwrap();
+                prop_assert_eq!(original(&Path::new(head).join(tail)), Some(r.path.clone()));
+            }
+            // Every bind of a usable dataset that borg reaches is read from
+            // its snapshot; one that is not usable is named.
+            let holder = visible
+                .iter()
+                .filter(|e| Path::new(chosen).starts_with(&e.mount_point))
+                .max_by_key(|e| e.mount_point.components().count())
+                .unwrap();
+            for e in visible.iter().filter(|e| is_dataset_bind(e) && e.mount_point.starts_with("/p")) {
+                let reached = std::ptr::eq(e, holder)
+                    || (!x && e.mount_point.starts_with(chosen) && e.mount_point != Path::new(chosen));
+                if !reached {
+                    continue;
+                }
+                let usable = f.filesystems.iter().any(|fs| fs.name == e.source && fs.keystatus.is_none());
+                let planned = plan.mounts.iter().any(|m| m.mountpoint == e.mount_point && m.bind.is_some());
+                prop_assert_eq!(planned, usable, "{:?} in {:?}", e, plan);
+                if !usable {
+                    let at = e.mount_point.display().to_string();
+                    prop_assert!(
+                        plan.warnings.iter().any(|w| w.contains(&at) && w.contains("read")),
+                        "{} not named: {:?}", at, plan.warnings
+                    );
+                }
+            }
+        }
     }
 
     /// A random tree of ZFS mounts: `paths[i]` mounted from `ds<i>`.

@@ -35,8 +35,8 @@ pub struct Run<'a> {
     points: Vec<Point>,
     /// Each frozen dataset's snapshot (`dataset@name`).
     frozen: BTreeMap<String, String>,
-    /// Mount targets, in the order mounted, with the snapshot mounted there.
-    mounted: Vec<(PathBuf, String)>,
+    /// What this run mounted, in the order mounted.
+    mounted: Vec<Mounted>,
     /// Directories we created, in the order created.
     dirs: Vec<PathBuf>,
     /// Files we wrote in the work directory.
@@ -68,6 +68,15 @@ struct Point {
     /// Snapshots whose hold call failed, by pool: the hold may or may not
     /// have been placed (zfs killed after the ioctl), so teardown asks.
     maybe_held: BTreeMap<String, Vec<String>>,
+}
+
+/// A mount made in the mirror: `snapshot` at `target`, or, for a bind
+/// mount, the directory `from` of its mirror mount.
+#[derive(Clone)]
+struct Mounted {
+    target: PathBuf,
+    snapshot: String,
+    from: Option<PathBuf>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -310,48 +319,64 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Mounts each planned snapshot not mounted yet in the mirror.
+    /// Mounts each planned snapshot not mounted yet in the mirror, in the
+    /// plan's order (a bind after its source).
     fn mount_planned(&mut self, plan: &Plan, check: &dyn Fn() -> Result<()>) -> Result<()> {
         let earlier = self.mounted.len();
         for planned in &plan.mounts {
             check()?;
             let target = &planned.snapshot_mountpoint;
-            if self.mounted.iter().any(|(t, _)| t == target) {
+            if self.mounted.iter().any(|m| &m.target == target) {
                 continue;
             }
-            let snapshot = self.frozen[&planned.dataset].clone();
-            self.mount_at(&snapshot, target)?;
+            self.mount_at(Mounted {
+                target: target.clone(),
+                snapshot: self.frozen[&planned.dataset].clone(),
+                from: planned.bind.as_ref().map(|b| b.from.clone()),
+            })?;
         }
         // A snapshot mounted now above an earlier mount (the parent's, in a
         // later point) hides it: mount the earlier one again on top.
         let fresh: Vec<PathBuf> = self.mounted[earlier..]
             .iter()
-            .map(|(t, _)| t.clone())
+            .map(|m| m.target.clone())
             .collect();
-        let hidden: Vec<(PathBuf, String)> = self.mounted[..earlier]
+        let hidden: Vec<Mounted> = self.mounted[..earlier]
             .iter()
-            .filter(|(t, _)| fresh.iter().any(|f| t != f && t.starts_with(f)))
+            .filter(|m| {
+                fresh
+                    .iter()
+                    .any(|f| m.target != *f && m.target.starts_with(f))
+            })
             .cloned()
             .collect();
-        for (target, snapshot) in hidden {
+        for mount in hidden {
             check()?;
-            self.mount_at(&snapshot, &target)?;
+            self.mount_at(mount)?;
         }
         Ok(())
     }
 
-    fn mount_at(&mut self, snapshot: &str, target: &Path) -> Result<()> {
+    fn mount_at(&mut self, mount: Mounted) -> Result<()> {
+        let Mounted {
+            target,
+            snapshot,
+            from,
+        } = &mount;
         self.make_dirs(target).map_err(|e| Error::Mount {
-            snapshot: snapshot.to_owned(),
-            target: target.to_owned(),
+            snapshot: snapshot.clone(),
+            target: target.clone(),
             reason: format!(
                 "cannot create the mountpoint: {e} (is it inside a read-only snapshot \
                  whose dataset has no such directory?)"
             ),
         })?;
-        self.mounter.mount(snapshot, target)?;
-        self.mounted.push((target.to_owned(), snapshot.to_owned()));
-        tracing::debug!(snapshot, target = %target.display(), "mounted");
+        match from {
+            Some(from) => self.mounter.bind(snapshot, from, target)?,
+            None => self.mounter.mount(snapshot, target)?,
+        }
+        tracing::debug!(snapshot, target = %target.display(), from = ?from, "mounted");
+        self.mounted.push(mount);
         Ok(())
     }
 
@@ -488,7 +513,7 @@ impl<'a> Run<'a> {
 
     fn teardown(&mut self) -> Report {
         let mut report = Report::default();
-        for (target, _) in std::mem::take(&mut self.mounted).into_iter().rev() {
+        for Mounted { target, .. } in std::mem::take(&mut self.mounted).into_iter().rev() {
             match unmount_patiently(self.mounter, &target) {
                 Ok(_) => report.unmounted.push(target),
                 Err(e) => report.problems.push(e.to_string()),

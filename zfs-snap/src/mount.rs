@@ -1,5 +1,7 @@
 //! Mounting snapshots read-only and unmounting them: through mount(2) and
-//! umount2(2) by default, or through configured commands.
+//! umount2(2) by default, or through configured commands. A directory of a
+//! snapshot already mounted in the mirror can be bound elsewhere in it (a
+//! bind mount of a dataset read from its snapshot).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -16,6 +18,11 @@ pub const MOUNT_OPTIONS: &str = "ro,nosuid,nodev,noexec";
 
 pub trait Mounter {
     fn mount(&self, snapshot: &str, target: &Path) -> Result<()>;
+    /// Binds `from`, a directory inside the mirror mount of `snapshot`,
+    /// onto `target`: not recursively (a mount inside `from` is not taken
+    /// along: each mount the plan wants is made on its own) and read-only,
+    /// `nosuid,nodev,noexec`.
+    fn bind(&self, snapshot: &str, from: &Path, target: &Path) -> Result<()>;
     /// `lazy` detaches a busy mount (MNT_DETACH / `umount -l`).
     fn unmount(&self, target: &Path, lazy: bool) -> Result<()>;
 }
@@ -53,6 +60,53 @@ impl Mounter for SnapshotMounter {
                 .mount(snapshot, target)
                 .map(drop)
                 .map_err(|e| failure(format!("mount(2): {e}"))),
+        }
+    }
+
+    fn bind(&self, snapshot: &str, from: &Path, target: &Path) -> Result<()> {
+        let failure = |reason: String| Error::Mount {
+            snapshot: snapshot.to_owned(),
+            target: target.to_owned(),
+            reason: format!("binding {}: {reason}", from.display()),
+        };
+        match &self.mount_command {
+            Some(command) => {
+                // util-linux mount >= 2.27 binds, then remounts with the
+                // options, as below.
+                let mut argv = args(["--bind", "-o", MOUNT_OPTIONS]);
+                argv.push(OsString::from(from));
+                argv.push(OsString::from(target));
+                command.run(&argv).map(drop).map_err(|e| match e {
+                    Error::CommandNotFound { .. } => e,
+                    other => failure(other.to_string()),
+                })
+            }
+            None => {
+                use nix::mount::{mount, MsFlags};
+                mount(
+                    Some(from),
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| failure(format!("mount(2): {e}")))?;
+                // The kernel copies the source mount's flags (ours: read-only,
+                // nosuid, nodev, noexec) to the bind, and a snapshot is
+                // read-only anyway; the remount says so explicitly.
+                let flags = MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC;
+                if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+                    // Not left behind: the caller records only what mounted.
+                    let _ = sys_mount::unmount(target, UnmountFlags::DETACH);
+                    return Err(failure(format!("remounting it read-only: {e}")));
+                }
+                Ok(())
+            }
         }
     }
 

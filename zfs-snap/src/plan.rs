@@ -13,7 +13,9 @@ pub struct Plan {
     pub snapshot_root: PathBuf,
     /// Whether borg runs with `--one-file-system`.
     pub one_file_system: bool,
-    /// One entry per mount of a snapshot, shallowest first.
+    /// One entry per mount of a snapshot, in the order they are mounted:
+    /// shallowest first, bind mounts and what lies inside them after the
+    /// rest (a bind's source, its dataset's own mount, comes first).
     pub mounts: Vec<PlannedMount>,
     /// The source roots as given, in order, each with how borg will read it.
     pub roots: Vec<PlannedRoot>,
@@ -41,8 +43,21 @@ pub struct PlannedMount {
     pub mountpoint: PathBuf,
     /// Where its snapshot will be mounted.
     pub snapshot_mountpoint: PathBuf,
-    /// Why it is included: `source root /x`, `below source root /x`, `tagged`.
+    /// Why it is included: `source root /x`, `below source root /x`,
+    /// `tagged`, `source of the bind mount at /x`.
     pub reason: String,
+    /// For a bind mount of a directory of the dataset: what is bound.
+    /// `None`: the whole snapshot is mounted.
+    pub bind: Option<PlannedBind>,
+}
+
+/// A bind mount read from the snapshot: the directory `root` of the
+/// dataset (mountinfo's root field), bound from `from`, that directory in
+/// the mirror mount of the dataset's own snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedBind {
+    pub root: PathBuf,
+    pub from: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

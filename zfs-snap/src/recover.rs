@@ -14,14 +14,17 @@ use crate::zfs::{Search, Snapshot, Zfs};
 
 /// Whether `entry` is a ZFS snapshot mounted below one of the mirrors of
 /// `root` ([`runtime::is_mirror_dir`]): the only kind of mount zfs-snap
-/// makes, and so the only kind it may remove.
+/// makes, and so the only kind it may remove. A bind of a directory of a
+/// snapshot (mountinfo root other than `/`) counts: it shows as a `zfs`
+/// mount with the snapshot's name as its source, and zfs-snap makes those
+/// for bind mounts of datasets. Whose snapshot it is, ZFS says.
 pub(crate) fn is_snapshot_mount_in(entry: &MountEntry, root: &Path) -> bool {
     let in_mirror = entry.mount_point.strip_prefix(root).is_ok_and(|rest| {
         let mut parts = rest.components();
         let first = parts.next().and_then(|c| c.as_os_str().to_str());
         first.is_some_and(runtime::is_mirror_dir) && parts.next().is_some()
     });
-    entry.fstype == "zfs" && entry.source.contains('@') && entry.root == Path::new("/") && in_mirror
+    entry.fstype == "zfs" && entry.source.contains('@') && in_mirror
 }
 
 /// The mirror directories present in `root`, not through symlinks.

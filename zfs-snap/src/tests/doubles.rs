@@ -375,8 +375,8 @@ impl Zfs for MemoryZfs {
 /// (`mountinfo`), with failures injected per call.
 pub struct MemoryMounter {
     mountinfo: PathBuf,
-    /// (target, source, fstype), in the order mounted.
-    mounts: RefCell<Vec<(PathBuf, String, String)>>,
+    /// (target, source, fstype, root), in the order mounted.
+    mounts: RefCell<Vec<(PathBuf, String, String, PathBuf)>>,
     /// Mount calls that fail, by their number (0 is the first).
     fail_mounts: RefCell<BTreeSet<usize>>,
     mount_calls: RefCell<usize>,
@@ -411,10 +411,35 @@ impl MemoryMounter {
 
     /// Someone else's mount (`fstype`, `source`) at `target`.
     pub fn add_foreign(&self, target: &Path, fstype: &str, source: &str) {
-        self.mounts
-            .borrow_mut()
-            .push((target.to_owned(), source.to_owned(), fstype.to_owned()));
+        self.mounts.borrow_mut().push((
+            target.to_owned(),
+            source.to_owned(),
+            fstype.to_owned(),
+            "/".into(),
+        ));
         self.write();
+    }
+
+    /// A bind mount of `snapshot`'s directory `root` at `target`, left by
+    /// a dead run.
+    pub fn add_snapshot_bind(&self, target: &Path, snapshot: &str, root: &str) {
+        self.mounts.borrow_mut().push((
+            target.to_owned(),
+            snapshot.to_owned(),
+            "zfs".into(),
+            root.into(),
+        ));
+        self.write();
+    }
+
+    /// What is mounted, in order, with each mount's root (`/` unless a
+    /// bind of a directory).
+    pub fn mounted_with_roots(&self) -> Vec<(PathBuf, String, PathBuf)> {
+        self.mounts
+            .borrow()
+            .iter()
+            .map(|(t, s, _, r)| (t.clone(), s.clone(), r.clone()))
+            .collect()
     }
 
     /// A mount of a snapshot left by a dead run.
@@ -426,16 +451,17 @@ impl MemoryMounter {
         self.mounts
             .borrow()
             .iter()
-            .map(|(t, s, _)| (t.clone(), s.clone()))
+            .map(|(t, s, _, _)| (t.clone(), s.clone()))
             .collect()
     }
 
     fn write(&self) {
         let mut text = String::from("1 0 0:1 / / rw - ext4 /dev/root rw\n");
-        for (i, (target, source, fstype)) in self.mounts.borrow().iter().enumerate() {
+        for (i, (target, source, fstype, root)) in self.mounts.borrow().iter().enumerate() {
             let id = i + 2;
             text.push_str(&format!(
-                "{id} 1 0:{id} / {} ro - {fstype} {source} ro\n",
+                "{id} 1 0:{id} {} {} ro - {fstype} {source} ro\n",
+                root.display(),
                 target.display()
             ));
         }
@@ -462,9 +488,37 @@ impl Mounter for MemoryMounter {
             "mountpoint {} must exist",
             target.display()
         );
-        self.mounts
-            .borrow_mut()
-            .push((target.to_owned(), snapshot.to_owned(), "zfs".into()));
+        self.mounts.borrow_mut().push((
+            target.to_owned(),
+            snapshot.to_owned(),
+            "zfs".into(),
+            "/".into(),
+        ));
+        self.write();
+        Ok(())
+    }
+
+    fn bind(&self, snapshot: &str, from: &Path, target: &Path) -> Result<()> {
+        self.mount(snapshot, target)?;
+        // The source must be in the mirror mount of that very snapshot,
+        // the deepest mount on its way: a bind before its source, or
+        // through another mount, would show something else.
+        let mut mounts = self.mounts.borrow_mut();
+        let (made, earlier) = mounts.split_last_mut().expect("just mounted");
+        let holder = earlier
+            .iter()
+            .filter(|(t, _, _, _)| from.starts_with(t))
+            .max_by_key(|(t, _, _, _)| t.components().count())
+            .unwrap_or_else(|| panic!("nothing is mounted at {} yet", from.display()));
+        assert_eq!(
+            holder.1,
+            snapshot,
+            "{} is not in {snapshot}",
+            from.display()
+        );
+        let within = from.strip_prefix(&holder.0).expect("filtered by prefix");
+        made.3 = holder.3.join(within);
+        drop(mounts);
         self.write();
         Ok(())
     }
@@ -485,7 +539,7 @@ impl Mounter for MemoryMounter {
             }
         }
         let mut mounts = self.mounts.borrow_mut();
-        let Some(top) = mounts.iter().rposition(|(t, _, _)| t == target) else {
+        let Some(top) = mounts.iter().rposition(|(t, _, _, _)| t == target) else {
             return Err(Error::Unmount {
                 target: target.to_owned(),
                 reason: "not mounted".into(),

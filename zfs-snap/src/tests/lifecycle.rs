@@ -8,7 +8,7 @@ use super::doubles::{Fail, MemoryMounter, MemoryZfs};
 use crate::error::Error;
 use crate::lifecycle::Run;
 use crate::mapping::Mapping;
-use crate::plan::{Plan, PlannedMount};
+use crate::plan::{Plan, PlannedBind, PlannedMount};
 use crate::recover::cleanup;
 use crate::release::{destroy_each, release_ours};
 use crate::report::Report;
@@ -66,6 +66,7 @@ impl Host {
                     mountpoint: PathBuf::from(format!("/{d}")),
                     snapshot_mountpoint: mapping.to_snapshot(Path::new(&format!("/{d}"))),
                     reason: "test".into(),
+                    bind: None,
                 })
                 .collect(),
             roots: Vec::new(),
@@ -384,6 +385,134 @@ fn recovery_removes_only_what_is_provably_ours() {
         recovered.left_alone.iter().any(|l| l.contains("tmpfs")),
         "{:?}",
         recovered.left_alone
+    );
+}
+
+/// A plan reading `/srv/x`, a bind mount of tank/data's `/sub`: tank/data's
+/// snapshot at `/tank/data` in the mirror, then its `sub` bound on the
+/// mirror's `/srv/x` (the plan lists the bind after its source).
+fn bind_plan(host: &Host) -> Plan {
+    let mut plan = host.plan(&["tank/data"]);
+    let mapping = Mapping::new(&host.root);
+    plan.mounts.push(PlannedMount {
+        dataset: "tank/data".into(),
+        pool: "tank".into(),
+        mountpoint: "/srv/x".into(),
+        snapshot_mountpoint: mapping.to_snapshot(Path::new("/srv/x")),
+        reason: "test".into(),
+        bind: Some(PlannedBind {
+            root: "/sub".into(),
+            from: mapping.to_snapshot(Path::new("/tank/data/sub")),
+        }),
+    });
+    plan
+}
+
+#[test]
+fn a_bind_mount_is_bound_from_its_snapshot_mount_and_unmounted_first() {
+    let host = Host::new();
+    let mut run = host.begin();
+    run.freeze(&bind_plan(&host), &never).unwrap();
+    let snapshot = format!("tank/data@{}", run.snapshot_name());
+    let mapping = Mapping::new(&host.root);
+    assert_eq!(
+        host.zfs.names(),
+        vec![snapshot.clone()],
+        "one snapshot for both"
+    );
+    // The double checks that the source is in that snapshot's mount.
+    assert_eq!(
+        host.mounter.mounted_with_roots(),
+        [
+            (
+                mapping.to_snapshot(Path::new("/tank/data")),
+                snapshot.clone(),
+                PathBuf::from("/")
+            ),
+            (
+                mapping.to_snapshot(Path::new("/srv/x")),
+                snapshot,
+                PathBuf::from("/sub")
+            ),
+        ]
+    );
+    let (report, _) = run.finish();
+    let report = report.unwrap();
+    assert!(report.unmounted[0].ends_with("srv/x"), "{report:?}");
+    host.assert_clean(&[]);
+}
+
+#[test]
+fn a_later_point_binds_again_a_bind_its_mount_hides() {
+    let host = Host::new();
+    let mut run = host.begin();
+    run.freeze(&bind_plan(&host), &never).unwrap();
+    // A later create needs a dataset mounted at /srv, above the bind.
+    let mut later = bind_plan(&host);
+    let mapping = Mapping::new(&host.root);
+    later.mounts.insert(
+        0,
+        PlannedMount {
+            dataset: "rpool/home".into(),
+            pool: "rpool".into(),
+            mountpoint: "/srv".into(),
+            snapshot_mountpoint: mapping.to_snapshot(Path::new("/srv")),
+            reason: "test".into(),
+            bind: None,
+        },
+    );
+    run.freeze(&later, &never).unwrap();
+    let mounted = host.mounter.mounted_with_roots();
+    let last = mounted.last().unwrap();
+    assert!(last.0.ends_with("srv/x"), "{mounted:?}");
+    assert_eq!(last.2, Path::new("/sub"), "bound again on top");
+    let (report, _) = run.finish();
+    report.unwrap();
+    host.assert_clean(&[]);
+}
+
+#[test]
+fn recovery_removes_bind_mounts_of_our_snapshots_and_nothing_foreign() {
+    let host = Host::new();
+    let root = host.root.display().to_string();
+    let ours = "tank/data@zfs-snap-20260101T000000Z-1-0123456789abcdef";
+    let theirs = "tank/data@borgmatic-1234";
+    host.zfs.add_snapshot(
+        ours,
+        Some(&format!("20260101T000000Z-1-0123456789abcdef:{root}")),
+    );
+    host.zfs.hold(ours, HOLD_TAG);
+    host.zfs.add_snapshot(theirs, None);
+    let mapping = Mapping::new(&host.root);
+    let home = mapping.to_snapshot(Path::new("/tank/data"));
+    let bound = mapping.to_snapshot(Path::new("/var/lib/foo"));
+    let their_bind = mapping.to_snapshot(Path::new("/var/lib/bar"));
+    let live_bind = mapping.to_snapshot(Path::new("/var/lib/baz"));
+    for dir in [&home, &bound, &their_bind, &live_bind] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    host.mounter.add_snapshot_mount(&home, ours);
+    host.mounter.add_snapshot_bind(&bound, ours, "/var/lib/foo");
+    // Someone's snapshot bound into the mirror, and a live dataset bound
+    // there: not ours.
+    host.mounter
+        .add_snapshot_bind(&their_bind, theirs, "/var/lib/bar");
+    host.mounter.add_foreign(&live_bind, "zfs", "tank/data");
+
+    let (run, _, _, recovered) = Run::begin(&host.zfs, &host.mounter, &host.options).unwrap();
+    drop(run);
+    assert_eq!(recovered.destroyed, [ours.to_owned()]);
+    let mut unmounted = recovered.unmounted.clone();
+    unmounted.sort();
+    assert_eq!(unmounted, [home, bound]);
+    assert_eq!(host.zfs.names(), [theirs.to_owned()]);
+    assert_eq!(
+        host.mounter.mounted(),
+        [
+            (their_bind, theirs.to_owned()),
+            (live_bind, "tank/data".to_owned())
+        ],
+        "foreign mounts stay"
     );
 }
 
