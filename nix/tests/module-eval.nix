@@ -142,9 +142,9 @@ let
         };
     };
 
-  eval =
+  evalFull =
     cfg: extra:
-    (lib.evalModules {
+    lib.evalModules {
       modules = [
         stubs
         ../module.nix
@@ -152,7 +152,13 @@ let
         { services.zfs-snap.borgmatic = cfg; }
         extra
       ];
-    }).config;
+    };
+  eval = cfg: extra: (evalFull cfg extra).config;
+
+  # The option documentation renders: every option has a description (the
+  # seed's `mkEnableOption { description = ...; }` had none that rendered).
+  docs = lib.optionAttrSetToDocList (evalFull examples.zfs { }).options.services.zfs-snap.borgmatic;
+  undocumented = map (o: o.name) (lib.filter (o: !(lib.isString (o.description or null)) || o.description == "") docs);
 
   # Store paths of the stand-in packages back to the guest's paths, as in
   # the repository's unit files.
@@ -322,6 +328,9 @@ in
       lib.mapAttrsToList (n: r: expect "refused ${n}: no assertion says `${examples.refused.${n}.says}`: ${builtins.toJSON r.failed}" r.ok) refused
     )
     ++ expect "unknownMode: the option type refuses it" unknownModeRefused
+    ++ expect "options without a description: ${builtins.toJSON undocumented}" (
+      undocumented == [ ] && builtins.length docs >= 30
+    )
     ++ expect "services.borgmatic.settings.zfs is refused too" (
       lib.any (lib.hasInfix "borgmatic's own `zfs:` hook") hookViaSettings
     )
