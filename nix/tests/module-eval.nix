@@ -233,7 +233,7 @@ let
           };
         }
         // lib.optionalAttrs exporterOn {
-          "zfs-snap-exporter.service" = core.render exporterAsFile;
+          "zfs-snap-exporter.service (store paths as the guest's)" = core.render exporterAsFile;
           "prometheus" = {
             inherit (c.services.prometheus) scrapeConfigs;
             ruleFiles = map toString c.services.prometheus.ruleFiles;
