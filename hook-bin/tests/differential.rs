@@ -102,36 +102,6 @@ fn oracles() -> &'static [PathBuf] {
     })
 }
 
-/// One writer per named pipe, each writing a line for every reader until
-/// dropped.
-struct Writers(Vec<std::process::Child>);
-
-impl Writers {
-    fn start(fifos: &[PathBuf]) -> Writers {
-        Writers(
-            fifos
-                .iter()
-                .map(|fifo| {
-                    Command::new("sh")
-                        .args(["-c", "while :; do printf 'piped\\n' > \"$1\"; done", "sh"])
-                        .arg(fifo)
-                        .spawn()
-                        .unwrap()
-                })
-                .collect(),
-        )
-    }
-}
-
-impl Drop for Writers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn differs_by(w: &World, c: &Case, id: &str, sabotage: &[&str], borg: &Path) -> Option<String> {
     for (path, content) in &c.files {
         fs::write(path, content).unwrap();
@@ -141,11 +111,8 @@ fn differs_by(w: &World, c: &Case, id: &str, sabotage: &[&str], borg: &Path) -> 
     fs::write(&stdin, "from stdin\n").unwrap();
     // With --read-special borg reads each named pipe: a writer for each,
     // for both runs, as a database dump streams into borgmatic's pipe.
-    let _writers = c
-        .options
-        .iter()
-        .any(|o| o.first().is_some_and(|w| w == "--read-special"))
-        .then(|| Writers::start(&generate::fifos(&w.live)));
+    let _writers =
+        generate::reads_special(c).then(|| generate::Writers::start(&generate::fifos(&w.live)));
     let plain = borg_cmd(w, borg)
         .current_dir(&c.cwd)
         .args(words(c, &format!("plain-{id}"), &repo))

@@ -443,6 +443,10 @@ fn generated_command_lines_on_real_snapshots() {
                 std::fs::write(path, content).unwrap();
             }
             let stdin = write_file(&fx.work.join("stdin.txt"), "from stdin\n");
+            // With --read-special borg reads each named pipe: a writer for
+            // each, for both runs.
+            let writers = generate::reads_special(&c)
+                .then(|| generate::Writers::start(&generate::fifos(&live)));
             let archive = |kind: &str| format!("{kind}-{done}");
             let mut plain = fx.repo.borg();
             plain
@@ -465,6 +469,7 @@ fn generated_command_lines_on_real_snapshots() {
                 ))
                 .stdin(std::fs::File::open(&stdin).unwrap());
             let wrapped = run(&mut wrapped);
+            drop(writers);
             let made = fx.repo.archives();
             let verdict = if plain.code() == 2 {
                 made.contains(&archive("wrapped"))

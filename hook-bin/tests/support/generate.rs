@@ -307,6 +307,44 @@ pub fn case(rng: &mut Rng, dirs: &[PathBuf], live: &Path, scratch: &Path, n: usi
     }
 }
 
+/// One writer per named pipe, each writing a line for every reader until
+/// dropped.
+pub struct Writers(Vec<std::process::Child>);
+
+impl Writers {
+    pub fn start(fifos: &[PathBuf]) -> Writers {
+        Writers(
+            fifos
+                .iter()
+                .map(|fifo| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do printf 'piped\\n' > \"$1\"; done", "sh"])
+                        .arg(fifo)
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether a case reads special files (`--read-special`): then each named
+/// pipe needs a writer.
+pub fn reads_special(c: &Case) -> bool {
+    c.options
+        .iter()
+        .any(|o| o.first().is_some_and(|w| w == "--read-special"))
+}
+
 /// The named pipes below `dir`, for their writers.
 pub fn fifos(dir: &Path) -> Vec<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
