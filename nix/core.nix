@@ -160,12 +160,11 @@ let
     in
     {
       source_directories = c.sourceDirectories;
-      # `encryption` is what `borgmatic repo-create` creates each repository
-      # with (borgmatic's own per-repository option): no mode to repeat by hand.
-      repositories = map (r: {
-        inherit (r) path label;
-        encryption = c.encryption.mode;
-      }) c.repositories;
+      # Only `path` and `label`: nixpkgs' services.borgmatic declares no
+      # other key for a repository (NixOS/nixpkgs#483610). encryption.mode
+      # is checked (assertions, warnings) and is the mode to give
+      # `borgmatic repo-create --encryption`.
+      repositories = map (r: { inherit (r) path label; }) c.repositories;
       compression = c.compression;
       archive_name_format = c.archiveNameFormat;
       exclude_caches = c.excludeCaches;

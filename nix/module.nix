@@ -61,8 +61,10 @@ in
 
     package = mkOption {
       type = types.package;
-      default = pkgs.zfs-snap or (pkgs.callPackage ./package.nix { });
-      defaultText = lib.literalExpression "pkgs.zfs-snap (this repository's nix/package.nix)";
+      # Built against the ZFS the host runs: libzfs_core must match the
+      # kernel module (a host may pin boot.zfs.package = pkgs.zfs_unstable).
+      default = pkgs.callPackage ./package.nix { zfs = config.boot.zfs.package; };
+      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { zfs = config.boot.zfs.package; }";
       description = "zfs-snap, with its `borg` link at lib/zfs-snap/borg (borgmatic's local_path).";
     };
     borgPackage = mkOption {
@@ -198,7 +200,15 @@ in
   config = lib.mkIf cfg.enable (
     lib.mkMerge [
       {
-        assertions = core.assertions { cfg = seed; inherit settings; };
+        assertions = core.assertions { cfg = seed; inherit settings; } ++ [
+          {
+            # The upstream unit's borgmatic reads /etc/borgmatic.d/*.yaml too:
+            # such a config would run inside the session with the real borg
+            # (no snapshots) and a zfs: hook in it would go unchecked.
+            assertion = config.services.borgmatic.configurations == { };
+            message = "services.zfs-snap.borgmatic: services.borgmatic.configurations is set; its configs would run in zfs-snap's session without its borg link (read live, unchecked). Put everything in services.zfs-snap.borgmatic (extraConfig) instead.";
+          }
+        ];
         warnings =
           core.warnings { cfg = seed; inherit settings; }
           ++ lib.optional (
@@ -220,6 +230,9 @@ in
         # Upstream's unit (from pkgs.borgmatic, as services.borgmatic installs
         # it), overridden as systemd/borgmatic.service.d/zfs-snap.conf does.
         systemd.services.borgmatic = {
+          # `nixos-rebuild switch` must not stop a backup under way (and
+          # with it the session's teardown) because the unit changed.
+          restartIfChanged = false;
           path = [ config.boot.zfs.package ];
           environment = core.zfsSnapEnvironment {
             cfg = seed;

@@ -156,8 +156,11 @@ let
       (expect "basic: the passphrase file by encryption_passcommand" (
         good.basic.settings.encryption_passcommand == "cat /run/agenix/borg-passphrase"
       ))
-      (expect "basic: encryption.mode on each repository, for `borgmatic repo-create`" (
-        builtins.all (r: r.encryption == "repokey-blake2") good.basic.settings.repositories
+      (expect "basic: a repository has only path and label (all nixpkgs' services.borgmatic declares)" (
+        builtins.all (r: builtins.attrNames r == [
+          "label"
+          "path"
+        ]) good.basic.settings.repositories
       ))
       (expect "hooks: the seed's hooks as borgmatic 2's commands" (
         map (h: h.before or h.after) good.hooks.settings.commands == [

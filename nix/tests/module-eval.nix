@@ -16,14 +16,24 @@ let
     inherit name;
     outPath = "/nix/store/00000000000000000000000000000000-${name}";
   };
-  pkgs = lib.genAttrs [
-    "zfs-snap"
-    "borgbackup"
-    "borgmatic"
-    "systemd"
-    "coreutils"
-    "zfs"
-  ] fake;
+  pkgs =
+    lib.genAttrs [
+      "zfs-snap"
+      "borgbackup"
+      "borgmatic"
+      "systemd"
+      "coreutils"
+      "zfs"
+    ] fake
+    // {
+      # The module builds its package with callPackage, against the
+      # host's boot.zfs.package: the stand-in checks it is given that.
+      callPackage =
+        f: args:
+        assert baseNameOf f == "package.nix";
+        assert args.zfs == pkgs.zfs;
+        fake "zfs-snap";
+    };
 
   # systemd's unit option type, as nixpkgs (nixos/lib/systemd-unit-options.nix)
   # merges it: lists concatenate, other values must agree.
@@ -61,6 +71,10 @@ let
         type = types.listOf types.str;
         default = [ ];
       };
+      restartIfChanged = mkOption {
+        type = types.bool;
+        default = true;
+      };
     };
   };
   free = types.submodule { freeformType = types.attrsOf types.anything; };
@@ -94,9 +108,30 @@ let
             type = types.bool;
             default = false;
           };
+          # As nixpkgs declares it: free-form, but a repository has only
+          # `path` and `label` (NixOS/nixpkgs#483610).
           settings = mkOption {
-            type = types.nullOr free;
+            type = types.nullOr (
+              types.submodule {
+                freeformType = free;
+                options.repositories = mkOption {
+                  type = types.listOf (
+                    types.submodule {
+                      options = {
+                        path = mkOption { type = types.str; };
+                        label = mkOption { type = types.str; };
+                      };
+                    }
+                  );
+                  default = [ ];
+                };
+              }
+            );
             default = null;
+          };
+          configurations = mkOption {
+            type = types.attrsOf free;
+            default = { };
           };
         };
         services.prometheus = {
@@ -294,9 +329,17 @@ let
   ) (removeAttrs examples.refused [ "unknownMode" ]);
   # A mode borg does not have is refused by the option's type already.
   unknownModeRefused =
-    !(builtins.tryEval (builtins.deepSeq (eval examples.refused.unknownMode.cfg { }).services.borgmatic.settings true)).success;
+    let
+      mode = (eval examples.refused.unknownMode.cfg { }).services.zfs-snap.borgmatic.encryption.mode;
+      good = (eval examples.basic { }).services.zfs-snap.borgmatic.encryption.mode;
+    in
+    # The same read succeeds for a mode borg has: the failure is the type's.
+    !(builtins.tryEval (builtins.deepSeq mode true)).success
+    && (builtins.tryEval (builtins.deepSeq good true)).success;
   # The user's own services.borgmatic.settings.zfs, not only extraConfig's.
   hookViaSettings = failedOf (eval examples.zfs { services.borgmatic.settings.zfs = { }; });
+  # A config of /etc/borgmatic.d would run in the session without the link.
+  otherConfigurations = failedOf (eval examples.zfs { services.borgmatic.configurations.other = { }; });
 
   # Grafana on, no dashboard file: a warning, no provisioning.
   noDashboard = eval (examples.prometheus // { prometheusExporter.grafanaDashboard = null; prometheusExporter.enable = true; }) withServices;
@@ -331,6 +374,9 @@ in
     ++ expect "options without a description: ${builtins.toJSON undocumented}" (
       undocumented == [ ] && builtins.length docs >= 30
     )
+    ++ expect "services.borgmatic.configurations is refused" (
+      lib.any (lib.hasInfix "services.borgmatic.configurations is set") otherConfigurations
+    )
     ++ expect "services.borgmatic.settings.zfs is refused too" (
       lib.any (lib.hasInfix "borgmatic's own `zfs:` hook") hookViaSettings
     )
@@ -354,7 +400,8 @@ in
       && package.src.filter (toString ../../hook-bin/src/main.rs) "regular"
       && package.src.filter (toString ../../Cargo.lock) "regular"
       && !package.src.filter (toString ../../target) "directory"
-      && !package.src.filter (toString ../../README.md) "regular"
+      && package.src.filter (toString ../../README.md) "regular"
+      && !package.src.filter (toString ../../docs) "directory"
     )
     ++ expect "flake: package, overlay, NixOS module" (
       flakeOut.packages.x86_64-linux.zfs-snap.calls == "package.nix"

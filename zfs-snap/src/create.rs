@@ -140,7 +140,10 @@ impl CreateRun {
         signals: &Signals,
         figures: bool,
     ) -> Result<(ExitStatus, CreateRun)> {
-        let added_json = figures && !args.json && !args.log_json;
+        // The create token where the command line says (a session's reply
+        // is another process's word: checked, not trusted).
+        let at_create = argv.get(args.create_index).is_some_and(|a| a == "create");
+        let added_json = figures && !args.json && !args.log_json && at_create;
         let (argv, stdout) = if args.json {
             (argv.to_vec(), Stdout::Tee)
         } else if added_json {
@@ -304,12 +307,7 @@ pub fn freeze_for(
     run.timings_mut().discovery_ms += started.elapsed().as_secs_f64() * 1000.0;
     run.freeze(&plan, &|| signals.received())?;
     let (notes, warnings) = (plan.notes.len(), plan.warnings.len());
-    settle::after_freeze(
-        &mut plan,
-        run.mapping(),
-        request.cwd,
-        request.args.read_special,
-    );
+    settle::after_freeze(&mut plan, run.mapping(), request.cwd, request.args);
     for note in &plan.notes[notes..] {
         tracing::info!("{note}");
     }

@@ -82,6 +82,7 @@ pub fn discover(world: &World<'_>, roots: &[SourceRoot], one_file_system: bool) 
         roots: planned_roots,
         extra_roots: layout.extra_roots,
         live_exclusions: layout.live_exclusions,
+        special_exclusions: Vec::new(),
         boundaries,
         notes: layout.notes,
         warnings: layout.warnings,

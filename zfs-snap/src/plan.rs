@@ -25,6 +25,12 @@ pub struct Plan {
     /// Live mountpoints borg must not read because their snapshot is added
     /// as an extra root instead.
     pub live_exclusions: Vec<PathBuf>,
+    /// Mirror paths of special files borg reads (`--read-special`) that it
+    /// reads live instead, each given as a root of its own: excluded with
+    /// `! pf:` after every other pattern of ours (borg keeps the last `pf:`
+    /// of a path), so no rule of the user's brings them back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub special_exclusions: Vec<PathBuf>,
     /// With `--one-file-system`: mirror paths of other file systems'
     /// mountpoints below snapshotted roots. borg 1.4 stores such a
     /// mountpoint as a directory without descending, and so it does from

@@ -3,7 +3,7 @@
 //! carries patterns or roots.
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
@@ -187,6 +187,11 @@ pub struct CreateArgs {
     pub iec: bool,
     /// `--log-json`: borg's log lines are JSON.
     pub log_json: bool,
+    /// `--exclude-if-present NAME`s: borg does not enter a directory
+    /// holding one of them.
+    pub exclude_if_present: Vec<OsString>,
+    /// `--exclude-caches`: nor one holding a CACHEDIR.TAG.
+    pub exclude_caches: bool,
     /// `--paths-from-stdin`, `--paths-from-command`, ...: borg learns its
     /// paths only when it runs.
     pub paths_at_run_time: Option<String>,
@@ -278,6 +283,8 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
         stats: false,
         iec,
         log_json,
+        exclude_if_present: Vec::new(),
+        exclude_caches: false,
         paths_at_run_time: None,
         unknown_options: Vec::new(),
         json: false,
@@ -313,6 +320,10 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation> {
                 ("--stats", _) => args.stats = true,
                 ("--iec", _) => args.iec = true,
                 ("--log-json", _) => args.log_json = true,
+                ("--exclude-caches", _) => args.exclude_caches = true,
+                ("--exclude-if-present", Some(at)) => args.exclude_if_present.push(
+                    OsString::from_vec(argv[at.index].as_bytes()[at.offset..].to_vec()),
+                ),
                 (
                     "--paths-from-stdin"
                     | "--paths-from-command"

@@ -239,6 +239,11 @@ fn our_patterns(sources: &Sources, plan: &Plan, mapping: &Mapping, cwd: &Path) -
             ours.push(format!("+ pp:{group_prefix}"));
         }
     }
+    // Last: borg keeps the last `pf:` rule of a path, so no twin of a
+    // user's `+ pf:` can bring back a special file's snapshot copy.
+    for special in &plan.special_exclusions {
+        ours.push(format!("! pf:{}", strip_slash(special)));
+    }
     ours
 }
 
@@ -433,6 +438,7 @@ mod tests {
                 .collect(),
             extra_roots: Vec::new(),
             live_exclusions: Vec::new(),
+            special_exclusions: Vec::new(),
             boundaries: Vec::new(),
             notes: Vec::new(),
             warnings: Vec::new(),

@@ -59,7 +59,8 @@ pub fn update_repository(
 
 /// Moves the record of repository `from` to `to` (the same repository,
 /// spelled another way), unless `to` has one already; then `from`'s is
-/// dropped.
+/// dropped. A file at `from`'s name that is not its record (unreadable,
+/// another repository's) stays.
 pub fn rename_repository(dir: &Path, from: &str, to: &str) -> Result<()> {
     if !repository_file(dir, from).exists() {
         return Ok(());
@@ -71,11 +72,13 @@ pub fn rename_repository(dir: &Path, from: &str, to: &str) -> Result<()> {
             .ok()
             .flatten()
             .filter(|s| s.repository == from);
-        if let Some(mut state) = old {
-            if !new_path.exists() {
-                state.repository = to.to_owned();
-                write_json(&new_path, &state)?;
-            }
+        // A file that is not that repository's record is not ours to move.
+        let Some(mut state) = old else {
+            return Ok(());
+        };
+        if !new_path.exists() {
+            state.repository = to.to_owned();
+            write_json(&new_path, &state)?;
         }
         match std::fs::remove_file(&old_path) {
             Ok(()) => Ok(()),

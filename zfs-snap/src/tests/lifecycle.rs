@@ -72,6 +72,7 @@ impl Host {
             roots: Vec::new(),
             extra_roots: Vec::new(),
             live_exclusions: Vec::new(),
+            special_exclusions: Vec::new(),
             boundaries: Vec::new(),
             notes: Vec::new(),
             warnings: Vec::new(),
