@@ -417,3 +417,66 @@ fn free_text_in_another_datasets_values_does_not_stop_the_backup() {
     fs::write(&state, text).unwrap();
     w.assert_clean();
 }
+
+/// With `--read-special`, a named pipe below a root is read live, whether
+/// the root is given absolute, relative or with the user's `/./`: a pipe's
+/// copy in a snapshot has no writer, and borg would wait for ever.
+#[test]
+fn a_pipe_read_with_read_special_is_read_live_however_its_root_is_spelled() {
+    need!(Need::Borg);
+    let w = World::new();
+    let data = w.dataset("tank/data", "tank/data");
+    w.write(&data.join("dumps/manifest.json"), "{}\n");
+    let pipe = data.join("dumps/db");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let parent = data.parent().unwrap();
+    for (n, (cwd, root)) in [
+        (parent, data.display().to_string()),
+        (parent, "data".to_owned()),
+        (data.as_path(), "./dumps".to_owned()),
+        (parent, format!("{}/./dumps", data.display())),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut writer = std::process::Command::new("sh")
+            .args([
+                "-c",
+                // A pause after each close, for the reader to see its end.
+                "while :; do printf 'the dump\\n' > \"$1\"; sleep 1; done",
+                "sh",
+            ])
+            .arg(&pipe)
+            .spawn()
+            .unwrap();
+        let archive = format!("p{n}");
+        let mut cmd = w.cmd();
+        cmd.current_dir(cwd)
+            .args(["wrap", "--", "borg", "create", "--read-special"])
+            .arg(format!("{}::{archive}", w.repo()))
+            .arg(&root)
+            .process_group(0);
+        let out = run_with_timeout(&mut cmd, std::time::Duration::from_secs(120));
+        let _ = writer.kill();
+        let _ = writer.wait();
+        let out =
+            out.unwrap_or_else(|| panic!("{root}: borg still waits on the pipe's snapshot copy"));
+        assert!(out.status.success(), "{root}: {}", stderr(&out));
+        let stored = w
+            .archive_paths(&archive)
+            .into_iter()
+            .find(|p| p.ends_with("dumps/db"))
+            .unwrap_or_else(|| panic!("{root}: no dumps/db in {:?}", w.archive_paths(&archive)));
+        let extracted = w.extract(&archive);
+        assert_eq!(
+            fs::read_to_string(extracted.join(&stored)).unwrap(),
+            "the dump\n",
+            "{root}"
+        );
+        w.assert_clean();
+    }
+}

@@ -281,6 +281,41 @@ pub fn run(cmd: &mut Command) -> Output {
     output
 }
 
+/// [`run`], but `None` (the command's process group killed) when it has
+/// not ended within `timeout`. The command should run in a process group
+/// of its own (`process_group(0)`).
+#[allow(dead_code)]
+pub fn run_with_timeout(cmd: &mut Command, timeout: std::time::Duration) -> Option<Output> {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => {
+            let output = output.unwrap();
+            eprintln!(
+                "--- {:?}\nstatus: {}\nstderr:\n{}",
+                cmd,
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Some(output)
+        }
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+            None
+        }
+    }
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
