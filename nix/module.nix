@@ -100,8 +100,10 @@ in
         description = "borg's encryption mode: what `borgmatic repo-create` creates each repository with (set on each repository in borgmatic's configuration).";
       };
       passphraseFile = mkOption {
-        # A string, not a path: a path literal would copy the secret into the store.
-        type = types.nullOr types.str;
+        # A path literal (the seed's type) is taken as its string, never
+        # interpolated: that would copy the secret into the store.
+        type = types.nullOr (types.either types.path types.str);
+        apply = v: if v == null then null else toString v;
         default = null;
         example = lib.literalExpression "config.age.secrets.borg-passphrase.path";
         description = "File holding the passphrase, outside the Nix store (encryption_passcommand reads it).";
