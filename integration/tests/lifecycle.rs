@@ -13,7 +13,8 @@ use integration::*;
 const LONG: Duration = Duration::from_secs(300);
 
 /// `<pool>/data` with a file and a FIFO; borg with `--read-special` blocks
-/// opening the FIFO, which keeps it busy for as long as a test needs.
+/// opening the FIFO (read live, and no writer ever comes), which keeps it
+/// busy for as long as a test needs.
 fn fifo_dataset(fx: &Fixture) -> PathBuf {
     fx.pool.dataset("data", &[]);
     fx.pool.write("data/a.txt", "a\n");
@@ -22,7 +23,7 @@ fn fifo_dataset(fx: &Fixture) -> PathBuf {
 }
 
 /// Starts the wrapper on `source` with `--read-special` and waits until
-/// borg is blocked on the snapshot's FIFO. Returns the wrapper and borg's pid.
+/// borg is blocked on the FIFO. Returns the wrapper and borg's pid.
 fn start_blocked(fx: &Fixture, repo: &Repo, archive: &str, source: &Path) -> (Running, i32) {
     let cmd = fx.wrap_command(
         &[],
@@ -50,7 +51,10 @@ fn start_blocked(fx: &Fixture, repo: &Repo, archive: &str, source: &Path) -> (Ru
         );
         borg = descendants(running.pid()).into_iter().find(|&p| {
             let c = cmdline(p);
-            c.contains("borg") && c.contains(" create") && !c.contains("zfs-snap")
+            // Not zfs-snap itself (its own program is the first word; borg's
+            // command line names zfs-snap's patterns file).
+            let program = c.split_whitespace().next().unwrap_or_default();
+            c.contains("borg") && c.contains(" create") && !program.contains("zfs-snap")
         });
         sleep(Duration::from_millis(50));
     }
