@@ -96,8 +96,8 @@ pub struct Global {
     #[arg(long, global = true, env = "ZFS_SNAP_STATE_DIR", default_value = zfs_snap::records::DEFAULT_DIR, value_name = "DIR")]
     pub state_dir: String,
 
-    /// After a create without `--json`: ask borg for the archive's figures (`borg info --json`,
-    /// `borg list --json`): `auto` for local repositories only, `always`, or `never`.
+    /// What to ask of borg for a recorded create's figures: `auto` (`--json` added to a create
+    /// without it; `borg list --json` after it for local repositories), `always`, or `never`.
     #[arg(
         long,
         global = true,

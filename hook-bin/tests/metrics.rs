@@ -1028,7 +1028,16 @@ fn a_caller_asking_for_stats_gets_borgs_own_text() {
         .current_dir(w.dir.path()));
     assert!(plain.status.success(), "{}", stderr(&plain));
     init();
-    let ours = run(w.cmd().args(["wrap", "--", "borg"]).args(create(None)));
+    let ours = run(w
+        .cmd()
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .args(["wrap", "--", "borg"])
+        .args(create(None)));
+    assert!(
+        stderr(&ours).contains("borg create --json --stats"),
+        "zfs-snap asked for --json: {}",
+        stderr(&ours)
+    );
     assert!(ours.status.success(), "{}", stderr(&ours));
     assert!(ours.stdout.is_empty(), "borg's JSON is not the caller's");
     let (plain, ours) = (stats_block(&stderr(&plain)), stats_block(&stderr(&ours)));

@@ -447,7 +447,7 @@ fn a_pipe_read_with_read_special_is_read_live_however_its_root_is_spelled() {
             .args([
                 "-c",
                 // A pause after each close, for the reader to see its end.
-                "while :; do printf 'the dump\\n' > \"$1\"; sleep 1; done",
+                "trap '' PIPE; while :; do printf 'the dump\\n' > \"$1\"; sleep 1; done",
                 "sh",
             ])
             .arg(&pipe)

@@ -578,8 +578,19 @@ fn a_bind_mount_of_a_datasets_directory_elsewhere_is_read_from_its_snapshot() {
     let pool = p.mountpoint().display().to_string();
     same_as_plain_borg(&fx, "bind", &["ARCHIVE", &at_s]);
     same_as_plain_borg(&fx, "below", &["ARCHIVE", &srv]);
-    same_as_plain_borg(&fx, "below-x", &["--one-file-system", "ARCHIVE", &srv]);
     same_as_plain_borg(&fx, "pool", &["ARCHIVE", &pool]);
+    // With -x the bind is a boundary, stored as the directory underneath
+    // it in the snapshot: the same as plain borg's when that directory is
+    // empty, as a mountpoint is (what a mount hides there is archived from
+    // the snapshot: a known limit for every mount below a root, README
+    // Design). So, without the hidden file:
+    must("umount", &[&at_s]);
+    std::fs::remove_file(p.path("srv/x/hidden.txt")).unwrap();
+    must(
+        "mount",
+        &["--bind", &p.path("data/sub").display().to_string(), &at_s],
+    );
+    same_as_plain_borg(&fx, "below-x", &["--one-file-system", "ARCHIVE", &srv]);
     let listed = fx.repo.list("wrapped-bind");
     assert_contains(&listed, &format!("{n}/srv/x/deep/b.txt"));
     assert_lacks(&listed, &format!("{n}/srv/x/hidden.txt"));

@@ -19,7 +19,9 @@ fn writer(pipe: &Path, text: &str) -> Child {
         .args([
             "-c",
             &format!(
-                "while :; do printf %s {} > {}; done",
+                // SIGPIPE ignored: a reader that closes early must not end
+                // the writer (printf is the shell's own).
+                "trap '' PIPE; while :; do printf %s {} > {}; done",
                 sh_quote(text),
                 sh_quote(pipe)
             ),

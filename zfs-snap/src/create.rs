@@ -36,6 +36,14 @@ pub struct Context<'a> {
     pub state: Option<Settings>,
 }
 
+impl Context<'_> {
+    /// Whether creates of this run are recorded with borg's figures, which
+    /// zfs-snap asks for ([`records::Settings::asks_for_figures`]).
+    pub fn asks_for_figures(&self) -> bool {
+        self.state.as_ref().is_some_and(Settings::asks_for_figures)
+    }
+}
+
 /// How a run through zfs-snap ended.
 #[derive(Debug)]
 pub enum Outcome {

@@ -70,7 +70,7 @@ fn live(
             create: None,
         });
     };
-    let (status, run) = CreateRun::run(borg, &args, argv, signals, ctx.state.is_some())?;
+    let (status, run) = CreateRun::run(borg, &args, argv, signals, ctx.asks_for_figures())?;
     if let Some(settings) = &ctx.state {
         let code = borg::exit_code(status);
         create::record_create(
@@ -108,7 +108,7 @@ fn wrap_here(
     if let Some(signal) = signals.received() {
         return Err(Error::Interrupted { signal });
     }
-    let (status, create) = CreateRun::run(borg, args, &argv, signals, ctx.state.is_some())?;
+    let (status, create) = CreateRun::run(borg, args, &argv, signals, ctx.asks_for_figures())?;
     let (teardown, mut timings) = run.finish();
     timings.borg_ms = (create.end - create.start) * 1000.0;
     tracing::info!(

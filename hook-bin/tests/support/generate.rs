@@ -318,7 +318,13 @@ impl Writers {
                 .iter()
                 .map(|fifo| {
                     std::process::Command::new("sh")
-                        .args(["-c", "while :; do printf 'piped\\n' > \"$1\"; done", "sh"])
+                        // SIGPIPE ignored: a reader that closes early must
+                        // not end the writer (printf is the shell's own).
+                        .args([
+                            "-c",
+                            "trap '' PIPE; while :; do printf 'piped\\n' > \"$1\"; done",
+                            "sh",
+                        ])
                         .arg(fifo)
                         .spawn()
                         .unwrap()

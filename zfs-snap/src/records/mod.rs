@@ -35,15 +35,27 @@ pub use store::{read, repository_file, REPOSITORIES_DIR, RUN_FILE};
 
 pub const DEFAULT_DIR: &str = "/var/lib/zfs-snap";
 
-/// When a create without `--json` is followed by `borg info --json` (and
-/// `borg list --json`, for the archive count) to learn borg's figures.
+/// What zfs-snap asks of borg for a create's figures: `--json` added to a
+/// create whose caller did not give it (borg then computes the
+/// repository's totals, loading each archive's metadata, as `--stats`
+/// does), and one `borg list --json` after it for the archive count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InfoPolicy {
-    /// Local repositories only: a remote one costs an SSH connection and a
-    /// `borg serve` start per call.
+    /// `--json` always; `borg list` for local repositories only (a remote
+    /// one costs an SSH connection and a `borg serve` start).
     Auto,
+    /// `--json` and `borg list` always.
     Always,
+    /// Nothing: figures only from a caller's own `--json`.
     Never,
+}
+
+impl Settings {
+    /// Whether a create recorded with these settings gets the `--json`
+    /// zfs-snap adds.
+    pub fn asks_for_figures(&self) -> bool {
+        self.info != InfoPolicy::Never
+    }
 }
 
 impl std::str::FromStr for InfoPolicy {

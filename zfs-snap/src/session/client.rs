@@ -95,7 +95,7 @@ pub fn join(
     // both this process and borg are gone (this one killed, borg still
     // reading the mirror, is not "ended").
     inheritable(&stream);
-    let (status, create) = CreateRun::run(borg, args, &argv, signals, ctx.state.is_some())?;
+    let (status, create) = CreateRun::run(borg, args, &argv, signals, ctx.asks_for_figures())?;
     let _ = send(
         &mut stream,
         &Done {
