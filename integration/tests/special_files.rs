@@ -13,15 +13,17 @@ use std::time::Duration;
 use integration::*;
 
 /// A writer that opens `pipe` and writes `text` into it, again for each
-/// reader, until killed: a database dump as borgmatic streams it.
+/// reader (one at a time), until killed: a database dump as borgmatic
+/// streams it.
 fn writer(pipe: &Path, text: &str) -> Child {
     Command::new("sh")
         .args([
             "-c",
             &format!(
                 // SIGPIPE ignored: a reader that closes early must not end
-                // the writer (printf is the shell's own).
-                "trap '' PIPE; while :; do printf %s {} > {}; done",
+                // the writer (printf is the shell's own); a pause after each
+                // close, for the reader to see its end.
+                "trap '' PIPE; while :; do printf %s {} > {}; sleep 1; done",
                 sh_quote(text),
                 sh_quote(pipe)
             ),
