@@ -204,6 +204,7 @@ fn a_two_repository_borgmatic_run_reads_one_snapshot_set() {
         &Path::new(REPOS).join("recording-borg"),
         &format!(
             "[ \"$1\" = create ] || exec /usr/bin/borg \"$@\"\n\
+             case \" $* \" in *\" --dry-run \"*) exec /usr/bin/borg \"$@\" ;; esac\n\
              out=$(mktemp {REPOS}/printed.XXXXXX) || exit 2\nrc=0\n\
              /usr/bin/borg \"$@\" > \"$out\" || rc=$?\ncat \"$out\"\nexit $rc\n"
         ),
