@@ -139,8 +139,8 @@ impl CreateRun {
     /// itself reports its figures, so no second borg call has to ask for
     /// them: `--json` is added when the caller did not give it, its stdout
     /// kept from the caller, and the `--stats` text the caller asked for
-    /// made from it as borg makes it ([`borg::stats`]). Not with
-    /// `--log-json` (borg's text would be a JSON log line).
+    /// made from it as borg makes it ([`borg::stats`]). Not with both
+    /// `--log-json` and `--stats` (borg's text would be JSON log lines).
     pub fn run(
         borg: &CommandLine,
         args: &CreateArgs,
@@ -151,7 +151,10 @@ impl CreateRun {
         // The create token where the command line says (a session's reply
         // is another process's word: checked, not trusted).
         let at_create = argv.get(args.create_index).is_some_and(|a| a == "create");
-        let added_json = figures && !args.json && !args.log_json && at_create;
+        // borgmatic 2 passes --log-json to every create (unless `progress`):
+        // the --json goes in; only a --stats text in JSON log lines could
+        // not be given back, so then borg keeps its own.
+        let added_json = figures && !args.json && !(args.log_json && args.stats) && at_create;
         let (argv, stdout) = if args.json {
             (argv.to_vec(), Stdout::Tee)
         } else if added_json {

@@ -178,7 +178,7 @@ fn success_of(
         None => {
             tracing::warn!(
                 repository,
-                "no figures for the new archive: borg was not asked for --json (it had --log-json)"
+                "no figures for the new archive: borg was not asked for --json (it had --log-json and --stats, or --metrics-info never)"
             );
             None
         }
