@@ -34,6 +34,7 @@ const GLOBAL_LOCK: &str = "/var/tmp/zfs-snap-integration.lock";
 // ---------------------------------------------------------------- skipping
 
 pub mod skip;
+pub mod units;
 pub use skip::{need, test_name, which, Need, REQUIRE_ENV};
 
 /// Proof that this host can run the tests: root, `/dev/zfs`, `zpool`, `zfs`, borg 1.4.

@@ -46,6 +46,9 @@ pub enum Need {
     Prometheus,
     /// systemd as PID 1. Gives `/run/systemd/system`.
     Systemd,
+    /// The seed's host: `/` on ZFS, with sshd and PostgreSQL installed.
+    /// Gives the root dataset's name.
+    SeedHost,
     /// An executable of this name on PATH (its name in [`REQUIRE_ENV`]).
     /// Gives its path.
     Tool(&'static str),
@@ -60,6 +63,7 @@ impl Need {
             Need::Borgmatic => "borgmatic",
             Need::Prometheus => "prometheus",
             Need::Systemd => "systemd",
+            Need::SeedHost => "seedhost",
             Need::Tool(name) => name,
         }
     }
@@ -71,6 +75,7 @@ impl Need {
             Need::Borgmatic => "`borgmatic` on PATH".to_owned(),
             Need::Prometheus => "`promtool` and `prometheus` on PATH".to_owned(),
             Need::Systemd => "systemd as PID 1".to_owned(),
+            Need::SeedHost => "a root file system on ZFS, sshd and PostgreSQL".to_owned(),
             Need::Tool(name) => format!("`{name}` on PATH"),
         }
     }
@@ -86,7 +91,9 @@ impl Need {
             Need::Prometheus => {
                 "sudo apt-get install --no-install-recommends prometheus".to_owned()
             }
-            Need::Systemd => format!("run it in the vm-tests systemd guest: {VM_SUITE}"),
+            Need::Systemd | Need::SeedHost => {
+                format!("run it in the vm-tests seed's host guest: {VM_SUITE}")
+            }
             Need::Tool(name) => format!("install `{name}`"),
         }
     }
@@ -137,6 +144,25 @@ impl Need {
                 } else {
                     Err("systemd is not PID 1 (no /run/systemd/system)".to_owned())
                 }
+            }
+            Need::SeedHost => {
+                let root = std::fs::read_to_string("/proc/self/mountinfo")
+                    .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?
+                    .lines()
+                    .find_map(|line| {
+                        let (left, right) = line.split_once(" - ")?;
+                        let mut fields = left.split(' ');
+                        let mountpoint = fields.nth(4)?;
+                        let mut right = right.split(' ');
+                        (mountpoint == "/" && right.next()? == "zfs")
+                            .then(|| right.next().map(str::to_owned))
+                            .flatten()
+                    })
+                    .ok_or("/ is not on ZFS")?;
+                for tool in ["sshd", "pg_dump", "psql"] {
+                    which(tool).ok_or(format!("no `{tool}` on PATH"))?;
+                }
+                Ok(PathBuf::from(root))
             }
             Need::Borgmatic => which("borgmatic").ok_or("no `borgmatic` on PATH".to_owned()),
             Need::Tool(name) => which(name).ok_or(format!("no `{name}` on PATH")),

@@ -11,19 +11,13 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use integration::units::{systemctl, EXPORTER_UNIT, LINK, STATE_DIR};
 use integration::*;
 
-const DROP_IN: &str = include_str!("../../systemd/borgmatic.service.d/zfs-snap.conf");
-const EXPORTER_UNIT: &str = include_str!("../../systemd/zfs-snap-exporter.service");
-/// The state directory the units record in (zfs-snap's default).
-const STATE_DIR: &str = "/var/lib/zfs-snap";
 /// A test drop-in turning on the `borg list` after each create (the
 /// others leave it off: one more Python start-up per create); named to
 /// come after `zz-test.conf`.
 const METRICS_DROP_IN: &str = "/etc/systemd/system/borgmatic.service.d/zzz-test-metrics.conf";
-/// Where the guest image keeps borgmatic's upstream units (vm-tests image.rs).
-const UPSTREAM_UNITS: &str = "/usr/local/share/borgmatic-systemd";
-const LINK: &str = "/usr/local/lib/zfs-snap/borg";
 const RUNTIME_ROOT: &str = "/run/zfs-snap";
 /// Repositories on the root file system: the unit has a private /tmp and /var/tmp.
 const REPOS: &str = "/srv/zfs-snap-test";
@@ -48,43 +42,15 @@ macro_rules! systemd_fixture {
     }};
 }
 
-fn systemctl(args: &[&str]) -> Out {
-    run(Command::new("systemctl").args(args))
-}
-
-/// Installs zfs-snap, its link, borgmatic where upstream's unit looks for
-/// it, upstream's units and our drop-in, plus a test drop-in that only
-/// removes what a test cannot wait for (upstream's one-minute delay) or
-/// does not have (an encrypted credential).
+/// Installs zfs-snap and borgmatic's units ([`units::install`]), with a test
+/// drop-in that only removes what a test cannot wait for (upstream's
+/// one-minute delay) or what the seed's host tests (tests/seedhost.rs)
+/// prove instead (the encrypted credential), and the `borg list` after
+/// each create (one more Python start-up per create under emulation).
 fn install() {
-    // A test that failed may have left the unit running or failed.
-    systemctl(&["stop", "borgmatic.timer", "borgmatic.service"]);
-    systemctl(&["reset-failed", "borgmatic.service"]);
-    std::fs::create_dir_all("/usr/local/lib/zfs-snap").unwrap();
-    // By rename: a zfs-snap still running keeps its old file.
-    std::fs::copy(zfs_snap_bin(), "/usr/local/bin/.zfs-snap.new").unwrap();
-    std::fs::rename("/usr/local/bin/.zfs-snap.new", "/usr/local/bin/zfs-snap").unwrap();
-    let _ = std::fs::remove_file(LINK);
-    std::os::unix::fs::symlink("/usr/local/bin/zfs-snap", LINK).unwrap();
-    std::fs::create_dir_all("/root/.local/bin").unwrap();
-    let _ = std::fs::remove_file("/root/.local/bin/borgmatic");
-    std::os::unix::fs::symlink(which("borgmatic").unwrap(), "/root/.local/bin/borgmatic").unwrap();
-    for unit in ["borgmatic.service", "borgmatic.timer"] {
-        std::fs::copy(
-            Path::new(UPSTREAM_UNITS).join(unit),
-            Path::new("/etc/systemd/system").join(unit),
-        )
-        .unwrap_or_else(|e| panic!("upstream {unit}: {e}"));
-    }
-    let dropins = Path::new("/etc/systemd/system/borgmatic.service.d");
-    std::fs::create_dir_all(dropins).unwrap();
-    write_file(&dropins.join("zfs-snap.conf"), DROP_IN);
-    write_file(
-        &dropins.join("zz-test.conf"),
-        "[Service]\nExecStartPre=\nLoadCredentialEncrypted=\nEnvironment=ZFS_SNAP_METRICS_INFO=never\n",
+    integration::units::install(
+        "ExecStartPre=\nLoadCredentialEncrypted=\nEnvironment=ZFS_SNAP_METRICS_INFO=never\n",
     );
-    let _ = std::fs::remove_file(METRICS_DROP_IN);
-    systemctl(&["daemon-reload"]).success();
 }
 
 /// `/etc/borgmatic/config.yaml` (where upstream's unit finds it) for

@@ -6,6 +6,7 @@
 //!   kernel-<pkgver>-<recipe>/    vmlinuz, vmlinux (if extractable), modules/ (the whole tree)
 //!   zfs-<zfsver>-k<pkgver>-<recipe>/  ko/*.ko (stripped), build.log
 //!   pylib-borgmatic-<ver>-<recipe>/   site/ (pip --target)
+//!   rootfs-<key>/                rootfs/ (mmdebstrap: the packages, nothing of ours)
 //!   image-<key>/                 kernel, initramfs.cpio, manifest.json
 //! Every stage is built in `<name>.tmp` and renamed into place when complete (a
 //! `.done` marker inside), so an interrupted build is never mistaken for a cached one.
@@ -40,6 +41,10 @@ const GUEST_PACKAGES: &[&str] = &[
     // over D-Bus.
     "systemd",
     "dbus",
+    // The seed's host: an SSH repository served by a real sshd, and
+    // PostgreSQL dumped by borgmatic's database hook.
+    "openssh-server",
+    "postgresql",
 ];
 /// Source packages pinned to bookworm-backports inside the guest (OpenZFS 2.3, borg 1.4).
 const BACKPORTS_SOURCES: &[&str] = &["zfs-linux", "borgbackup"];
@@ -55,6 +60,13 @@ const MMDEBSTRAP_OPTS: &[&str] = &[
     "--dpkgopt=path-exclude=/usr/share/info/*",
     "--dpkgopt=path-exclude=/usr/share/locale/*",
     "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+    // PostgreSQL's JIT (LLVM and the solver it links, 130 MB): a server
+    // without it plans and runs every query, and the guest's RAM holds
+    // the whole rootfs.
+    "--dpkgopt=path-exclude=/usr/lib/x86_64-linux-gnu/libLLVM-*",
+    "--dpkgopt=path-exclude=/usr/lib/x86_64-linux-gnu/libz3.so*",
+    "--dpkgopt=path-exclude=/usr/lib/postgresql/*/lib/llvmjit*",
+    "--dpkgopt=path-exclude=/usr/lib/postgresql/*/lib/bitcode/*",
 ];
 const PIP_PACKAGES: &[&str] = &["borgmatic"];
 const PIP_OPTS: &[&str] = &[
@@ -287,6 +299,8 @@ struct Keys {
     kernel: String,
     zfs: String,
     pylib: String,
+    /// The Debian rootfs as mmdebstrap makes it (packages only).
+    rootfs: String,
     image: String,
     inputs: serde_json::Value,
 }
@@ -312,16 +326,22 @@ fn keys(r: &Resolved) -> Keys {
     ]);
     let pylib = format!("pylib-{}-{}", pip_list.join("-"), &py_recipe[..8]);
     let pkg_list: Vec<String> = r.packages.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let rootfs_recipe = sha256_hex(&[
+        RECIPE_VERSION,
+        &pkg_list.join(" "),
+        &MMDEBSTRAP_OPTS.join(" "),
+        &BACKPORTS_SOURCES.join(" "),
+        &pin_file(),
+    ]);
+    let rootfs = format!("rootfs-{}", short(&rootfs_recipe));
     let recipe = sha256_hex(&[
         RECIPE_VERSION,
         INIT_SH,
         BORGMATIC_WRAPPER,
         &MODULES.join(" "),
-        &MMDEBSTRAP_OPTS.join(" "),
-        &BACKPORTS_SOURCES.join(" "),
-        &pin_file(),
+        "rootfs copied from its stage, owners kept",
     ]);
-    let image_hash = sha256_hex(&[&kernel, &zfs, &pylib, &pkg_list.join(" "), &recipe]);
+    let image_hash = sha256_hex(&[&kernel, &zfs, &pylib, &rootfs, &recipe]);
     let image = format!("image-{}", short(&image_hash));
     let inputs = serde_json::json!({
         "kernel_abi": r.kabi,
@@ -330,13 +350,14 @@ fn keys(r: &Resolved) -> Keys {
         "packages": pkg_list,
         "pip": pip_list,
         "recipe_hash": short(&recipe),
-        "stages": [&kernel, &zfs, &pylib],
+        "stages": [&kernel, &zfs, &pylib, &rootfs],
         "image": &image,
     });
     Keys {
         kernel,
         zfs,
         pylib,
+        rootfs,
         image,
         inputs,
     }
@@ -407,7 +428,7 @@ pub fn ensure(force: bool) -> Result<Image> {
     );
     let image_dir = cache.join(&k.image);
     if force && image_dir.exists() {
-        for d in [&k.kernel, &k.zfs, &k.pylib, &k.image] {
+        for d in [&k.kernel, &k.zfs, &k.pylib, &k.rootfs, &k.image] {
             let _ = fs::remove_dir_all(cache.join(d));
         }
     }
@@ -417,8 +438,11 @@ pub fn ensure(force: bool) -> Result<Image> {
             build_zfs(&r, d)
         })?;
         let py_dir = stage(&cache, &k.pylib, "borgmatic (pip)", |d| build_pylib(&r, d))?;
-        stage(&cache, &k.image, "guest rootfs + initramfs", |d| {
-            build_image(&r, &k, &kernel_dir, &zfs_dir, &py_dir, d)
+        let rootfs_dir = stage(&cache, &k.rootfs, "Debian rootfs (mmdebstrap)", |d| {
+            build_rootfs(&r, d)
+        })?;
+        stage(&cache, &k.image, "guest initramfs", |d| {
+            build_image(&r, &k, &kernel_dir, &zfs_dir, &py_dir, &rootfs_dir, d)
         })?;
     } else {
         eprintln!("vm-tests: image: cached ({})", image_dir.display());
@@ -746,14 +770,8 @@ fn module_closure(moddir: &Path, zfs_ko: &Path) -> Result<Vec<(PathBuf, PathBuf)
     Ok(out)
 }
 
-fn build_image(
-    r: &Resolved,
-    k: &Keys,
-    kernel_dir: &Path,
-    zfs_dir: &Path,
-    py_dir: &Path,
-    d: &Path,
-) -> Result<()> {
+/// The Debian rootfs: mmdebstrap with the guest's packages, checked.
+fn build_rootfs(r: &Resolved, d: &Path) -> Result<()> {
     let rootfs = d.join("rootfs");
     let log = d.join("mmdebstrap.log");
 
@@ -808,9 +826,25 @@ fn build_image(
             bail!("{p} in the rootfs is not {want}:\n{stanza}");
         }
     }
+    Ok(())
+}
 
-    // borgmatic from PyPI.
+fn build_image(
+    r: &Resolved,
+    k: &Keys,
+    kernel_dir: &Path,
+    zfs_dir: &Path,
+    py_dir: &Path,
+    rootfs_dir: &Path,
+    d: &Path,
+) -> Result<()> {
+    let rootfs = d.join("rootfs");
     let t = Instant::now();
+    run(cmd("cp")
+        .arg("-a")
+        .arg(rootfs_dir.join("rootfs"))
+        .arg(&rootfs))?;
+    // borgmatic from PyPI.
     run(cmd("cp")
         .arg("-a")
         .arg(py_dir.join("site"))
@@ -860,12 +894,14 @@ fn build_image(
     eprintln!("vm-tests:   customise: {}", fmt_dur(t.elapsed()));
 
     // The rootfs is the initramfs, uncompressed: qemu loads it as is and the kernel
-    // unpacks it without spending emulated CPU time on decompression.
+    // unpacks it without spending emulated CPU time on decompression. Owners as
+    // the packages made them: PostgreSQL will not start on a data directory
+    // root owns.
     let t = Instant::now();
     let cpio = d.join("initramfs.cpio");
     let out = fs::File::create(&cpio)?;
     run(cmd("sh")
-        .args(["-c", "find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --quiet --owner=0:0"])
+        .args(["-c", "find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --quiet"])
         .current_dir(&rootfs)
         .stdout(Stdio::from(out)))?;
     let size = fs::metadata(&cpio)?.len();

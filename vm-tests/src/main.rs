@@ -66,6 +66,10 @@ enum Cmd {
         /// Skip the guest self-check (pool, snapshot, borg, borgmatic) before the tests.
         #[arg(long)]
         no_smoke: bool,
+        /// Boot only this guest: `plain` (the pools-on-file-vdevs guest) or
+        /// `seed` (the seed's host: root on ZFS, systemd).
+        #[arg(long, value_name = "GUEST")]
+        only: Option<Guest>,
         /// Tests run at a time in the plain guest (each test its own process;
         /// the systemd guest's run one at a time).
         #[arg(long, default_value_t = 3, value_name = "N")]
@@ -90,6 +94,12 @@ enum Cmd {
     /// Measure zfs-snap against borgmatic's ZFS hook and the floor in one guest;
     /// writes docs/benchmarks.md (docs/benchmarks.md says what is measured and how).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Guest {
+    Plain,
+    Seed,
 }
 
 #[derive(Args, Clone)]
@@ -135,6 +145,7 @@ impl VmArgs {
             memory_mb: self.memory.unwrap_or(defaults.memory_mb),
             vartmp: self.vartmp.clone().unwrap_or(defaults.vartmp.into()),
             systemd: false,
+            seed_host: false,
         }
     }
 }
@@ -189,9 +200,10 @@ fn real_main(cli: Cli) -> Result<i32> {
             vm,
             package,
             no_smoke,
+            only,
             jobs,
             test_args,
-        } => test(&vm, &package, no_smoke, jobs, &test_args)?,
+        } => test(&vm, &package, no_smoke, only, jobs, &test_args)?,
         Cmd::Smoke { vm } => {
             let img = image::ensure(false)?;
             let mut share = Share::new()?;
@@ -314,14 +326,17 @@ fn list_tests(exe: &Path, args: &[String]) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Test executables whose name starts with this run in a guest that boots
-/// systemd as PID 1 (one boot of their own); the others in the plain guest.
-const SYSTEMD_TESTS_PREFIX: &str = "systemd";
+/// Test executables whose name starts with one of these run in the seed's
+/// host: a guest with its root file system on ZFS that boots systemd as
+/// PID 1 (one boot of their own, one test at a time); the others in the
+/// plain guest.
+const SEED_HOST_TESTS: &[&str] = &["systemd", "seedhost"];
 
 fn test(
     vm: &VmArgs,
     package: &str,
     no_smoke: bool,
+    only: Option<Guest>,
     jobs: usize,
     test_args: &[String],
 ) -> Result<i32> {
@@ -332,9 +347,16 @@ fn test(
         eprintln!("vm-tests: warning: package {package} has no test executables");
     }
     let label_of = |exe: &PathBuf| exe.file_name().unwrap().to_string_lossy().into_owned();
-    let (systemd_exes, plain_exes): (Vec<&PathBuf>, Vec<&PathBuf>) = exes
-        .iter()
-        .partition(|e| label_of(e).starts_with(SYSTEMD_TESTS_PREFIX));
+    let (mut systemd_exes, mut plain_exes): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        exes.iter().partition(|e| {
+            let label = label_of(e);
+            SEED_HOST_TESTS.iter().any(|p| label.starts_with(p))
+        });
+    match only {
+        Some(Guest::Plain) => systemd_exes.clear(),
+        Some(Guest::Seed) => plain_exes.clear(),
+        None => {}
+    }
 
     let mut share = Share::new()?;
     share.add_zfs_snap(&bin)?;
@@ -345,7 +367,6 @@ fn test(
     // One job per test, longest first (roughly), a few at a time: a test
     // mostly waits on one Python borg at a time, so one alone leaves the
     // guest's second CPU idle.
-    let mut plain_exes = plain_exes;
     plain_exes.sort_by_key(|e| slow_first(&label_of(e)));
     let mut backend_jobs = Vec::new();
     for exe in &plain_exes {
@@ -383,9 +404,12 @@ fn test(
         share.add_job(&label, argv);
     }
     share.set_parallel(jobs);
-    let mut expected = share.expected();
-    let mut code = vm::boot(&img, &share, &vm.opts(3000))?;
-    let mut results = share.results();
+    let (mut expected, mut code, mut results) = if only == Some(Guest::Seed) {
+        (0, 0, Vec::new())
+    } else {
+        let code = vm::boot(&img, &share, &vm.opts(3000))?;
+        (share.expected(), code, share.results())
+    };
 
     if !systemd_exes.is_empty() {
         let mut share = Share::new_named("systemd")?;
@@ -399,12 +423,18 @@ fn test(
                 "--show-output".to_string(),
             ];
             argv.extend(test_args.iter().cloned());
-            share.add_command(&format!("{} (systemd guest)", label_of(exe)), argv);
+            share.add_command(&format!("{} (seed's host)", label_of(exe)), argv);
         }
         expected += systemd_exes.len();
         let opts = VmOpts {
             systemd: true,
-            ..vm.opts(1200)
+            seed_host: true,
+            ..vm.opts_with(VmDefaults {
+                timeout_secs: 1800,
+                // The root pool's vdev is in RAM too.
+                memory_mb: 4096,
+                vartmp: "2G",
+            })
         };
         let systemd_code = vm::boot(&img, &share, &opts)?;
         results.extend(share.results());

@@ -29,6 +29,9 @@ pub struct VmOpts {
     pub vartmp: String,
     /// Boot systemd as PID 1 (`vmtests.systemd=1`); the job runs as a unit.
     pub systemd: bool,
+    /// The seed's host (`vmtests.seedhost=1`, with `systemd`): the guest's
+    /// init makes a root pool, copies the rootfs in and switches root to it.
+    pub seed_host: bool,
 }
 
 /// A prepared share directory: executables in bin/, the job in .vm/.
@@ -91,7 +94,7 @@ impl Share {
         s.set_env(
             "ZFS_SNAP_REQUIRE",
             if name == "systemd" {
-                "zfs,borg,borgmatic,systemd"
+                "zfs,borg,borgmatic,systemd,seedhost"
             } else {
                 "zfs,borg,borgmatic"
             },
@@ -289,6 +292,9 @@ pub fn qemu_command(image: &Image, share: &Path, opts: &VmOpts) -> Command {
         "loglevel=3",
         "panic=-1",
         "rdinit=/init",
+        // A throw-away test guest: no Spectre mitigations (retpolines cost
+        // emulated time on every indirect call; about 10% here).
+        "mitigations=off",
         // Keep ZFS's cache small: guest memory also holds the rootfs and /var/tmp.
         "zfs.zfs_arc_max=268435456",
         &format!("vmtests.vartmp={}", opts.vartmp),
@@ -299,8 +305,24 @@ pub fn qemu_command(image: &Image, share: &Path, opts: &VmOpts) -> Command {
         } else {
             ""
         },
+        if opts.seed_host {
+            "vmtests.seedhost=1"
+        } else {
+            ""
+        },
     ]
     .join(" ");
+    // Experiments: more kernel arguments, another CPU model.
+    let append = match std::env::var("ZFS_SNAP_VM_APPEND") {
+        Ok(more) if !more.is_empty() => format!("{append} {more}"),
+        _ => append,
+    };
+    if let Some(cpu) = std::env::var("ZFS_SNAP_VM_CPU")
+        .ok()
+        .filter(|c| !c.is_empty())
+    {
+        c.args(["-cpu", &cpu]);
+    }
     c.args(["-accel", "tcg", "-smp", "2", "-m"])
         .arg(opts.memory_mb.to_string())
         .args([
@@ -502,6 +524,7 @@ mod tests {
             memory_mb: 2048,
             vartmp: "1G".into(),
             systemd: false,
+            seed_host: false,
         };
         let c = show(&qemu_command(&img, Path::new("/s"), &opts));
         assert!(c.contains("-accel tcg"), "{c}");

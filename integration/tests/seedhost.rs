@@ -1,0 +1,721 @@
+//! The seed's host (`../shared/seed/borgmatic-service.md`), end to end:
+//! root on ZFS (`rpool/ROOT/debian` on `/`, `rpool/var/lib`, `rpool/home`;
+//! `/etc` and `/tmp` on the root dataset), borgmatic under its upstream
+//! unit with zfs-snap's drop-in and every upstream hardening line in
+//! force, the seed's basic config (sources `/var/lib /home /etc`, its
+//! excludes and retention), a `repokey-blake2` repository over SSH served
+//! by a real sshd as rsync.net serves one (`borg serve --restrict-to-path`
+//! forced by `authorized_keys`, a `/./` path) plus a local one, the
+//! passphrase from a file (`encryption_passcommand`, as the seed's module
+//! does) or from upstream's encrypted credential, and PostgreSQL dumped by
+//! borgmatic's database hook while a writer keeps inserting rows.
+//!
+//! Runs in the vm-tests guest that is that host (`vm-tests test` gives it
+//! executables named `seedhost*`); anywhere else it skips loudly, and where
+//! `ZFS_SNAP_REQUIRE` lists `seedhost` without it, it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use integration::units::{install, journal, systemctl, LINK, STATE_DIR};
+use integration::*;
+
+const PASSPHRASE_FILE: &str = "/root/borg-passphrase";
+const CREDENTIAL: &str = "/etc/credstore.encrypted/borgmatic.pw";
+const SSH_KEY: &str = "/root/.ssh/id_ed25519_rsyncnet";
+/// The "rsync.net" account: its home, where `/./` leads.
+const SERVER_USER: &str = "rsyncnet";
+const SERVER_HOME: &str = "/srv/rsyncnet";
+const SSH_REPO: &str = "ssh://rsyncnet@localhost/./backups/seed";
+const LOCAL_REPO: &str = "/srv/borg-local/seed";
+const CONFIG: &str = "/etc/borgmatic/config.yaml";
+/// The seed README's basic example.
+const SOURCES: [&str; 3] = ["/var/lib", "/home", "/etc"];
+const EXCLUDES: [&str; 6] = [
+    "*.pyc",
+    "__pycache__",
+    "/var/cache",
+    "/var/tmp",
+    "*/node_modules",
+    "*/.cache",
+];
+/// The datasets under the sources.
+const ROOT_DATASETS: [&str; 3] = ["rpool/ROOT/debian", "rpool/var/lib", "rpool/home"];
+const DATABASE: &str = "shop";
+/// Rows in the table before a backup starts.
+const SEEDED_ROWS: u64 = 2000;
+/// Tests of other things than borgmatic's other actions run `create` alone.
+const CREATE_ONLY: &str = "skip_actions:\n    - prune\n    - compact\n    - check\n";
+
+/// One host, one borgmatic unit: one test at a time. Whether the host was
+/// set up: `None` not yet, `Some(false)` its set-up failed (every later test
+/// fails at once).
+static HOST: Mutex<Option<bool>> = Mutex::new(None);
+
+/// The host, set up once, held by this test; or a loud skip (`return`).
+macro_rules! seed_host {
+    () => {{
+        need!(Need::Zfs);
+        need!(Need::Borg);
+        need!(Need::Borgmatic);
+        need!(Need::Systemd);
+        need!(Need::SeedHost);
+        let mut ready = HOST.lock().unwrap_or_else(|e| e.into_inner());
+        match *ready {
+            Some(true) => {}
+            Some(false) => panic!("the seed's host's set-up failed in an earlier test"),
+            None => {
+                *ready = Some(false);
+                set_up_host();
+                *ready = Some(true);
+            }
+        }
+        // Only what a test cannot wait for: upstream's one-minute delay.
+        install("ExecStartPre=\n");
+        ready
+    }};
+}
+
+/// `sh -c SCRIPT`, which must succeed; its stdout.
+#[track_caller]
+fn sh(script: &str) -> String {
+    must("sh", &["-ec", script])
+}
+
+/// `psql` as the database's owner (root is mapped to `postgres`).
+#[track_caller]
+fn psql(database: &str, sql: &str) -> String {
+    must(
+        "psql",
+        &[
+            "-X", "-q", "-tA", "-U", "postgres", "-d", database, "-c", sql,
+        ],
+    )
+    .trim()
+    .to_owned()
+}
+
+/// Plain borg with the passphrase from its file and the SSH key.
+fn borg() -> Command {
+    let mut cmd = Command::new("borg");
+    cmd.env("BORG_PASSCOMMAND", format!("cat {PASSPHRASE_FILE}"))
+        .env("BORG_RSH", format!("ssh -i {SSH_KEY}"));
+    cmd
+}
+
+#[track_caller]
+fn borg_must(args: &[&str]) -> String {
+    run(borg().args(args)).success().stdout
+}
+
+fn set_up_host() {
+    // The passphrase: a file (the seed's module: an agenix secret), and
+    // upstream's encrypted credential made from it.
+    write_file(Path::new(PASSPHRASE_FILE), "correct horse battery staple");
+    std::fs::set_permissions(
+        PASSPHRASE_FILE,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    sh(&format!(
+        "mkdir -p -m 0700 /etc/credstore.encrypted\n\
+         systemd-creds encrypt --name=borgmatic.pw {PASSPHRASE_FILE} {CREDENTIAL}"
+    ));
+
+    // "rsync.net": an account whose key may only run `borg serve` below
+    // its backups directory.
+    sh(&format!(
+        "id {SERVER_USER} >/dev/null 2>&1 || useradd --create-home --home-dir {SERVER_HOME} --shell /bin/sh {SERVER_USER}\n\
+         mkdir -p -m 0700 /root/.ssh {SERVER_HOME}/.ssh {SERVER_HOME}/backups\n\
+         [ -e {SSH_KEY} ] || ssh-keygen -q -t ed25519 -N '' -f {SSH_KEY}\n\
+         printf 'command=\"borg serve --restrict-to-path {SERVER_HOME}/backups\",restrict %s\\n' \"$(cat {SSH_KEY}.pub)\" > {SERVER_HOME}/.ssh/authorized_keys\n\
+         chown -R {SERVER_USER}: {SERVER_HOME}\n\
+         chmod 0600 {SERVER_HOME}/.ssh/authorized_keys\n\
+         systemctl start ssh.service"
+    ));
+    wait_until(Duration::from_secs(60), "sshd's host key", || {
+        let out = run(Command::new("ssh-keyscan").args(["-t", "ed25519", "localhost"]));
+        out.code() == 0 && !out.stdout.trim().is_empty() && {
+            write_file(Path::new("/root/.ssh/known_hosts"), &out.stdout);
+            true
+        }
+    });
+
+    // PostgreSQL: Debian's cluster, root allowed in as `postgres` (peer
+    // authentication with an ident map), a table with rows.
+    sh("[ -n \"$(pg_lsclusters -h)\" ] || pg_createcluster 15 main\n\
+        conf=$(ls -d /etc/postgresql/*/main)\n\
+        grep -q '^seed ' $conf/pg_ident.conf || printf 'seed root postgres\\nseed postgres postgres\\n' >> $conf/pg_ident.conf\n\
+        sed -i 's/^\\(local *all *postgres *peer\\)$/\\1 map=seed/' $conf/pg_hba.conf\n\
+        systemctl restart postgresql.service");
+    let up = || {
+        run(Command::new("psql").args(["-X", "-U", "postgres", "-d", "postgres", "-c", "select 1"]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while up().code() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL does not answer: {}\n{}\n{}",
+            up().dump(),
+            run(&mut Command::new("pg_lsclusters")).dump(),
+            run(Command::new("journalctl").args(["-u", "postgresql@*", "--no-pager", "-o", "cat"]))
+                .stdout
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // No checkpoint by timer during a test: a checkpoint recycles WAL
+    // files (new names), and the oracle below compares path lists.
+    psql("postgres", "alter system set checkpoint_timeout = '1h'");
+    psql("postgres", "select pg_reload_conf()");
+
+    // What the seed's excludes and `exclude_caches` must leave out, next to
+    // what they must keep.
+    sh("mkdir -p /home/alice/.cache/thing /home/alice/app/node_modules/x /home/alice/src/__pycache__ \
+              /home/alice/cachedir /var/lib/seedtest /etc/seedtest\n\
+        echo keep > /home/alice/notes.txt\n\
+        echo drop > /home/alice/.cache/thing/blob\n\
+        echo drop > /home/alice/app/node_modules/x/index.js\n\
+        echo keep > /home/alice/app/main.js\n\
+        echo drop > /home/alice/src/__pycache__/m.cpython-311.pyc\n\
+        echo drop > /home/alice/src/old.pyc\n\
+        echo keep > /home/alice/src/m.py\n\
+        printf 'Signature: 8a477f597d28d172789f06886806bc55\\n' > /home/alice/cachedir/CACHEDIR.TAG\n\
+        echo drop > /home/alice/cachedir/blob\n\
+        echo keep > /var/lib/seedtest/state\n\
+        echo keep > /etc/seedtest/setting");
+}
+
+/// A fresh database with [`SEEDED_ROWS`] rows, vacuumed (so that its
+/// visibility and free-space maps exist before any backup).
+fn fresh_database() {
+    let _ = run(Command::new("dropdb").args(["-U", "postgres", "--if-exists", DATABASE]));
+    must("createdb", &["-U", "postgres", DATABASE]);
+    psql(
+        DATABASE,
+        &format!(
+            "create table ticks (id bigserial primary key, at timestamptz default now(), note text);\
+             insert into ticks (note) select 'seed' from generate_series(1, {SEEDED_ROWS})"
+        ),
+    );
+    psql(DATABASE, "vacuum analyze ticks");
+    psql(DATABASE, "checkpoint");
+}
+
+/// Both repositories, empty: `repokey-blake2`, as the seed says for rsync.net.
+fn fresh_repositories() {
+    sh(&format!(
+        "rm -rf {SERVER_HOME}/backups/seed {LOCAL_REPO}\n\
+         mkdir -p {SERVER_HOME}/backups && chown {SERVER_USER}: {SERVER_HOME}/backups\n\
+         mkdir -p $(dirname {LOCAL_REPO})"
+    ));
+    for repo in [SSH_REPO, LOCAL_REPO] {
+        borg_must(&["init", "-e", "repokey-blake2", repo]);
+    }
+}
+
+/// The seed's basic config with both repositories, the database, `extra`
+/// (more settings) and `commands` (more items of `commands:`).
+fn configure(passphrase: &str, extra: &str, commands: &str) {
+    let list = |items: &[&str]| -> String {
+        items
+            .iter()
+            .map(|i| format!("    - '{i}'\n"))
+            .collect::<String>()
+    };
+    write_file(
+        Path::new(CONFIG),
+        &format!(
+            "source_directories:\n{sources}\
+             repositories:\n    - path: {SSH_REPO}\n      label: rsync.net\n    - path: {LOCAL_REPO}\n      label: local\n\
+             local_path: {LINK}\n\
+             {passphrase}\n\
+             ssh_command: ssh -i {SSH_KEY}\n\
+             archive_name_format: '{{hostname}}-{{now:%Y-%m-%dT%H:%M:%S.%f}}'\n\
+             exclude_patterns:\n{excludes}\
+             exclude_caches: true\n\
+             keep_daily: 7\nkeep_weekly: 4\nkeep_monthly: 6\nkeep_yearly: 1\n\
+             postgresql_databases:\n    - name: {DATABASE}\n      username: postgres\n\
+             {commands}{extra}",
+            sources = list(&SOURCES),
+            excludes = list(&EXCLUDES),
+            commands = if commands.is_empty() {
+                String::new()
+            } else {
+                format!("commands:\n{commands}")
+            },
+        ),
+    );
+}
+
+/// `systemctl start borgmatic.service`, waited for up to `limit`; the
+/// unit's result and how long it took.
+fn start_unit(limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    systemctl(&["start", "--no-block", "borgmatic.service"]).success();
+    let mut result = String::new();
+    wait_until(limit, "borgmatic.service to finish", || {
+        let state = systemctl(&["show", "-p", "ActiveState,Result", "borgmatic.service"]).stdout;
+        let active =
+            state.contains("ActiveState=activating") || state.contains("ActiveState=active\n");
+        result = state
+            .lines()
+            .find_map(|l| l.strip_prefix("Result="))
+            .unwrap_or_default()
+            .to_owned();
+        !active
+    });
+    (result, started.elapsed())
+}
+
+fn archives(repo: &str) -> Vec<String> {
+    borg_must(&["list", "--short", repo])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn paths_in(repo: &str, archive: &str) -> Vec<String> {
+    let mut v: Vec<String> = borg_must(&[
+        "list",
+        "--format",
+        "{path}{NL}",
+        &format!("{repo}::{archive}"),
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    v.sort();
+    v
+}
+
+fn file_in(repo: &str, archive: &str, path: &str) -> String {
+    borg_must(&[
+        "extract",
+        "--stdout",
+        &format!("{repo}::{archive}"),
+        path.trim_start_matches('/'),
+    ])
+}
+
+/// Nothing of zfs-snap's is left on the host: no snapshot with our
+/// ownership property, no hold on one, no mount of ours, no socket, and
+/// the unit is not running.
+#[track_caller]
+fn assert_nothing_left() {
+    let ours = zfs(&[
+        "get",
+        "-H",
+        "-r",
+        "-t",
+        "snapshot",
+        "-o",
+        "name,value",
+        OWNER_PROPERTY,
+        "rpool",
+    ]);
+    let ours: Vec<&str> = ours.lines().filter(|l| !l.ends_with("\t-")).collect();
+    assert!(ours.is_empty(), "snapshots of ours left: {ours:?}");
+    let mounts: Vec<Mount> = mounts()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with("/run/zfs-snap"))
+        .collect();
+    assert!(mounts.is_empty(), "mounts of ours left: {mounts:?}");
+    assert!(!Path::new("/run/zfs-snap/session.sock").exists());
+    let state = systemctl(&["show", "-p", "ActiveState", "--value", "borgmatic.service"]);
+    assert!(
+        ["inactive", "failed"].contains(&state.stdout.trim()),
+        "the unit still runs: {}",
+        state.stdout.trim()
+    );
+}
+
+/// What plain borg stores of the sources, with the seed's excludes, from
+/// the state frozen in the snapshots named `snap` of [`ROOT_DATASETS`]:
+/// the snapshots mounted as the host's tree, plain borg run in a chroot
+/// of it (so it sees the same paths and the same patterns).
+fn oracle_paths(snap: &str) -> Vec<String> {
+    let top = Path::new("/var/tmp/seed-oracle");
+    let work = Path::new("/var/tmp/seed-oracle-work");
+    let _ = run(Command::new("umount").arg("-R").arg(top));
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(top).unwrap();
+    std::fs::create_dir_all(work).unwrap();
+    write_file(&work.join("excludes"), &(EXCLUDES.join("\n") + "\n"));
+    sh(&format!(
+        "mount -t zfs rpool/ROOT/debian@{snap} {top}\n\
+         mount -t zfs rpool/var/lib@{snap} {top}/var/lib\n\
+         mount -t zfs rpool/home@{snap} {top}/home\n\
+         mount --bind {work} {top}/mnt\n\
+         mount --rbind /dev {top}/dev\n\
+         mount -t proc proc {top}/proc",
+        top = top.display(),
+        work = work.display()
+    ));
+    let in_chroot = |args: &[&str]| {
+        let mut cmd = Command::new("chroot");
+        cmd.arg(top)
+            .args(["env", "BORG_BASE_DIR=/mnt/base", "BORG_PASSPHRASE="])
+            .args(["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "borg"])
+            .args(args);
+        run(&mut cmd)
+    };
+    let init = in_chroot(&["init", "-e", "none", "/mnt/repo"]);
+    let create = in_chroot(&[
+        "create",
+        "--exclude-caches",
+        "--exclude-from",
+        "/mnt/excludes",
+        "/mnt/repo::oracle",
+        SOURCES[0],
+        SOURCES[1],
+        SOURCES[2],
+    ]);
+    let list = in_chroot(&["list", "--format", "{path}{NL}", "/mnt/repo::oracle"]);
+    let _ = run(Command::new("umount").arg("-R").arg(top));
+    init.success();
+    assert!(create.code() <= 1, "{}", create.dump());
+    let mut paths: Vec<String> = list.success().stdout.lines().map(str::to_owned).collect();
+    paths.sort();
+    paths
+}
+
+fn destroy_snapshots(snap: &str) {
+    for ds in ROOT_DATASETS {
+        let _ = run(Command::new("zfs").args(["destroy", &format!("{ds}@{snap}")]));
+    }
+}
+
+/// The seed's basic config with the database hook, run by upstream's unit
+/// with every action borgmatic runs by default (create, prune, compact,
+/// check) into the encrypted SSH repository and the local one, while a
+/// writer inserts rows and another process keeps changing a file in /etc.
+#[test]
+fn the_seeds_host_backs_up_one_moment_into_an_encrypted_ssh_and_a_local_repository() {
+    let _host = seed_host!();
+    fresh_repositories();
+    fresh_database();
+    let oracle = "seed-oracle";
+    destroy_snapshots(oracle);
+    let hooked = ["/var/lib/seedtest/hooked", "/home/alice/hooked"];
+    for f in hooked {
+        write_file(Path::new(f), "before\n");
+    }
+    write_file(Path::new("/etc/seedtest/ticking"), "0\n");
+    // Before the first create (the session freezes at the first create):
+    // the oracle's own snapshot, of the sources' datasets, in one call.
+    // After each repository: a change a later create would see if it read
+    // the live tree.
+    let oracle_snapshot = ROOT_DATASETS
+        .iter()
+        .map(|d| format!("{d}@{oracle}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    configure(
+        &format!("encryption_passcommand: cat {PASSPHRASE_FILE}"),
+        "",
+        &format!(
+            "    - before: action\n      when:\n          - create\n      run:\n\
+             \x20         - zfs list -H -o name {first} >/dev/null 2>&1 || zfs snapshot {oracle_snapshot}\n\
+             \x20   - after: repository\n      run:\n\
+             \x20         - date +%s%N >> {a}\n\
+             \x20         - date +%s%N >> {b}\n",
+            first = format_args!("{}@{oracle}", ROOT_DATASETS[0]),
+            a = hooked[0],
+            b = hooked[1],
+        ),
+    );
+    let scratch = PathBuf::from("/var/tmp/seed-writers");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let spawn = |name: &str, script: &str| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script])
+            .stdout(std::fs::File::create(scratch.join(format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(scratch.join(format!("{name}.err"))).unwrap());
+        KillOnDrop(cmd.spawn().unwrap())
+    };
+    let writer = spawn(
+        "writer",
+        &format!(
+            "while :; do echo \"insert into ticks (note) values ('live');\"; sleep 0.2; done | \
+             psql -X -q -U postgres -d {DATABASE}"
+        ),
+    );
+    let ticker = spawn(
+        "ticker",
+        "while :; do date +%s%N >> /etc/seedtest/ticking; sleep 0.5; done",
+    );
+    let _ = std::fs::remove_dir_all(STATE_DIR);
+
+    let (result, took) = start_unit(Duration::from_secs(1200));
+    drop(ticker);
+    drop(writer);
+    let log = journal("borgmatic");
+    eprintln!(
+        "borgmatic.service (seed's config, default actions, 2 encrypted repositories): {took:.1?}"
+    );
+    assert_eq!(result, "success", "{log}");
+
+    let ssh = archives(SSH_REPO);
+    let local = archives(LOCAL_REPO);
+    assert_eq!((ssh.len(), local.len()), (1, 1), "{ssh:?} {local:?}\n{log}");
+    let (ssh, local) = (&ssh[0], &local[0]);
+    assert!(ssh.starts_with("vm-tests-"), "{ssh}");
+
+    // One moment in both repositories.
+    let paths = paths_in(SSH_REPO, ssh);
+    assert_same_paths(
+        &paths_in(LOCAL_REPO, local),
+        &paths,
+        "the local archive against the SSH one",
+    );
+    let ticking = file_in(SSH_REPO, ssh, "/etc/seedtest/ticking");
+    assert_eq!(
+        file_in(LOCAL_REPO, local, "/etc/seedtest/ticking"),
+        ticking,
+        "/etc (a read-only self-bind in the unit) read from the snapshot by both creates"
+    );
+    assert!(
+        read_file(Path::new("/etc/seedtest/ticking")).len() > ticking.len(),
+        "the file changed while the unit ran"
+    );
+    for f in hooked {
+        let live = read_file(Path::new(f));
+        assert_eq!(live.lines().count(), 3, "{f}: one line per repository");
+        for (repo, archive) in [(SSH_REPO, ssh), (LOCAL_REPO, local)] {
+            assert_eq!(file_in(repo, archive, f), "before\n", "{f} in {repo}");
+        }
+    }
+
+    // The archive holds what plain borg stores of the same frozen state
+    // (its own snapshot, taken just before zfs-snap's), plus borgmatic's
+    // own files (the dump, its manifest).
+    let (borgmatic_own, from_sources): (Vec<String>, Vec<String>) = paths
+        .iter()
+        .cloned()
+        .partition(|p| p == "borgmatic" || p.starts_with("borgmatic/"));
+    let expected = oracle_paths(oracle);
+    destroy_snapshots(oracle);
+    assert_same_paths(
+        &from_sources,
+        &expected,
+        "the archive against plain borg of the frozen tree",
+    );
+    for p in [
+        "home/alice/notes.txt",
+        "home/alice/app/main.js",
+        "home/alice/src/m.py",
+        "etc/seedtest/setting",
+        "var/lib/seedtest/state",
+    ] {
+        assert!(paths.contains(&p.to_owned()), "{p} kept");
+    }
+    for p in [
+        "home/alice/.cache",
+        "home/alice/app/node_modules",
+        "home/alice/src/__pycache__",
+        "home/alice/src/old.pyc",
+        "home/alice/cachedir/blob",
+    ] {
+        assert!(!paths.contains(&p.to_owned()), "{p} excluded");
+    }
+    let dump = format!("borgmatic/postgresql_databases/localhost/{DATABASE}");
+    assert!(borgmatic_own.contains(&dump), "the dump: {borgmatic_own:?}");
+
+    // The dump restores into a fresh database, with rows the writer added.
+    let rows_at_end: u64 = psql(DATABASE, "select count(*) from ticks")
+        .parse()
+        .unwrap();
+    must("dropdb", &["-U", "postgres", DATABASE]);
+    must("createdb", &["-U", "postgres", DATABASE]);
+    let restore = run(Command::new("borgmatic").args([
+        "restore",
+        "--config",
+        CONFIG,
+        "--repository",
+        "rsync.net",
+        "--archive",
+        "latest",
+        "--data-source",
+        DATABASE,
+    ]));
+    assert_eq!(restore.code(), 0, "{}", restore.dump());
+    let restored: u64 = psql(DATABASE, "select count(*) from ticks")
+        .parse()
+        .unwrap();
+    assert!(
+        restored > SEEDED_ROWS && restored <= rows_at_end,
+        "restored {restored} rows: more than the {SEEDED_ROWS} seeded, at most the {rows_at_end} at the end"
+    );
+    assert_nothing_left();
+}
+
+/// A child killed with its handle.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let pid = self.0.id() as i32;
+        for p in descendants(pid).into_iter().chain(std::iter::once(pid)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// borgmatic run by hand (no unit), where its runtime directory, and so
+/// the named pipe its database hook dumps through, is on ZFS (`/tmp` on the
+/// root dataset): borg must read the pipe live, not its copy in a
+/// snapshot, which no writer would ever open (issue 19, item 1).
+#[test]
+fn a_dump_made_by_hand_with_the_runtime_directory_on_zfs_is_read_live() {
+    let _host = seed_host!();
+    fresh_repositories();
+    fresh_database();
+    configure(
+        &format!("encryption_passcommand: cat {PASSPHRASE_FILE}"),
+        CREATE_ONLY,
+        "",
+    );
+    assert_eq!(
+        sh("stat -f -c %T /tmp").trim(),
+        "zfs",
+        "/tmp on the root dataset"
+    );
+    let out = run(Command::new(zfs_snap_bin())
+        .args(["session", "--", "borgmatic", "create", "--config", CONFIG])
+        .args(["--repository", "local", "--verbosity", "1"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env("TMPDIR", "/tmp"));
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(
+        out.stderr.contains("/tmp/borgmatic-"),
+        "borgmatic's runtime directory under /tmp: {}",
+        out.dump()
+    );
+    let archive = archives(LOCAL_REPO).pop().expect("an archive");
+    // The dump is whole: pg_restore reads its table of contents.
+    let toc = sh(&format!(
+        "BORG_PASSCOMMAND='cat {PASSPHRASE_FILE}' borg extract --stdout {LOCAL_REPO}::{archive} \
+         borgmatic/postgresql_databases/localhost/{DATABASE} | pg_restore -l"
+    ));
+    assert!(toc.contains("TABLE DATA public ticks"), "{toc}");
+    assert_nothing_left();
+}
+
+/// A source path that does not exist costs a warning, as with plain borg,
+/// not the backup: the same status and the same archive as plain borg of
+/// the live tree (issue 19, item 3), into the encrypted SSH repository.
+#[test]
+fn a_missing_source_path_is_a_warning_as_with_plain_borg() {
+    let _host = seed_host!();
+    fresh_repositories();
+    let paths = ["/etc/seedtest", "/var/lib/gone", "/home/alice"];
+    let ours = run(Command::new(zfs_snap_bin())
+        .args(["wrap", "--", "borg", "create", &format!("{SSH_REPO}::ours")])
+        .args(paths)
+        .env("BORG_PASSCOMMAND", format!("cat {PASSPHRASE_FILE}"))
+        .env("BORG_RSH", format!("ssh -i {SSH_KEY}")));
+    let plain = run(borg()
+        .args(["create", &format!("{SSH_REPO}::plain")])
+        .args(paths));
+    assert_eq!(plain.code(), 1, "{}", plain.dump());
+    assert_eq!(ours.code(), plain.code(), "{}", ours.dump());
+    assert!(ours.stderr.contains("/var/lib/gone"), "{}", ours.dump());
+    let got = paths_in(SSH_REPO, "ours");
+    assert_same_paths(&got, &paths_in(SSH_REPO, "plain"), "against plain borg");
+    assert!(got.contains(&"home/alice/notes.txt".to_owned()), "{got:?}");
+    assert_nothing_left();
+}
+
+/// A dataset whose mountpoint holds a tab (anyone with delegated `create`
+/// and `mountpoint` rights can make one) stops no backup on the host
+/// (issue 19, item 8).
+#[test]
+fn a_tab_in_another_datasets_mountpoint_stops_no_backup() {
+    let _host = seed_host!();
+    fresh_repositories();
+    let _ = run(Command::new("zfs").args(["destroy", "rpool/tab"]));
+    zfs(&["create", "-o", "mountpoint=/srv/t\tab", "rpool/tab"]);
+    let out = run(Command::new(zfs_snap_bin())
+        .args([
+            "wrap",
+            "--",
+            "borg",
+            "create",
+            &format!("{LOCAL_REPO}::tab"),
+            "/home/alice",
+        ])
+        .env("BORG_PASSCOMMAND", format!("cat {PASSPHRASE_FILE}")));
+    let _ = run(Command::new("zfs").args(["destroy", "rpool/tab"]));
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(paths_in(LOCAL_REPO, "tab").contains(&"home/alice/notes.txt".to_owned()));
+    assert_nothing_left();
+}
+
+/// Upstream's unit as it ships, credential included: the passphrase comes
+/// from `LoadCredentialEncrypted=borgmatic.pw` (made with `systemd-creds
+/// encrypt`), and each create into each encrypted repository records the
+/// figures borg reports for it (the JSON zfs-snap asks the create for),
+/// labelled with borg's own location. The passphrase is nowhere in the
+/// journal or in zfs-snap's files.
+#[test]
+fn upstreams_encrypted_credential_gives_the_passphrase_and_each_create_records_its_figures() {
+    let _host = seed_host!();
+    fresh_repositories();
+    fresh_database();
+    configure(
+        "encryption_passphrase: '{credential systemd borgmatic.pw}'",
+        CREATE_ONLY,
+        "",
+    );
+    let _ = std::fs::remove_dir_all(STATE_DIR);
+    let (result, took) = start_unit(Duration::from_secs(900));
+    let log = journal("borgmatic");
+    eprintln!("borgmatic.service (credential, create only, 2 encrypted repositories): {took:.1?}");
+    assert_eq!(result, "success", "{log}");
+    let samples = recorded_samples(Path::new(STATE_DIR));
+    for repo in [SSH_REPO, LOCAL_REPO] {
+        let names = archives(repo);
+        assert_eq!(names.len(), 1, "{repo}: {names:?}\n{log}");
+        let info: serde_json::Value = serde_json::from_str(&borg_must(&[
+            "info",
+            "--json",
+            &format!("{repo}::{}", names[0]),
+        ]))
+        .unwrap();
+        let location = info["repository"]["location"].as_str().unwrap();
+        let stats = &info["archives"][0]["stats"];
+        // The files exactly; the sizes as borg printed them at create
+        // time, which count the archive's own metadata stream too.
+        for (name, want, slack) in [
+            ("borg_backup_files_count", &stats["nfiles"], 0.0),
+            ("borg_backup_size_bytes", &stats["original_size"], 0.05),
+            (
+                "borg_last_backup_compressed_size",
+                &stats["compressed_size"],
+                0.05,
+            ),
+        ] {
+            let key = format!("{name}{{repository=\"{location}\"}}");
+            let got = samples
+                .get(&key)
+                .unwrap_or_else(|| panic!("no {key}: {samples:#?}\n{log}"));
+            let want = want.as_f64().unwrap();
+            assert!(
+                (*got - want).abs() <= want * slack,
+                "{key} = {got}, borg says {want}"
+            );
+        }
+    }
+    let secret = "correct horse battery staple";
+    assert!(!log.contains(secret), "the passphrase in the journal");
+    let leaked = run(Command::new("grep").args(["-rl", secret, STATE_DIR, "/run/zfs-snap"]));
+    assert_ne!(leaked.code(), 0, "the passphrase in {}", leaked.stdout);
+    assert_nothing_left();
+}
