@@ -1244,7 +1244,9 @@ pub fn recorded_samples(state_dir: &Path) -> BTreeMap<String, f64> {
 /// Checks what zfs-snap recorded for `location` against borg's own figures
 /// of `archive`: those borg printed for the create with `--json`
 /// (`printed`), or else `borg info --json`, and the archive count of `borg
-/// list --json`. `borg` makes a plain borg command with the repository's
+/// list --json` (`counted`: zfs-snap ran `borg list` for it, as
+/// `--metrics-info auto` does for a local repository; otherwise the count
+/// must be absent). `borg` makes a plain borg command with the repository's
 /// environment.
 #[track_caller]
 pub fn assert_figures_match_borg(
@@ -1253,6 +1255,7 @@ pub fn assert_figures_match_borg(
     location: &str,
     archive: &str,
     printed: Option<&serde_json::Value>,
+    counted: bool,
 ) {
     let json = |args: &[&str]| -> serde_json::Value {
         let out = run(borg().args(args)).success();
@@ -1309,9 +1312,21 @@ pub fn assert_figures_match_borg(
             n(&cache["unique_csize"]),
         ),
         ("borg_total_deduplicated_size", n(&cache["unique_size"])),
-        ("borg_total_backups", archives),
     ] {
         assert_eq!(of(name), want, "{name} of {location}");
+    }
+    let count = format!("borg_total_backups{{repository=\"{location}\"}}");
+    if counted {
+        assert_eq!(
+            of("borg_total_backups"),
+            archives,
+            "the archives in {location}"
+        );
+    } else {
+        assert!(
+            !samples.contains_key(&count),
+            "{count} without a `borg list`"
+        );
     }
     let duration = a["duration"].as_f64().expect("a duration");
     assert!(

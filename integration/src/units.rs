@@ -62,3 +62,42 @@ pub fn install(test_drop_in: &str) {
     );
     systemctl(&["daemon-reload"]).success();
 }
+
+/// Starts zfs-snap's exporter unit as shipped, scrapes it once, and stops
+/// it: it must stop cleanly on systemd's SIGTERM.
+pub fn exporter_scrape() -> std::collections::BTreeMap<String, f64> {
+    write_file(
+        Path::new("/etc/systemd/system/zfs-snap-exporter.service"),
+        EXPORTER_UNIT,
+    );
+    systemctl(&["daemon-reload"]).success();
+    systemctl(&["start", "zfs-snap-exporter.service"]).success();
+    let fetch = r#"
+import sys, time, urllib.request
+for _ in range(100):
+    try:
+        sys.stdout.write(urllib.request.urlopen("http://127.0.0.1:9996/metrics").read().decode())
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("the exporter never answered")
+"#;
+    let scraped = run(Command::new("python3").args(["-c", fetch]));
+    let journal = journal("zfs-snap-exporter");
+    systemctl(&["stop", "zfs-snap-exporter.service"]).success();
+    let result = systemctl(&[
+        "show",
+        "-p",
+        "Result,ExecMainStatus,User",
+        "zfs-snap-exporter.service",
+    ]);
+    assert!(scraped.code() == 0, "{}\n{journal}", scraped.dump());
+    assert!(
+        result.stdout.contains("Result=success") && result.stdout.contains("ExecMainStatus=0"),
+        "the exporter stops cleanly on SIGTERM: {}\n{journal}",
+        result.stdout
+    );
+    assert!(journal.contains("exporter serving /metrics"), "{journal}");
+    crate::exposition_samples(&scraped.stdout)
+}

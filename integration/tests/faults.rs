@@ -170,7 +170,10 @@ fn every_call(part: usize, parts: usize) {
         "fault-borg",
         &format!("exec {} borg \"$@\"", sh_quote(&fault)),
     );
-    let borg_version = must(which("borg").expect("borg").to_str().unwrap(), &["--version"]);
+    let borg_version = must(
+        which("borg").expect("borg").to_str().unwrap(),
+        &["--version"],
+    );
     let counter = fx.work.join("counter");
     let log = fx.work.join("calls.log");
     let faulty = |at: (usize, &str), archive: &str| {

@@ -1,9 +1,12 @@
 //! borgmatic under real systemd: borgmatic's upstream units (from its
 //! sdist, installed as its docs say) with zfs-snap's drop-in
-//! (systemd/borgmatic.service.d/zfs-snap.conf). Runs in the vm-tests guest
-//! that boots systemd as PID 1 (`vm-tests test` gives executables named
-//! `systemd*` that guest); anywhere else it skips loudly, and where
-//! `ZFS_SNAP_REQUIRE` lists `systemd` (that guest) without it, it fails.
+//! (systemd/borgmatic.service.d/zfs-snap.conf), on pools of the test's
+//! own. Runs in the vm-tests guest that boots systemd as PID 1, the seed's
+//! host (`vm-tests test` gives executables named `systemd*` that guest);
+//! anywhere else it skips loudly, and where `ZFS_SNAP_REQUIRE` lists
+//! `systemd` (that guest) without it, it fails. Two repositories reading
+//! one snapshot set, the figures recorded and the exporter unit: the seed's
+//! host's own tests (tests/seedhost.rs).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,13 +14,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration::units::{systemctl, EXPORTER_UNIT, LINK, STATE_DIR};
+use integration::units::{systemctl, LINK};
 use integration::*;
 
-/// A test drop-in turning on the `borg list` after each create (the
-/// others leave it off: one more Python start-up per create); named to
-/// come after `zz-test.conf`.
-const METRICS_DROP_IN: &str = "/etc/systemd/system/borgmatic.service.d/zzz-test-metrics.conf";
 const RUNTIME_ROOT: &str = "/run/zfs-snap";
 /// Repositories on the root file system: the unit has a private /tmp and /var/tmp.
 const REPOS: &str = "/srv/zfs-snap-test";
@@ -106,23 +105,6 @@ fn archives(repo: &Path) -> Vec<String> {
         .collect()
 }
 
-fn paths_in(repo: &Path, archive: &str) -> Vec<String> {
-    let mut v: Vec<String> = must(
-        "borg",
-        &[
-            "list",
-            "--format",
-            "{path}{NL}",
-            &format!("{}::{archive}", repo.display()),
-        ],
-    )
-    .lines()
-    .map(str::to_owned)
-    .collect();
-    v.sort();
-    v
-}
-
 fn file_in(repo: &Path, archive: &str, path: &Path) -> String {
     must(
         "borg",
@@ -150,171 +132,6 @@ fn assert_nothing_left(fx: &Fixture) {
         "the unit still runs: {}",
         state.stdout.trim()
     );
-}
-
-#[test]
-fn a_two_repository_borgmatic_run_reads_one_snapshot_set() {
-    let (fx, _unit) = systemd_fixture!();
-    let p = &fx.pool;
-    p.dataset("data", &[]);
-    p.dataset("data/child", &[]);
-    p.write("data/a.txt", "a\n");
-    p.write("data/child/b.txt", "b\n");
-    let changing = p.write("data/changing", "as snapshotted\n");
-    let repos = configure(&[p.path("data")], &changing, "");
-    // Monitoring as shipped: the default `auto` (local repositories get a
-    // `borg list` after their create), a fresh state directory; the real
-    // borg behind a recorder that keeps what each create printed (the
-    // JSON zfs-snap asked for: the oracle of the figures recorded).
-    let recorder = write_script(
-        &Path::new(REPOS).join("recording-borg"),
-        &format!(
-            "[ \"$1\" = create ] || exec /usr/bin/borg \"$@\"\n\
-             case \" $* \" in *\" --dry-run \"*) exec /usr/bin/borg \"$@\" ;; esac\n\
-             out=$(mktemp {REPOS}/printed.XXXXXX) || exit 2\nrc=0\n\
-             /usr/bin/borg \"$@\" > \"$out\" || rc=$?\ncat \"$out\"\nexit $rc\n"
-        ),
-    );
-    for e in std::fs::read_dir(REPOS).unwrap().flatten() {
-        if e.file_name().to_string_lossy().starts_with("printed.") {
-            std::fs::remove_file(e.path()).unwrap();
-        }
-    }
-    write_file(
-        Path::new(METRICS_DROP_IN),
-        &format!(
-            "[Service]\nEnvironment=ZFS_SNAP_METRICS_INFO=auto\nEnvironment=ZFS_SNAP_BORG={}\n",
-            recorder.display()
-        ),
-    );
-    systemctl(&["daemon-reload"]).success();
-    let _ = std::fs::remove_dir_all(STATE_DIR);
-
-    let started = Instant::now();
-    let out = systemctl(&["start", "borgmatic.service"]);
-    let took = started.elapsed();
-    let journal = must(
-        "journalctl",
-        &["-u", "borgmatic", "--no-pager", "-o", "cat"],
-    );
-    assert_eq!(out.code(), 0, "{}\n{journal}", out.dump());
-    eprintln!("borgmatic.service (2 repositories, session): {took:.1?}");
-
-    let one = archives(&repos[0]);
-    let two = archives(&repos[1]);
-    assert_eq!((one.len(), two.len()), (1, 1), "{one:?} {two:?}\n{journal}");
-    let paths_one = paths_in(&repos[0], &one[0]);
-    assert_eq!(
-        paths_one,
-        paths_in(&repos[1], &two[0]),
-        "identical path lists"
-    );
-    let rel = |s: &str| p.path(s).display().to_string()[1..].to_owned();
-    for path in ["data/a.txt", "data/child/b.txt", "data/changing"] {
-        assert!(paths_one.contains(&rel(path)), "{path}: {paths_one:?}");
-    }
-    assert!(
-        !paths_one.iter().any(|p| p.contains("zfs-snap")),
-        "original paths only: {paths_one:?}"
-    );
-    // The live file changed after the first repository; both archives hold
-    // it as snapshotted.
-    assert_ne!(read_file(&changing), "as snapshotted\n");
-    for (repo, archive) in [(&repos[0], &one[0]), (&repos[1], &two[0])] {
-        assert_eq!(file_in(repo, archive, &changing), "as snapshotted\n");
-    }
-    let txgs = p.snapshots_made();
-    let mut distinct: Vec<&String> = txgs.iter().map(|(t, _)| t).collect();
-    distinct.dedup();
-    assert_eq!(
-        (txgs.len(), distinct.len()),
-        (2, 1),
-        "data and data/child in one atomic snapshot, once for both repositories: {txgs:?}"
-    );
-    assert_nothing_left(&fx);
-
-    // What the run recorded, as the exporter unit serves it.
-    let samples = exporter_scrape();
-    let printed: Vec<serde_json::Value> = std::fs::read_dir(REPOS)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("printed."))
-        // Creates that print no JSON (borgmatic's other borg creates) are
-        // not the two archives' own.
-        .filter_map(|e| serde_json::from_str(&read_file(&e.path())).ok())
-        .collect();
-    for (repo, archive) in [(&repos[0], &one[0]), (&repos[1], &two[0])] {
-        let borg = || Command::new("borg");
-        let json = printed
-            .iter()
-            .find(|j| j["archive"]["name"] == archive.as_str())
-            .unwrap_or_else(|| {
-                panic!("no JSON of {archive}: zfs-snap did not ask its create for --json")
-            });
-        assert_figures_match_borg(
-            &samples,
-            &borg,
-            &repo.display().to_string(),
-            archive,
-            Some(json),
-        );
-    }
-    let info: Vec<&String> = samples
-        .keys()
-        .filter(|k| k.starts_with("zfs_snap_last_run_info{"))
-        .collect();
-    assert!(
-        info.len() == 1 && info[0].contains("kind=\"session\""),
-        "{info:?}"
-    );
-    assert_eq!(samples["zfs_snap_last_run_creates"], 2.0);
-    assert_eq!(samples["zfs_snap_last_run_success"], 1.0);
-    assert_eq!(
-        samples["zfs_snap_runs_total"], 1.0,
-        "one session for the run"
-    );
-}
-
-/// Starts zfs-snap's exporter unit as shipped, scrapes it once, and stops
-/// it: it must stop cleanly on systemd's SIGTERM.
-fn exporter_scrape() -> std::collections::BTreeMap<String, f64> {
-    write_file(
-        Path::new("/etc/systemd/system/zfs-snap-exporter.service"),
-        EXPORTER_UNIT,
-    );
-    systemctl(&["daemon-reload"]).success();
-    systemctl(&["start", "zfs-snap-exporter.service"]).success();
-    let fetch = r#"
-import sys, time, urllib.request
-for _ in range(100):
-    try:
-        sys.stdout.write(urllib.request.urlopen("http://127.0.0.1:9996/metrics").read().decode())
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit("the exporter never answered")
-"#;
-    let scraped = run(Command::new("python3").args(["-c", fetch]));
-    let journal = must(
-        "journalctl",
-        &["-u", "zfs-snap-exporter", "--no-pager", "-o", "cat"],
-    );
-    systemctl(&["stop", "zfs-snap-exporter.service"]).success();
-    let result = systemctl(&[
-        "show",
-        "-p",
-        "Result,ExecMainStatus,User",
-        "zfs-snap-exporter.service",
-    ]);
-    assert!(scraped.code() == 0, "{}\n{journal}", scraped.dump());
-    assert!(
-        result.stdout.contains("Result=success") && result.stdout.contains("ExecMainStatus=0"),
-        "the exporter stops cleanly on SIGTERM: {}\n{journal}",
-        result.stdout
-    );
-    assert!(journal.contains("exporter serving /metrics"), "{journal}");
-    exposition_samples(&scraped.stdout)
 }
 
 #[test]
