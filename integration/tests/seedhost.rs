@@ -473,7 +473,10 @@ fn destroy_snapshots(snap: &str) {
 /// The seed's basic config with the database hook, run by upstream's unit
 /// with every action borgmatic runs by default (create, prune, compact,
 /// check) into the encrypted SSH repository and the local one, while a
-/// writer inserts rows and another process keeps changing a file in /etc.
+/// writer inserts rows and another process keeps changing a file in /etc:
+/// both archives hold one moment, the one plain borg stores from the same
+/// frozen state; the dump restores; monitoring as shipped records each
+/// create's figures ([`assert_recorded_figures`]); nothing of ours is left.
 #[test]
 fn the_seeds_host_backs_up_one_moment_into_an_encrypted_ssh_and_a_local_repository() {
     let _host = seed_host!();
@@ -662,7 +665,9 @@ fn a_dump_made_by_hand_with_the_runtime_directory_on_zfs_is_read_live() {
     let _host = seed_host!();
     fresh_repositories();
     fresh_database();
-    configure(
+    configure_with(
+        &["/etc/seedtest"],
+        true,
         &format!("encryption_passcommand: cat {PASSPHRASE_FILE}"),
         CREATE_ONLY,
         "",
