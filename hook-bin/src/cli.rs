@@ -107,6 +107,19 @@ pub struct Global {
     )]
     pub metrics_info: String,
 
+    /// At the end of a session: seconds it may spend on one `borg info --json` and one `borg
+    /// list --json` per repository its creates wrote to, for the totals and archive count after
+    /// its prune and compact (never prompting; a failure is a warning). 0: not asked, the
+    /// totals stay those each create printed.
+    #[arg(
+        long,
+        global = true,
+        env = "ZFS_SNAP_METRICS_TOTALS_TIMEOUT",
+        default_value = "120",
+        value_name = "SECS"
+    )]
+    pub metrics_totals_timeout: String,
+
     /// Also write the Prometheus exposition to FILE after each run (node_exporter's textfile
     /// collector; name it `*.prom`), atomically.
     #[arg(
@@ -139,9 +152,24 @@ impl Global {
                 .map(|cwd| cwd.join(t))
                 .unwrap_or_else(|_| t.clone())
         });
+        let totals_timeout = self
+            .metrics_totals_timeout
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .unwrap_or_else(|e| {
+                tracing::warn!(
+                    "--metrics-totals-timeout / ZFS_SNAP_METRICS_TOTALS_TIMEOUT {:?}: {e} (whole \
+                     seconds, 0 for none); using {}",
+                    self.metrics_totals_timeout,
+                    zfs_snap::records::DEFAULT_TOTALS_TIMEOUT.as_secs()
+                );
+                zfs_snap::records::DEFAULT_TOTALS_TIMEOUT
+            });
         Some(zfs_snap::records::Settings {
             dir: PathBuf::from(&self.state_dir),
             info,
+            totals_timeout,
             textfile,
         })
     }

@@ -1059,3 +1059,115 @@ fn a_caller_asking_for_stats_gets_borgs_own_text() {
         "{ours:#?}"
     );
 }
+
+/// As borgmatic runs a session's actions: creates whose passphrase comes
+/// through a pipe (`BORG_PASSPHRASE_FD`), then a prune and compact. The
+/// totals and archive count recorded are the repository's after the run,
+/// as `borg info` and `borg list` give them then; the passphrase is in no
+/// file of ours and no output. With the timeout 0 they stay the create's.
+#[test]
+fn a_sessions_end_records_the_totals_after_its_prune_with_the_piped_passphrase() {
+    need!(Need::Borg);
+    let (w, data, _) = world();
+    const SECRET: &str = "correct horse 7391 battery";
+    let repo = w.dir.path().join("secret").display().to_string();
+    let borg_home = w.dir.path().join("borg-home");
+    let plain_borg = |args: &[&str]| {
+        let out = run(Command::new("borg")
+            .args(args)
+            .env("BORG_PASSPHRASE", SECRET)
+            .env("BORG_BASE_DIR", &borg_home));
+        assert!(out.status.success(), "borg {args:?}: {}", stderr(&out));
+        out
+    };
+    plain_borg(&["init", "-e", "repokey-blake2", &repo]);
+    let link_dir = w.dir.path().join("link");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_zfs-snap"), link_dir.join("borg")).unwrap();
+    // Each borg gets a pipe of its own, as borgmatic gives it.
+    let script = "with_pipe() { exec 4<<EOF\n$SECRET\nEOF\nBORG_PASSPHRASE_FD=4 \"$@\"; }\n\
+                  with_pipe \"$LINK\" create \"$REPO::$1-a\" \"$DATA\"\n\
+                  with_pipe \"$LINK\" create \"$REPO::$1-b\" \"$DATA\"\n\
+                  with_pipe borg delete \"$REPO::$1-a\"\n\
+                  with_pipe borg compact \"$REPO\"\n";
+    let session = |round: &str, timeout: &str| {
+        let out = run(w
+            .cmd()
+            .env_remove("BORG_PASSPHRASE")
+            .env("ZFS_SNAP_METRICS_INFO", "auto")
+            .env("ZFS_SNAP_METRICS_TOTALS_TIMEOUT", timeout)
+            .args(["session", "--", "sh", "-ec", script, "sh", round])
+            .env("SECRET", SECRET)
+            .env("LINK", link_dir.join("borg"))
+            .env("REPO", &repo)
+            .env("DATA", &data)
+            .stdin(std::process::Stdio::null()));
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
+        assert!(!stdout(&out).contains(SECRET));
+        out
+    };
+    session("one", "120");
+    let after: Value =
+        serde_json::from_slice(&plain_borg(&["info", "--json", &repo]).stdout).unwrap();
+    let list: Value =
+        serde_json::from_slice(&plain_borg(&["list", "--json", &repo]).stdout).unwrap();
+    let last = record_of(&w, &repo)["last_success"].clone();
+    let n = |v: &Value| v.as_u64().unwrap();
+    let cache = &after["cache"]["stats"];
+    for key in [
+        "total_chunks",
+        "total_csize",
+        "total_size",
+        "total_unique_chunks",
+        "unique_csize",
+        "unique_size",
+    ] {
+        assert_eq!(
+            n(&last["totals"][key]),
+            n(&cache[key]),
+            "{key} after the run"
+        );
+    }
+    assert_eq!(last["archives"], 1, "one archive left after the delete");
+    assert_eq!(list["archives"].as_array().unwrap().len(), 1);
+    assert_eq!(last["archive_figures"]["name"], "one-b");
+    let totals_end = last["totals_end"].as_f64().expect("totals_end");
+    assert!(totals_end > last["end"].as_f64().unwrap(), "{last:#}");
+    let m = samples(&metrics(&w));
+    assert_eq!(of(&m, "borg_total_backups", &repo), 1.0);
+    assert_eq!(
+        of(&m, "borg_repository_size_bytes", &repo),
+        n(&cache["unique_csize"]) as f64
+    );
+    assert_eq!(
+        of(&m, "zfs_snap_repository_totals_timestamp_seconds", &repo),
+        totals_end
+    );
+    let mut files = vec![w.state_dir().join("run.json")];
+    files.extend(
+        std::fs::read_dir(w.state_dir().join("repositories"))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(!text.contains(SECRET), "{}", f.display());
+    }
+
+    // Not asked: the totals are the create's, before the delete.
+    session("two", "0");
+    let last = record_of(&w, &repo)["last_success"].clone();
+    assert_eq!(last["archive_figures"]["name"], "two-b");
+    assert_eq!(last["totals_end"], Value::Null, "{last:#}");
+    assert_eq!(
+        last["archives"],
+        Value::Null,
+        "no count without a borg list"
+    );
+    let m = samples(&metrics(&w));
+    assert_eq!(
+        of(&m, "zfs_snap_repository_totals_timestamp_seconds", &repo),
+        last["end"].as_f64().unwrap()
+    );
+}

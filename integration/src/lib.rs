@@ -1241,13 +1241,23 @@ pub fn recorded_samples(state_dir: &Path) -> BTreeMap<String, f64> {
     exposition_samples(&out.stdout)
 }
 
+/// Which totals and archive count a record must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Totals {
+    /// The create's own (from its `--json`); the archive count from a
+    /// `borg list` zfs-snap ran after it (`counted`: as `--metrics-info
+    /// auto` does for a local repository outside a session), or none.
+    OfTheCreate { counted: bool },
+    /// Those of the repository now, as `borg info` and `borg list` give
+    /// them: a session's end took them, after the session's prune.
+    AfterTheRun,
+}
+
 /// Checks what zfs-snap recorded for `location` against borg's own figures
 /// of `archive`: those borg printed for the create with `--json`
-/// (`printed`), or else `borg info --json`, and the archive count of `borg
-/// list --json` (`counted`: zfs-snap ran `borg list` for it, as
-/// `--metrics-info auto` does for a local repository; otherwise the count
-/// must be absent). `borg` makes a plain borg command with the repository's
-/// environment.
+/// (`printed`), or else `borg info --json`; the repository's totals and
+/// archive count as `totals` says. `borg` makes a plain borg command with
+/// the repository's environment.
 #[track_caller]
 pub fn assert_figures_match_borg(
     samples: &BTreeMap<String, f64>,
@@ -1255,26 +1265,19 @@ pub fn assert_figures_match_borg(
     location: &str,
     archive: &str,
     printed: Option<&serde_json::Value>,
-    counted: bool,
+    totals: Totals,
 ) {
     let json = |args: &[&str]| -> serde_json::Value {
         let out = run(borg().args(args)).success();
         serde_json::from_str(&out.stdout).expect("borg's JSON")
     };
     let info = json(&["info", "--json", &format!("{location}::{archive}")]);
-    // The repository's totals are the same either way; the archive's own
-    // sizes at create time count its metadata stream too.
-    let cache = &info["cache"]["stats"];
-    let a = match printed {
-        Some(p) => {
-            assert_eq!(
-                &p["cache"]["stats"], cache,
-                "borg's totals, printed and asked"
-            );
-            &p["archive"]
-        }
-        None => &info["archives"][0],
+    let now = (totals == Totals::AfterTheRun).then(|| json(&["info", "--json", location]));
+    let (a, created) = match printed {
+        Some(p) => (&p["archive"], &p["cache"]["stats"]),
+        None => (&info["archives"][0], &info["cache"]["stats"]),
     };
+    let cache = now.as_ref().map_or(created, |now| &now["cache"]["stats"]);
     assert_eq!(
         a["stats"]["nfiles"], info["archives"][0]["stats"]["nfiles"],
         "the same archive"
@@ -1316,7 +1319,7 @@ pub fn assert_figures_match_borg(
         assert_eq!(of(name), want, "{name} of {location}");
     }
     let count = format!("borg_total_backups{{repository=\"{location}\"}}");
-    if counted {
+    if totals != (Totals::OfTheCreate { counted: false }) {
         assert_eq!(
             of("borg_total_backups"),
             archives,

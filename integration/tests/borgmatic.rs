@@ -105,7 +105,14 @@ fn borgmatic_through_the_borg_link() {
         let archive = created["archive"]["name"].as_str().unwrap();
         assert!(archive.starts_with("bm-"));
         let borg = || repo.borg();
-        assert_figures_match_borg(&samples, &borg, &location, archive, Some(created), true);
+        assert_figures_match_borg(
+            &samples,
+            &borg,
+            &location,
+            archive,
+            Some(created),
+            Totals::OfTheCreate { counted: true },
+        );
     }
     assert_eq!(samples["zfs_snap_runs_total"], 2.0, "two wraps");
     assert_eq!(samples["zfs_snap_last_run_success"], 1.0);

@@ -74,6 +74,11 @@ impl CommandLine {
         self
     }
 
+    /// What every call gets in its environment, on top of ours.
+    pub fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
     pub fn program(&self) -> &OsStr {
         &self.program
     }

@@ -118,6 +118,15 @@ pub const REPOSITORY_GAUGES: &[RepoFigure] = &[
         |s| s.last_success.as_ref()?.figures_end,
     ),
     (
+        "zfs_snap_repository_totals_timestamp_seconds",
+        "When the repository's totals and archive count (borg_total_*, borg_repository_size_bytes) were taken: at the end of the create's session, after its prune and compact, or else when the create ended",
+        |s| {
+            let last = s.last_success.as_ref()?;
+            last.totals.as_ref()?;
+            last.totals_end.or(last.figures_end)
+        },
+    ),
+    (
         "zfs_snap_create_last_attempt_timestamp_seconds",
         "Unix time the last borg create through zfs-snap ended, successful or not",
         |s| Some(s.last_attempt.end),

@@ -1,13 +1,27 @@
-//! The borg call zfs-snap makes itself for a figure a create does not
-//! print: `borg list --json` for the archive count. It goes through the
-//! one runner, signals passed on.
+//! The borg calls zfs-snap makes itself for figures a create does not
+//! print: `borg list --json` for the archive count after a create, and, at
+//! the end of a session, the repository's totals and archive count as the
+//! session's prune and compact left them ([`repository_totals`]).
+//!
+//! Those calls open the repository as the create did: the same borg, the
+//! same options and `BORG_*` environment ([`Access`]), and the passphrase
+//! the create got. borgmatic hands it over through a pipe
+//! (`BORG_PASSPHRASE_FD`) that only one reader can empty: the create's
+//! client reads it first ([`take_piped_passphrase`]), keeps it in memory
+//! only, and gives each borg a pipe of its own holding it.
 
 use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::borg::CreateArgs;
 use crate::command::CommandLine;
 use crate::records::error::RecordError;
-use crate::records::figures::parse_list_json;
+use crate::records::figures::{parse_list_json, parse_repository_info_json, RepositoryTotals};
 use crate::signals::Signals;
 
 type Result<T> = std::result::Result<T, RecordError>;
@@ -17,6 +31,226 @@ type Result<T> = std::result::Result<T, RecordError>;
 pub fn passphrase_through_a_pipe() -> bool {
     let set = |name: &str| std::env::var_os(name).is_some();
     set("BORG_PASSPHRASE_FD") && !set("BORG_PASSPHRASE") && !set("BORG_PASSCOMMAND")
+}
+
+/// The most of a passphrase pipe read: what a pipe holds unread.
+const PASSPHRASE_MAX: usize = 64 * 1024;
+
+/// Reads the passphrase from the pipe `BORG_PASSPHRASE_FD` names (when
+/// borg would read it, [`passphrase_through_a_pipe`]) and puts a new pipe
+/// holding the same bytes at the same descriptor, for the create's borg to
+/// read as it would have. `None`: no such pipe.
+pub fn take_piped_passphrase() -> std::io::Result<Option<Vec<u8>>> {
+    if !passphrase_through_a_pipe() {
+        return Ok(None);
+    }
+    let Some(fd) = std::env::var("BORG_PASSPHRASE_FD")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|fd| *fd > 2)
+    else {
+        return Ok(None);
+    };
+    // SAFETY: the descriptor was handed to this process for reading the
+    // passphrase; it is read here and replaced, never used elsewhere.
+    let mut theirs =
+        std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let mut passphrase = Vec::new();
+    (&mut theirs)
+        .take(PASSPHRASE_MAX as u64)
+        .read_to_end(&mut passphrase)?;
+    let pipe = pipe_holding(&passphrase)?;
+    // dup2 onto the old number, which the environment still names; dup2
+    // clears close-on-exec there, so borg inherits it, as it would have
+    // inherited borgmatic's.
+    let mut at = OwnedFd::from(theirs);
+    nix::unistd::dup2(&pipe, &mut at)?;
+    std::mem::forget(at);
+    Ok(Some(passphrase))
+}
+
+/// A pipe's read end, its write end already closed after `bytes`.
+fn pipe_holding(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    if bytes.len() >= PASSPHRASE_MAX {
+        return Err(std::io::Error::other("passphrase longer than a pipe holds"));
+    }
+    std::fs::File::from(write).write_all(bytes)?;
+    Ok(read)
+}
+
+/// How a repository was opened by a create: the borg it ran, that borg's
+/// options that reach the repository, its `BORG_*` environment (and what
+/// ssh and borg's directories depend on), and the passphrase taken from
+/// its pipe. It holds secrets: it is passed over the session's socket
+/// only, never logged or written.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Access {
+    /// The borg program and the words that always follow it.
+    pub borg: Vec<OsString>,
+    /// `--remote-path`, `--rsh` and the like, as the create had them.
+    pub reach: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    /// The piped passphrase, given to each borg through a pipe of its own.
+    pub passphrase: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("borg", &self.borg)
+            .field("reach", &self.reach)
+            .field("env", &"(not shown)")
+            .field(
+                "passphrase",
+                &self.passphrase.as_ref().map(|_| "(not shown)"),
+            )
+            .finish()
+    }
+}
+
+/// Besides every `BORG_*` variable, what borg and ssh read to find the
+/// repository, keys, caches and the agent.
+const ACCESS_ENV: &[&str] = &[
+    "HOME",
+    "PATH",
+    "SSH_AUTH_SOCK",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_RUNTIME_DIR",
+];
+
+fn is_access_env(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    (name.starts_with("BORG_") && name != "BORG_PASSPHRASE_FD") || ACCESS_ENV.contains(&&*name)
+}
+
+impl Access {
+    /// This process's access for `borg` (with its own environment) and a
+    /// create's `args`.
+    pub fn of_this_process(
+        borg: &CommandLine,
+        args: &CreateArgs,
+        passphrase: Option<Vec<u8>>,
+    ) -> Access {
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| is_access_env(k))
+            .collect();
+        env.extend(borg.env().iter().cloned());
+        Access {
+            borg: std::iter::once(borg.program().to_owned())
+                .chain(borg.leading().iter().cloned())
+                .collect(),
+            reach: args.reach.clone(),
+            env,
+            passphrase,
+        }
+    }
+
+    /// `borg ARGS` as the create ran it: our environment less what
+    /// [`Access::env`] speaks for, then that; no terminal, so neither borg
+    /// nor ssh can prompt; stdin empty.
+    fn command(&self, args: &[OsString]) -> Result<(Command, Option<OwnedFd>)> {
+        let (program, leading) = self
+            .borg
+            .split_first()
+            .ok_or_else(|| RecordError::Figures("no borg program".into()))?;
+        let mut command = CommandLine::program_only("borg", program).command(&[]);
+        command.args(leading).args(args);
+        for (k, _) in std::env::vars_os().filter(|(k, _)| is_access_env(k)) {
+            command.env_remove(k);
+        }
+        command.env_remove("BORG_PASSPHRASE_FD");
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let pipe = match &self.passphrase {
+            Some(p) => {
+                let read = pipe_holding(p).map_err(RecordError::io("a passphrase pipe"))?;
+                command.env("BORG_PASSPHRASE_FD", read.as_raw_fd().to_string());
+                Some(read)
+            }
+            None => None,
+        };
+        let inherit = pipe.as_ref().map(|fd| fd.as_raw_fd());
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid and fcntl are async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                // A session of its own: no controlling terminal to prompt
+                // on, and one process group to kill at the deadline.
+                nix::unistd::setsid()?;
+                if let Some(fd) = inherit {
+                    nix::libc::fcntl(fd, nix::libc::F_SETFD, 0);
+                }
+                Ok(())
+            });
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok((command, pipe))
+    }
+
+    /// `borg ARGS`'s stdout, the call ended by `deadline` (its process
+    /// group killed then) or by a signal to us.
+    fn capture(&self, args: &[OsString], deadline: Instant, signals: &Signals) -> Result<Vec<u8>> {
+        let shown = format!(
+            "borg {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let (mut command, pipe) = self.command(args)?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| RecordError::Figures(format!("cannot run {shown}: {e}")))?;
+        drop(pipe);
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = (&mut err).take(64 * 1024).read_to_end(&mut v);
+            v
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(RecordError::io("borg"))? {
+                break Ok(status);
+            }
+            let stop = if let Some(signal) = signals.received() {
+                Some(format!("stopped by signal {signal}"))
+            } else if Instant::now() >= deadline {
+                Some("still running at the deadline (ZFS_SNAP_METRICS_TOTALS_TIMEOUT)".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = stop {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = child.wait();
+                break Err(why);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = reader.join().unwrap_or_default();
+        let stderr = err_reader.join().unwrap_or_default();
+        match status {
+            Ok(s) if s.success() => Ok(stdout),
+            Ok(s) => Err(RecordError::Figures(format!(
+                "{shown} failed ({s}): {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ))),
+            Err(why) => Err(RecordError::Figures(format!("{shown} {why}"))),
+        }
+    }
 }
 
 /// How many archives `repository` holds (`borg list --json`).
@@ -30,4 +264,24 @@ pub fn count_archives(
     argv.extend(args.reach.iter().cloned());
     argv.push(repository.into());
     parse_list_json(&borg.capture_forwarding(&argv, signals)?)
+}
+
+/// The totals of `repository` (`borg info --json REPOSITORY`) and its
+/// archive count (`borg list --json`), opened as `access` says, both calls
+/// ended by `deadline`.
+pub fn repository_totals(
+    access: &Access,
+    repository: &str,
+    deadline: Instant,
+    signals: &Signals,
+) -> Result<(RepositoryTotals, u64)> {
+    let call = |verb: &str| {
+        let mut argv: Vec<OsString> = vec![verb.into(), "--json".into()];
+        argv.extend(access.reach.iter().cloned());
+        argv.push(repository.into());
+        access.capture(&argv, deadline, signals)
+    };
+    let totals = parse_repository_info_json(&call("info")?)?;
+    let archives = parse_list_json(&call("list")?)?;
+    Ok((totals, archives))
 }

@@ -62,6 +62,11 @@ pub fn parse_info_json(stdout: &[u8]) -> Result<(ArchiveFigures, RepositoryTotal
     Ok((archive_figures(last)?, totals(&v)?))
 }
 
+/// The totals of `borg info --json REPOSITORY` output (no archive named).
+pub fn parse_repository_info_json(stdout: &[u8]) -> Result<RepositoryTotals> {
+    totals(&json(stdout)?)
+}
+
 fn archive_figures(a: &serde_json::Value) -> Result<ArchiveFigures> {
     let stat = |key: &str| {
         a["stats"][key]

@@ -27,9 +27,10 @@ use crate::command::CommandLine;
 pub use error::RecordError;
 pub use figures::{parse_create_json, parse_info_json, ArchiveFigures, RepositoryTotals};
 pub use location::{absolute_location, canonical, is_remote, repository_of};
-use record::{failed_run_state, run_state, updated};
+use record::{failed_run_state, run_state, updated, with_totals};
 pub use record::{
-    made_archive, Attempt, Recorded, RepositoryState, RunRecord, RunState, Success, FORMAT,
+    made_archive, Attempt, Recorded, RepositoryState, RunRecord, RunState, Success, TotalsTaken,
+    FORMAT,
 };
 pub use store::{read, repository_file, REPOSITORIES_DIR, RUN_FILE};
 
@@ -55,6 +56,11 @@ impl Settings {
     /// zfs-snap adds.
     pub fn asks_for_figures(&self) -> bool {
         self.info != InfoPolicy::Never
+    }
+
+    /// Whether a session's end asks borg for its repositories' totals.
+    pub fn takes_totals_at_session_end(&self) -> bool {
+        self.asks_for_figures() && !self.totals_timeout.is_zero()
     }
 }
 
@@ -83,11 +89,19 @@ impl InfoPolicy {
     }
 }
 
+/// How long a session's end may spend on the repositories' totals unless
+/// told otherwise (all its borg calls together).
+pub const DEFAULT_TOTALS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Where and how runs are recorded.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub dir: PathBuf,
     pub info: InfoPolicy,
+    /// How long a session's end may spend asking borg for each
+    /// repository's totals and archive count, after the session's prune
+    /// and compact; zero: not asked.
+    pub totals_timeout: std::time::Duration,
     /// Also write the exposition here (node_exporter's textfile collector).
     pub textfile: Option<PathBuf>,
 }
@@ -203,6 +217,7 @@ fn success_of(
         totals,
         archives,
         figures_from: from.to_owned(),
+        totals_end: None,
     }
 }
 
@@ -216,7 +231,11 @@ fn may_count_archives(
     given: &str,
     repository: &str,
 ) -> bool {
+    // In a session that takes totals at its end, the count is taken then,
+    // after the session's prune.
+    let in_session = crate::session::protocol::joined().is_some();
     let ask = create.signals.received().is_none()
+        && !(in_session && settings.takes_totals_at_session_end())
         && match settings.info {
             InfoPolicy::Always => true,
             InfoPolicy::Never => false,
@@ -231,6 +250,65 @@ fn may_count_archives(
         return false;
     }
     ask
+}
+
+/// A repository a session's creates wrote to, and how to open it again.
+pub struct Written {
+    /// Its record's key ([`canonical`]).
+    pub repository: String,
+    /// Where borg is to find it: the create's location, a relative local
+    /// path made absolute.
+    pub location: String,
+    pub access: borg_calls::Access,
+}
+
+/// At the end of a session that began at `session_start`: for each
+/// repository written, one `borg info --json` and one `borg list --json`
+/// (together within `settings.totals_timeout`, never prompting), recorded
+/// as its totals and archive count, after the session's prune and compact.
+/// A failure is a warning; a signal stops them.
+pub fn record_totals(
+    settings: &Settings,
+    written: &[Written],
+    session_start: f64,
+    signals: &crate::signals::Signals,
+) {
+    let deadline = std::time::Instant::now() + settings.totals_timeout;
+    let mut recorded = false;
+    for w in written {
+        if signals.received().is_some() {
+            return;
+        }
+        let taken = match borg_calls::repository_totals(&w.access, &w.location, deadline, signals) {
+            Ok((totals, archives)) => TotalsTaken {
+                totals,
+                archives,
+                end: now(),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    repository = %w.repository,
+                    "no totals at the end of the session (the create's figures stay): {e}"
+                );
+                continue;
+            }
+        };
+        tracing::info!(
+            repository = %w.repository,
+            archives = taken.archives,
+            unique_csize = taken.totals.unique_csize,
+            "repository totals after the session"
+        );
+        let result = store::update_existing_repository(&settings.dir, &w.repository, |state| {
+            with_totals(state, taken, session_start)
+        });
+        recorded |= warn_unless_recorded(result.map(|_| ()));
+    }
+    if recorded {
+        if let Err(e) = crate::metrics::write_textfile(settings) {
+            tracing::warn!("monitoring: {e}");
+        }
+    }
 }
 
 /// A run that stopped before borg ended (an error, the lock held, a

@@ -54,6 +54,38 @@ pub struct Success {
     /// earlier one when this one brought none.
     #[serde(default)]
     pub figures_end: Option<f64>,
+    /// When `totals` and `archives` were taken, if later than the create:
+    /// at the end of its session, after the session's prune and compact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals_end: Option<f64>,
+}
+
+/// What a session's end found in a repository: its totals and archive
+/// count after everything the session's command did to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TotalsTaken {
+    pub totals: RepositoryTotals,
+    pub archives: u64,
+    /// When they were taken.
+    pub end: f64,
+}
+
+/// `state` with the totals and archive count a session's end took; `None`
+/// when it has no successful create to attach them to (the session's
+/// creates into it all failed: its last success is older than the session).
+pub fn with_totals(
+    mut state: RepositoryState,
+    taken: TotalsTaken,
+    session_start: f64,
+) -> Option<RepositoryState> {
+    let last = state.last_success.as_mut()?;
+    if last.attempt.end < session_start {
+        return None;
+    }
+    last.totals = Some(taken.totals);
+    last.archives = Some(taken.archives);
+    last.totals_end = Some(taken.end);
+    Some(state)
 }
 
 /// zfs-snap's last run that took snapshots (a `wrap` or a whole session),
@@ -133,6 +165,7 @@ pub fn updated(
                         s.archives = s.archives.or(old.archives);
                         s.figures_from = old.figures_from;
                         s.figures_end = old.figures_end;
+                        s.totals_end = old.totals_end;
                     }
                 }
             }
@@ -270,7 +303,41 @@ mod tests {
             archives: Some(3),
             figures_from: "none".into(),
             figures_end: None,
+            totals_end: None,
         }
+    }
+
+    fn totals(unique_csize: u64) -> RepositoryTotals {
+        RepositoryTotals {
+            total_chunks: 1,
+            total_csize: 2,
+            total_size: 3,
+            total_unique_chunks: 4,
+            unique_csize,
+            unique_size: 6,
+        }
+    }
+
+    #[test]
+    fn totals_taken_at_a_sessions_end_replace_the_creates_with_their_time() {
+        let mut made = success();
+        made.totals = Some(totals(100));
+        made.attempt.end = 50.0;
+        let s = updated(None, "/r".into(), made.attempt.clone(), Some(made));
+        let taken = TotalsTaken {
+            totals: totals(90),
+            archives: 7,
+            end: 60.0,
+        };
+        let after = with_totals(s.clone(), taken.clone(), 40.0).expect("attached");
+        let last = after.last_success.as_ref().unwrap();
+        assert_eq!(last.totals, Some(totals(90)));
+        assert_eq!(last.archives, Some(7));
+        assert_eq!(last.totals_end, Some(60.0));
+        // A success from before the session is not this session's.
+        assert_eq!(with_totals(s, taken.clone(), 55.0), None);
+        let failed = updated(None, "/r".into(), attempt(2), None);
+        assert_eq!(with_totals(failed, taken, 0.0), None);
     }
 
     #[test]

@@ -57,6 +57,23 @@ pub fn update_repository(
     })
 }
 
+/// Replaces the record of `repository` with what `update` makes of it, if
+/// it has one and `update` makes something; whether it did.
+pub fn update_existing_repository(
+    dir: &Path,
+    repository: &str,
+    update: impl FnOnce(RepositoryState) -> Option<RepositoryState>,
+) -> Result<bool> {
+    locked(dir, |dir| {
+        let path = repository_file(dir, repository);
+        let old = read_json::<RepositoryState>(&path)?.filter(|s| s.repository == repository);
+        match old.and_then(update) {
+            Some(new) => write_json(&path, &new).map(|()| true),
+            None => Ok(false),
+        }
+    })
+}
+
 /// Moves the record of repository `from` to `to` (the same repository,
 /// spelled another way), unless `to` has one already; then `from`'s is
 /// dropped. A file at `from`'s name that is not its record (unreadable,

@@ -12,6 +12,7 @@ use crate::borg::{self, CreateArgs, Sources};
 use crate::command::CommandLine;
 use crate::create::{Context, CreateRun, Outcome};
 use crate::error::{Error, Result};
+use crate::records::borg_calls::{take_piped_passphrase, Access};
 use crate::runtime::SOCKET;
 use crate::session::protocol::{
     inheritable, label, receive, send, Done, Reply, Request, SESSION_ENV,
@@ -95,11 +96,31 @@ pub fn join(
     // both this process and borg are gone (this one killed, borg still
     // reading the mirror, is not "ended").
     inheritable(&stream);
+    // The session's end asks for the repository's totals as this create
+    // opens it; borgmatic's passphrase pipe is read once, here.
+    let totals = ctx
+        .state
+        .as_ref()
+        .is_some_and(crate::records::Settings::takes_totals_at_session_end);
+    let passphrase = if totals {
+        take_piped_passphrase().unwrap_or_else(|e| {
+            tracing::warn!(
+                "cannot read borg's passphrase pipe for the totals at the session's end: {e}"
+            );
+            None
+        })
+    } else {
+        None
+    };
     let (status, create) = CreateRun::run(borg, args, &argv, signals, ctx.asks_for_figures())?;
+    let code = borg::exit_code(status);
+    let access = (totals && crate::records::made_archive(code))
+        .then(|| Access::of_this_process(borg, args, passphrase));
     let _ = send(
         &mut stream,
         &Done {
-            status: borg::exit_code(status),
+            status: code,
+            access,
         },
     );
     Ok(Outcome::Served { status, create })

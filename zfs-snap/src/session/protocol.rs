@@ -58,6 +58,11 @@ pub enum Reply {
 pub struct Done {
     /// borg's exit code, `128 + N` for a signal.
     pub status: i32,
+    /// How the create opened its repository, for the totals at the
+    /// session's end; sent when it made an archive and they are taken.
+    /// It holds the passphrase: never logged.
+    #[serde(default)]
+    pub access: Option<crate::records::borg_calls::Access>,
 }
 
 pub fn send<T: Serialize>(stream: &mut UnixStream, message: &T) -> std::io::Result<()> {

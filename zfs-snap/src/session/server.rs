@@ -18,7 +18,7 @@ use crate::create::{self, needs_snapshots, Context, Outcome, Request as CreateRe
 use crate::error::{Error, Result};
 use crate::lifecycle::Run;
 use crate::private::{self, RANDOM_SOURCE};
-use crate::records::RunRecord;
+use crate::records::{RunRecord, Written};
 use crate::runtime::SOCKET;
 use crate::session::protocol::{
     joined, label, receive, send, session_id, Done, Reply, Request, SESSION_ENV,
@@ -108,6 +108,7 @@ fn serve_command(
         asked: 0,
         refused: Vec::new(),
         running: Vec::new(),
+        written: Vec::new(),
         signalled_at: None,
     };
     let status = server.run_until_exit(&listener, &mut child);
@@ -118,6 +119,7 @@ fn serve_command(
     let command_status = status?;
     let creates = server.creates;
     let refused = std::mem::take(&mut server.refused);
+    let written = std::mem::take(&mut server.written);
     let (teardown, timings) = run.finish();
     tracing::info!(
         status = %command_status,
@@ -133,6 +135,11 @@ fn serve_command(
     let status = session_status(command_status, creates, refused.len());
     say_what_was_read(command_status, status, creates, &refused);
     if let Some(settings) = &ctx.state {
+        // After teardown (the snapshots are not held for it), before the
+        // run's record: the run ends when its figures are in.
+        if settings.takes_totals_at_session_end() && !written.is_empty() {
+            crate::records::record_totals(settings, &written, start, signals);
+        }
         create::record_run(
             settings,
             &RunRecord {
@@ -216,7 +223,11 @@ fn session_command(ctx: &Context<'_>, program: &OsString, id: &str, root: &Path)
         Some(settings) => {
             command = command
                 .with_env("ZFS_SNAP_STATE_DIR", &settings.dir)
-                .with_env("ZFS_SNAP_METRICS_INFO", settings.info.as_str());
+                .with_env("ZFS_SNAP_METRICS_INFO", settings.info.as_str())
+                .with_env(
+                    "ZFS_SNAP_METRICS_TOTALS_TIMEOUT",
+                    settings.totals_timeout.as_secs().to_string(),
+                );
             if let Some(textfile) = &settings.textfile {
                 command = command.with_env("ZFS_SNAP_METRICS_TEXTFILE", textfile);
             }
@@ -281,6 +292,18 @@ fn listen(path: &Path) -> Result<(UnixListener, SocketFile)> {
     Ok((listener, socket))
 }
 
+/// A create answered whose borg has not ended: its connection, what it
+/// sent of its last line so far, and its repository (the record's key and
+/// the location borg is to find it at).
+struct Served {
+    stream: UnixStream,
+    line: Vec<u8>,
+    repository: Option<(String, String)>,
+}
+
+/// The most a create's last line may hold.
+const DONE_MAX: usize = 1 << 20;
+
 struct Server<'s, 'a> {
     ctx: &'s Context<'a>,
     signals: &'s Signals,
@@ -293,7 +316,10 @@ struct Server<'s, 'a> {
     /// Why each create of this session that was refused was refused.
     refused: Vec<String>,
     /// Creates that were answered and whose borg has not ended.
-    running: Vec<UnixStream>,
+    running: Vec<Served>,
+    /// The repositories this session's creates made archives in, and how
+    /// to open each again (for the totals at the session's end).
+    written: Vec<Written>,
     /// When the session first saw a signal.
     signalled_at: Option<Instant>,
 }
@@ -385,21 +411,45 @@ impl Server<'_, '_> {
         }
     }
 
-    /// Forgets the creates whose borg has ended (a status line, or the
-    /// connection closed).
+    /// Forgets the creates whose borg has ended (the connection closed),
+    /// and keeps how each that made an archive opened its repository (its
+    /// last line).
     fn reap(&mut self) {
-        self.running.retain_mut(|stream| {
-            let mut buf = [0u8; 256];
-            match stream.read(&mut buf) {
-                Ok(0) => false,
-                Ok(n) => {
-                    if let Ok(done) = serde_json::from_slice::<Done>(buf[..n].trim_ascii()) {
-                        tracing::debug!(status = done.status, "a create of the session ended");
+        let written = &mut self.written;
+        self.running.retain_mut(|served| {
+            let mut buf = [0u8; 4096];
+            loop {
+                match served.stream.read(&mut buf) {
+                    Ok(0) => return false,
+                    Ok(n) => {
+                        served.line.extend_from_slice(&buf[..n]);
+                        if served.line.len() > DONE_MAX {
+                            served.line.clear();
+                        }
+                        if served.line.ends_with(b"\n") {
+                            let line = std::mem::take(&mut served.line);
+                            if let Ok(done) = serde_json::from_slice::<Done>(line.trim_ascii()) {
+                                tracing::debug!(
+                                    status = done.status,
+                                    "a create of the session ended"
+                                );
+                                if let (Some(access), Some((repository, location))) =
+                                    (done.access, served.repository.clone())
+                                {
+                                    written.retain(|w| w.repository != repository);
+                                    written.push(Written {
+                                        repository,
+                                        location,
+                                        access,
+                                    });
+                                }
+                            }
+                        }
                     }
-                    true
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return false,
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => true,
-                Err(_) => false,
             }
         });
     }
@@ -414,11 +464,15 @@ impl Server<'_, '_> {
             .request_of(&stream)
             .and_then(|request| self.answer(request).map_err(|e| (true, e)));
         match answer {
-            Ok(argv) => {
+            Ok((argv, repository)) => {
                 if send(&mut stream, &Reply::Ready(argv)).is_ok() {
                     self.creates += 1;
                     if stream.set_nonblocking(true).is_ok() {
-                        self.running.push(stream);
+                        self.running.push(Served {
+                            stream,
+                            line: Vec::new(),
+                            repository,
+                        });
                     }
                 }
             }
@@ -468,8 +522,9 @@ impl Server<'_, '_> {
         Ok(request)
     }
 
-    /// The command line for a create of this session, its snapshots frozen.
-    fn answer(&mut self, request: Request) -> Result<Vec<String>> {
+    /// The command line for a create of this session, its snapshots frozen,
+    /// and its repository: the record's key and where borg finds it.
+    fn answer(&mut self, request: Request) -> Result<(Vec<String>, Option<(String, String)>)> {
         let refuse = |text: String| Err(Error::Session(text));
         if let Some(signal) = self.signals.received() {
             return refuse(format!("the session is stopping (signal {signal})"));
@@ -495,10 +550,18 @@ impl Server<'_, '_> {
             .collect();
         self.asked += 1;
         let argv = self.freeze_for(&args, &cwd, &files)?;
-        Ok(argv
-            .into_iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect())
+        let repository = crate::records::repository_of(&args).map(|(given, _)| {
+            (
+                crate::records::canonical(&given, &cwd),
+                crate::records::absolute_location(&given, &cwd),
+            )
+        });
+        Ok((
+            argv.into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            repository,
+        ))
     }
 
     /// What `wrap` does up to borg, on the session's snapshot set.
