@@ -298,7 +298,15 @@ fn listen(path: &Path) -> Result<(UnixListener, SocketFile)> {
 struct Served {
     stream: UnixStream,
     line: Vec<u8>,
-    repository: Option<(String, String)>,
+    repository: Option<Repository>,
+}
+
+/// A create's repository: its record's key ([`crate::records::canonical`])
+/// and where borg finds it (a relative local path made absolute).
+#[derive(Clone)]
+struct Repository {
+    key: String,
+    location: String,
 }
 
 /// The most a create's last line may hold.
@@ -433,13 +441,13 @@ impl Server<'_, '_> {
                                     status = done.status,
                                     "a create of the session ended"
                                 );
-                                if let (Some(access), Some((repository, location))) =
+                                if let (Some(access), Some(r)) =
                                     (done.access, served.repository.clone())
                                 {
-                                    written.retain(|w| w.repository != repository);
+                                    written.retain(|w| w.repository != r.key);
                                     written.push(Written {
-                                        repository,
-                                        location,
+                                        repository: r.key,
+                                        location: r.location,
                                         access,
                                     });
                                 }
@@ -524,7 +532,7 @@ impl Server<'_, '_> {
 
     /// The command line for a create of this session, its snapshots frozen,
     /// and its repository: the record's key and where borg finds it.
-    fn answer(&mut self, request: Request) -> Result<(Vec<String>, Option<(String, String)>)> {
+    fn answer(&mut self, request: Request) -> Result<(Vec<String>, Option<Repository>)> {
         let refuse = |text: String| Err(Error::Session(text));
         if let Some(signal) = self.signals.received() {
             return refuse(format!("the session is stopping (signal {signal})"));
@@ -550,11 +558,9 @@ impl Server<'_, '_> {
             .collect();
         self.asked += 1;
         let argv = self.freeze_for(&args, &cwd, &files)?;
-        let repository = crate::records::repository_of(&args).map(|(given, _)| {
-            (
-                crate::records::canonical(&given, &cwd),
-                crate::records::absolute_location(&given, &cwd),
-            )
+        let repository = crate::records::repository_of(&args).map(|(given, _)| Repository {
+            key: crate::records::canonical(&given, &cwd),
+            location: crate::records::absolute_location(&given, &cwd),
         });
         Ok((
             argv.into_iter()
