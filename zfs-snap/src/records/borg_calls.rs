@@ -51,21 +51,40 @@ pub fn take_piped_passphrase() -> std::io::Result<Option<Vec<u8>>> {
     else {
         return Ok(None);
     };
-    // SAFETY: the descriptor was handed to this process for reading the
-    // passphrase; it is read here and replaced, never used elsewhere.
-    let mut theirs =
-        std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    // Not owned: on an error the descriptor stays as it was, for borg.
+    // SAFETY: `fd` stays open for the borrow's life (nothing here closes it).
+    let theirs = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let mut passphrase = Vec::new();
-    (&mut theirs)
-        .take(PASSPHRASE_MAX as u64)
-        .read_to_end(&mut passphrase)?;
-    let pipe = pipe_holding(&passphrase)?;
-    // dup2 onto the old number, which the environment still names; dup2
-    // clears close-on-exec there, so borg inherits it, as it would have
-    // inherited borgmatic's.
-    let mut at = OwnedFd::from(theirs);
-    nix::unistd::dup2(&pipe, &mut at)?;
-    std::mem::forget(at);
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(theirs, &mut buf) {
+            Ok(0) => break,
+            Ok(n) if passphrase.len() + n < PASSPHRASE_MAX => {
+                passphrase.extend_from_slice(&buf[..n])
+            }
+            Ok(_) => return Err(std::io::Error::other("longer than a passphrase")),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // From here on the bytes are read: the create's borg finds them only
+    // in the new pipe.
+    let put_back = || -> std::io::Result<()> {
+        let pipe = pipe_holding(&passphrase)?;
+        // dup2 onto the old number, which the environment names; dup2
+        // clears close-on-exec there, so borg inherits it as it would
+        // have inherited borgmatic's pipe.
+        // SAFETY: dup2 onto a descriptor this process was given for this.
+        if unsafe { nix::libc::dup2(pipe.as_raw_fd(), fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    put_back().map_err(|e| {
+        std::io::Error::other(format!(
+            "read, but not put back for borg ({e}): the create will not find its passphrase"
+        ))
+    })?;
     Ok(Some(passphrase))
 }
 
