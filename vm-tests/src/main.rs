@@ -146,7 +146,6 @@ impl VmArgs {
             vartmp: self.vartmp.clone().unwrap_or(defaults.vartmp.into()),
             systemd: false,
             seed_host: false,
-            label: None,
         }
     }
 }
@@ -405,75 +404,44 @@ fn test(
         share.add_job(&label, argv);
     }
     share.set_parallel(jobs);
-    let plain = (only != Some(Guest::Seed)).then(|| (share, vm.opts(3000)));
+    let (mut expected, mut code, mut results) = if only == Some(Guest::Seed) {
+        (0, 0, Vec::new())
+    } else {
+        let code = vm::boot(&img, &share, &vm.opts(3000))?;
+        (share.expected(), code, share.results())
+    };
 
-    let seed = (!systemd_exes.is_empty())
-        .then(|| -> Result<_> {
-            let mut share = Share::new_named("systemd")?;
-            share.add_zfs_snap(&bin)?;
-            for exe in &systemd_exes {
-                let g = share.add_file(exe, None)?;
-                // Their figures (a benchmark among them) are worth seeing.
-                let mut argv = vec![
-                    g,
-                    "--test-threads=1".to_string(),
-                    "--show-output".to_string(),
-                ];
-                argv.extend(test_args.iter().cloned());
-                share.add_command(&format!("{} (seed's host)", label_of(exe)), argv);
-            }
-            let opts = VmOpts {
-                systemd: true,
-                seed_host: true,
-                ..vm.opts_with(VmDefaults {
-                    timeout_secs: 1800,
-                    // The root pool's vdev is in RAM too.
-                    memory_mb: 4096,
-                    vartmp: "2G",
-                })
-            };
-            Ok((share, opts))
-        })
-        .transpose()?;
-
-    // Both guests at once when both have work: the seed's host runs one
-    // test at a time and leaves most of a core idle, which the plain
-    // guest's parallel jobs take. Each gets the time it would get alone
-    // and half again, as they share the cores.
-    let guests: Vec<(Share, VmOpts)> = match (plain, seed) {
-        (Some(p), Some(s)) => {
-            let side_by_side = |(share, opts): (Share, VmOpts), label| {
-                let timeout = vm.timeout.map_or(opts.timeout * 3 / 2, Duration::from_secs);
-                (
-                    share,
-                    VmOpts {
-                        timeout,
-                        label: Some(label),
-                        ..opts
-                    },
-                )
-            };
-            vec![side_by_side(p, "plain"), side_by_side(s, "seed")]
+    if !systemd_exes.is_empty() {
+        let mut share = Share::new_named("systemd")?;
+        share.add_zfs_snap(&bin)?;
+        for exe in &systemd_exes {
+            let g = share.add_file(exe, None)?;
+            // Their figures (a benchmark among them) are worth seeing.
+            let mut argv = vec![
+                g,
+                "--test-threads=1".to_string(),
+                "--show-output".to_string(),
+            ];
+            argv.extend(test_args.iter().cloned());
+            share.add_command(&format!("{} (seed's host)", label_of(exe)), argv);
         }
-        (p, s) => p.into_iter().chain(s).collect(),
-    };
-    let codes = match guests.as_slice() {
-        [] => Vec::new(),
-        [(share, opts)] => vec![vm::boot(&img, share, opts)?],
-        many => vm::boot_together(
-            &many
-                .iter()
-                .map(|(share, opts)| (&img, share, opts))
-                .collect::<Vec<_>>(),
-        )?,
-    };
-    let mut expected = 0;
-    let mut results = Vec::new();
-    for (share, _) in &guests {
-        expected += share.expected();
+        expected += systemd_exes.len();
+        let opts = VmOpts {
+            systemd: true,
+            seed_host: true,
+            ..vm.opts_with(VmDefaults {
+                timeout_secs: 1800,
+                // The root pool's vdev is in RAM too.
+                memory_mb: 4096,
+                vartmp: "2G",
+            })
+        };
+        let systemd_code = vm::boot(&img, &share, &opts)?;
         results.extend(share.results());
+        if code == 0 {
+            code = systemd_code;
+        }
     }
-    let code = codes.iter().copied().find(|&c| c != 0).unwrap_or(0);
     eprintln!("vm-tests: summary:");
     for (rc, label) in &results {
         eprintln!(

@@ -32,9 +32,6 @@ pub struct VmOpts {
     /// The seed's host (`vmtests.seedhost=1`, with `systemd`): the guest's
     /// init makes a root pool, copies the rootfs in and switches root to it.
     pub seed_host: bool,
-    /// Set when guests run side by side: each console line is prefixed
-    /// `[label] ` and the serial log's name ends in the label.
-    pub label: Option<&'static str>,
 }
 
 /// A prepared share directory: executables in bin/, the job in .vm/.
@@ -352,49 +349,17 @@ pub fn qemu_command(image: &Image, share: &Path, opts: &VmOpts) -> Command {
 
 /// Boots the guest for the job in `share`; returns the guest's exit code.
 pub fn boot(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
-    let _lock = vm_lock()?;
-    boot_locked(image, share, opts)
-}
-
-/// Boots guests side by side and returns their exit codes in order. A
-/// guest that keeps one emulated CPU busy (the seed's host runs one test
-/// at a time) leaves the other host core to the other guest.
-pub fn boot_together(guests: &[(&Image, &Share, &VmOpts)]) -> Result<Vec<i32>> {
-    let _lock = vm_lock()?;
-    std::thread::scope(|s| {
-        let runs: Vec<_> = guests
-            .iter()
-            .map(|(image, share, opts)| s.spawn(move || boot_locked(image, share, opts)))
-            .collect();
-        runs.into_iter()
-            .map(|r| r.join().expect("a guest's thread panicked"))
-            .collect()
-    })
-}
-
-/// The machine's guests are ours alone while this is held: another
-/// `vm-tests` waits (2 cores; TCG is CPU-bound).
-fn vm_lock() -> Result<fs::File> {
+    share.write_job()?;
     let out_dir = target_dir().join("vm-tests");
     fs::create_dir_all(&out_dir)?;
+    // One VM at a time (2 cores; TCG is CPU-bound).
     let lock = fs::File::create(out_dir.join(".vm.lock"))?;
     if lock.try_lock().is_err() {
         eprintln!("vm-tests: another guest is running; waiting for it");
         lock.lock()?;
     }
-    Ok(lock)
-}
-
-fn boot_locked(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
-    share.write_job()?;
-    let out_dir = target_dir().join("vm-tests");
     prune_logs(&out_dir, 30);
-    let log_path = out_dir.join(format!(
-        "serial-{}-{}{}.log",
-        timestamp(),
-        std::process::id(),
-        opts.label.map(|l| format!("-{l}")).unwrap_or_default()
-    ));
+    let log_path = out_dir.join(format!("serial-{}-{}.log", timestamp(), std::process::id()));
     let log = Arc::new(Mutex::new(
         fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?,
@@ -432,10 +397,7 @@ fn boot_locked(image: &Image, share: &Share, opts: &VmOpts) -> Result<i32> {
         ),
     ] {
         let log = Arc::clone(&log);
-        let label = opts.label;
-        pumps.push(std::thread::spawn(move || {
-            pump(stream, to_stderr, label, &log)
-        }));
+        pumps.push(std::thread::spawn(move || pump(stream, to_stderr, &log)));
     }
 
     let mut timed_out = false;
@@ -515,27 +477,8 @@ fn prune_logs(dir: &Path, keep: usize) {
 }
 
 /// Copies the guest console to our stdout (or stderr) and the log, as it comes.
-/// Copies a guest's console to ours and to its serial log. With a label
-/// (guests side by side), whole lines only, each prefixed `[label] `.
-fn pump(
-    mut from: Box<dyn Read + Send>,
-    to_stderr: bool,
-    label: Option<&str>,
-    log: &Mutex<fs::File>,
-) {
+fn pump(mut from: Box<dyn Read + Send>, to_stderr: bool, log: &Mutex<fs::File>) {
     let mut buf = [0u8; 8192];
-    let mut line = Vec::new();
-    let show = |bytes: &[u8]| {
-        if to_stderr {
-            let mut e = std::io::stderr().lock();
-            let _ = e.write_all(bytes);
-            let _ = e.flush();
-        } else {
-            let mut o = std::io::stdout().lock();
-            let _ = o.write_all(bytes);
-            let _ = o.flush();
-        }
-    };
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -543,29 +486,17 @@ fn pump(
         };
         // The serial line is a tty: drop the carriage returns it adds.
         let chunk: Vec<u8> = buf[..n].iter().copied().filter(|&b| b != b'\r').collect();
-        let _ = log.lock().unwrap().write_all(&chunk);
-        let Some(label) = label else {
-            show(&chunk);
-            continue;
-        };
-        for &b in &chunk {
-            line.push(b);
-            if b == b'\n' {
-                show(&prefixed(label, &line));
-                line.clear();
-            }
+        if to_stderr {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(&chunk);
+            let _ = e.flush();
+        } else {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(&chunk);
+            let _ = o.flush();
         }
+        let _ = log.lock().unwrap().write_all(&chunk);
     }
-    if let (Some(label), false) = (label, line.is_empty()) {
-        line.push(b'\n');
-        show(&prefixed(label, &line));
-    }
-}
-
-fn prefixed(label: &str, line: &[u8]) -> Vec<u8> {
-    let mut out = format!("[{label}] ").into_bytes();
-    out.extend_from_slice(line);
-    out
 }
 
 #[cfg(test)]
@@ -594,7 +525,6 @@ mod tests {
             vartmp: "1G".into(),
             systemd: false,
             seed_host: false,
-            label: None,
         };
         let c = show(&qemu_command(&img, Path::new("/s"), &opts));
         assert!(c.contains("-accel tcg"), "{c}");
