@@ -373,15 +373,6 @@ fn list_tests(exe: &Path, args: &[String]) -> Result<Vec<String>> {
 /// plain guest.
 const SEED_HOST_TESTS: &[&str] = &["systemd", "seedhost"];
 
-/// Test executables of the plain guest whose jobs run in the seed's host
-/// instead, one at a time beside its own tests, which run one at a time
-/// and leave about 0.8 of its 2 CPUs idle (measured: qemu's CPU time
-/// against wall time). Each makes its own pools and runtime roots, tags
-/// no dataset and makes no snapshot named like borgmatic's (whose own
-/// `zfs:` hook, on in one seed test, destroys every `borgmatic-*`
-/// snapshot on the host).
-const BESIDE_THE_SEED: &[&str] = &["same_archive", "patterns", "basics", "special_files"];
-
 fn test(
     vm: &VmArgs,
     package: &str,
@@ -403,17 +394,10 @@ fn test(
     };
     let (mut systemd_exes, mut plain_exes): (Vec<&PathBuf>, Vec<&PathBuf>) =
         exes.iter().partition(|e| starts(e, SEED_HOST_TESTS));
-    let mut beside_exes: Vec<&PathBuf> = Vec::new();
     match only {
         Some(Guest::Plain) => systemd_exes.clear(),
         Some(Guest::Seed) => plain_exes.clear(),
-        None => {
-            if !systemd_exes.is_empty() {
-                (beside_exes, plain_exes) = plain_exes
-                    .into_iter()
-                    .partition(|e| starts(e, BESIDE_THE_SEED));
-            }
-        }
+        None => {}
     }
 
     let mut share = Share::new()?;
@@ -449,19 +433,15 @@ fn test(
             argv.extend(test_args.iter().cloned());
             share.add_command(&format!("{} (seed's host)", label_of(exe)), argv);
         }
-        beside_exes.sort_by_key(|e| slow_first(&label_of(e)));
-        add_test_jobs(&mut share, &beside_exes, test_args)?;
-        share.run_commands_alongside_jobs();
-        share.set_parallel(2);
         expected += share.expected();
         let opts = VmOpts {
             systemd: true,
             seed_host: true,
             ..vm.opts_with(VmDefaults {
-                timeout_secs: 2400,
-                // The root pool's vdev is in RAM too, and the pools of
-                // the tests beside the seed's.
-                memory_mb: 5120,
+                // Measured: about 32 minutes under TCG on 2 cores.
+                timeout_secs: 3000,
+                // The root pool's vdev is in RAM too.
+                memory_mb: 4096,
                 vartmp: "2G",
             })
         };

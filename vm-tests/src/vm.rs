@@ -42,9 +42,6 @@ pub struct Share {
     /// Run after `commands`, at most `parallel` at a time.
     jobs: Vec<(String, Vec<String>)>,
     parallel: usize,
-    /// The commands run one after the other in the background, as one of
-    /// the `parallel` slots, while the jobs take the others.
-    commands_alongside: bool,
 }
 
 impl Share {
@@ -86,7 +83,6 @@ impl Share {
             commands: Vec::new(),
             jobs: Vec::new(),
             parallel: 1,
-            commands_alongside: false,
         };
         s.set_env(
             "PATH",
@@ -166,12 +162,6 @@ impl Share {
         self.parallel = jobs.max(1);
     }
 
-    /// Runs the commands (one after the other) alongside the jobs instead
-    /// of before them: they take one of the [`Share::set_parallel`] slots.
-    pub fn run_commands_alongside_jobs(&mut self) {
-        self.commands_alongside = true;
-    }
-
     /// Commands and jobs the guest will report on.
     pub fn expected(&self) -> usize {
         self.commands.len() + self.jobs.len()
@@ -229,18 +219,9 @@ vm_spawn() {
 }
 "#,
         );
-        let alongside = self.commands_alongside && !self.commands.is_empty();
-        if alongside {
-            // The commands' subshell holds a slot until it ends (`wait -n`
-            // then frees it, as for a job).
-            s.push_str("vm_running=1\n(\n");
-        }
         for (label, argv) in &self.commands {
             let q: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
             s.push_str(&format!("vm_run {} {}\n", sh_quote(label), q.join(" ")));
-        }
-        if alongside {
-            s.push_str(") &\n");
         }
         for (n, (label, argv)) in self.jobs.iter().enumerate() {
             let q: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
