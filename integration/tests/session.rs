@@ -228,3 +228,66 @@ fn a_borgmatic_bypassing_the_link_makes_the_session_warn() {
     assert_eq!(samples["zfs_snap_last_run_status"], 1.0);
     fx.assert_clean();
 }
+
+/// Monitoring with its defaults (`auto`, totals at the session's end), in
+/// borgmatic's way (the create through the `borg` link in a session): the
+/// only borg process while the command runs is the create (its figures and
+/// the repository's totals come from its own `--json`); the session's end
+/// adds one `borg info` and one `borg list` per repository, after the
+/// command (after borgmatic's prune and compact). Counted by a wrapper
+/// given as the link's real borg.
+#[test]
+fn monitoring_adds_no_borg_process_to_a_create() {
+    let fx = require_zfs!();
+    let p = &fx.pool;
+    p.dataset("data", &[]);
+    p.write("data/f", "x\n");
+    let calls = fx.work.join("borg-calls");
+    let borg = fx.script(
+        "counting-borg",
+        &format!(
+            "printf '%s\\n' \"$1\" >> {}\nexec borg \"$@\"",
+            sh_quote(&calls)
+        ),
+    );
+    let script = fx.script(
+        "one-create",
+        &format!(
+            "set -e\n{link} create {repo} {data}\necho '(command done)' >> {calls}\n",
+            link = sh_quote(link(&fx)),
+            repo = sh_quote(fx.repo.at("one")),
+            data = sh_quote(p.path("data")),
+            calls = sh_quote(&calls),
+        ),
+    );
+    let mut cmd = fx.zfs_snap();
+    cmd.env("ZFS_SNAP_STATE_DIR", fx.state_dir())
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .env_remove("ZFS_SNAP_METRICS_TOTALS_TIMEOUT")
+        .env("ZFS_SNAP_BORG", &borg)
+        .args(["session", "--"])
+        .arg(&script);
+    let out = run(&mut cmd).success();
+    let calls = read_file(&calls);
+    let (during, after) = calls
+        .split_once("(command done)\n")
+        .unwrap_or_else(|| panic!("the command's marker:\n{calls}\n{}", out.dump()));
+    // borg's version is asked once per runtime root, then cached.
+    let during: Vec<&str> = during.lines().filter(|c| *c != "--version").collect();
+    let after: Vec<&str> = after.lines().collect();
+    eprintln!("borg during the session's command: {during:?}; at its end: {after:?}");
+    assert_eq!(during, ["create"], "{}", out.dump());
+    assert_eq!(after, ["info", "list"], "{}", out.dump());
+    let samples = recorded_samples(&fx.state_dir());
+    for name in [
+        "borg_total_backups{",
+        "borg_repository_size_bytes{",
+        "borg_backup_size_bytes{",
+    ] {
+        assert!(
+            samples.keys().any(|k| k.starts_with(name)),
+            "{name} recorded: {samples:#?}"
+        );
+    }
+    fx.assert_clean();
+}
