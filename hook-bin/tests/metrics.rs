@@ -1171,3 +1171,51 @@ fn a_sessions_end_records_the_totals_after_its_prune_with_the_piped_passphrase()
         last["end"].as_f64().unwrap()
     );
 }
+
+/// `BORG_PASSPHRASE_FD` naming a pipe whose writer never closes it, or a
+/// descriptor that is not a pipe: the link in a session waits for the
+/// passphrase a bounded time (10 s), says so, and the create goes on: no
+/// backup hangs on it. (An unencrypted repository: borg reads no
+/// passphrase.)
+#[test]
+fn a_passphrase_pipe_that_never_ends_does_not_hang_the_create() {
+    need!(Need::Borg);
+    let (w, data, _) = world();
+    let repo = w.dir.path().join("plain").display().to_string();
+    let init = run(Command::new("borg")
+        .args(["init", "-e", "none", &repo])
+        .env("BORG_BASE_DIR", w.dir.path().join("borg-home")));
+    assert!(init.status.success(), "{}", stderr(&init));
+    let link_dir = w.dir.path().join("link");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_zfs-snap"), link_dir.join("borg")).unwrap();
+    // fd 5: a pipe whose writer (a sleep) holds it open; fd 6: a directory.
+    // The session waits for what its command leaves running: the sleep
+    // is killed at the end.
+    let script = "exec 5< <(exec sleep 60) 6< /\nwriter=$!\n\
+                  BORG_PASSPHRASE_FD=5 \"$LINK\" create \"$REPO::a\" \"$DATA\"\n\
+                  BORG_PASSPHRASE_FD=6 \"$LINK\" create \"$REPO::b\" \"$DATA\"\n\
+                  kill $writer\n";
+    let started = std::time::Instant::now();
+    let out = run(w
+        .cmd()
+        .env_remove("BORG_PASSPHRASE")
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+        .args(["session", "--", "bash", "-ec", script])
+        .env("LINK", link_dir.join("borg"))
+        .env("REPO", &repo)
+        .env("DATA", &data)
+        .stdin(std::process::Stdio::null()));
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no end of file within 10 s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took < std::time::Duration::from_secs(50), "{took:?}");
+    let last = record_of(&w, &repo)["last_success"].clone();
+    assert_eq!(last["archive_figures"]["name"], "b", "{last:#}");
+    assert_eq!(last["archives"], 2, "the session's end counted both");
+}

@@ -928,13 +928,36 @@ fn the_sessions_socket_answers_its_own_creates_only_and_never_shows_its_secret()
     assert_eq!(read_file(&planted), "someone else's\n", "the file stays");
     std::fs::remove_file(&planted).unwrap();
 
+    // A repository the other user could write to: were it served, its
+    // create would succeed.
+    let other_repo = "/tmp/seed-other-repo";
+    let _ = std::fs::remove_dir_all(other_repo);
+    let _ = std::fs::remove_dir_all("/tmp/seed-other-base");
+    let as_other = |script: &str| {
+        run(Command::new("runuser").args([
+            "-u",
+            SERVER_USER,
+            "--",
+            "env",
+            "BORG_BASE_DIR=/tmp/seed-other-base",
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes",
+            "sh",
+            "-c",
+            script,
+        ]))
+    };
+    as_other(&format!("borg init -e none {other_repo}")).success();
     let id_file = "/run/seed-session-id";
     let script = format!(
         "printf %s \"$ZFS_SNAP_SESSION\" > {id_file}\n\
          if runuser -u {SERVER_USER} -- env ZFS_SNAP_SESSION=\"$ZFS_SNAP_SESSION\" \
-            {LINK} create /tmp/other::x /home/alice 2>/run/seed-other.err; then\n\
+            BORG_BASE_DIR=/tmp/seed-other-base BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
+            {LINK} create {other_repo}::x /home/alice/src 2>/run/seed-other.err; then\n\
            echo 'another user was served'; exit 9\n\
          fi\n\
+         runuser -u {SERVER_USER} -- python3 -c 'import socket; \
+            socket.socket(socket.AF_UNIX).connect(\"/run/zfs-snap/session.sock\")' \
+            2>/run/seed-other-connect.err && echo 'another user reached the socket'\n\
          if ZFS_SNAP_SESSION=\"${{ZFS_SNAP_SESSION%-*}}-0123456789abcdef\" BORG_PASSCOMMAND='cat {PASSPHRASE_FILE}' \
             {LINK} create {LOCAL_REPO}::wrong /home/alice 2>/run/seed-wrong.err; then\n\
            echo 'a wrong secret was served'; exit 9\n\
@@ -956,7 +979,24 @@ fn the_sessions_socket_answers_its_own_creates_only_and_never_shows_its_secret()
         wrong.contains("belongs to another zfs-snap session"),
         "{wrong}"
     );
-    assert!(!other.is_empty(), "the other user was told why");
+    // The other user's link will not trust root's runtime root (someone
+    // else's directory could hold a session of theirs), and the socket is
+    // out of that user's reach anyway.
+    assert!(
+        other.contains("will not ask a session through runtime root /run/zfs-snap"),
+        "the other user was told why: {other}"
+    );
+    assert!(
+        read_file(Path::new("/run/seed-other-connect.err")).contains("PermissionError"),
+        "the socket is out of another user's reach: {}\n{}",
+        read_file(Path::new("/run/seed-other-connect.err")),
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("another user reached the socket"),
+        "{}",
+        out.stdout
+    );
     for (what, text) in [
         (
             "the session's output",

@@ -36,11 +36,17 @@ pub fn passphrase_through_a_pipe() -> bool {
 /// The most of a passphrase pipe read: what a pipe holds unread.
 const PASSPHRASE_MAX: usize = 64 * 1024;
 
+/// How long the passphrase pipe may take to give its bytes and its end of
+/// file (borgmatic writes them and closes its end before borg starts).
+const PASSPHRASE_WAIT: Duration = Duration::from_secs(10);
+
 /// Reads the passphrase from the pipe `BORG_PASSPHRASE_FD` names (when
 /// borg would read it, [`passphrase_through_a_pipe`]) and puts a new pipe
 /// holding the same bytes at the same descriptor, for the create's borg to
-/// read as it would have. `None`: no such pipe.
-pub fn take_piped_passphrase() -> std::io::Result<Option<Vec<u8>>> {
+/// read as it would have. `None`: no such pipe (the number names no open
+/// descriptor, or one that is not a pipe: left for borg as it is). Waits
+/// at most [`PASSPHRASE_WAIT`] for the pipe's end, and not past a signal.
+pub fn take_piped_passphrase(signals: &Signals) -> std::io::Result<Option<Vec<u8>>> {
     if !passphrase_through_a_pipe() {
         return Ok(None);
     }
@@ -51,24 +57,58 @@ pub fn take_piped_passphrase() -> std::io::Result<Option<Vec<u8>>> {
     else {
         return Ok(None);
     };
+    let mut st = std::mem::MaybeUninit::<nix::libc::stat>::uninit();
+    // SAFETY: fstat writes a whole `stat` on success; it is read only then.
+    if unsafe { nix::libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Ok(None);
+    }
+    // SAFETY: fstat succeeded.
+    let kind = unsafe { st.assume_init() }.st_mode & nix::libc::S_IFMT;
+    if kind != nix::libc::S_IFIFO && kind != nix::libc::S_IFREG {
+        return Ok(None);
+    }
     // Not owned: on an error the descriptor stays as it was, for borg.
-    // SAFETY: `fd` stays open for the borrow's life (nothing here closes it).
+    // SAFETY: `fd` is open (fstat above) and stays open for the borrow's
+    // life (nothing here closes it).
     let theirs = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let deadline = Instant::now() + PASSPHRASE_WAIT;
     let mut passphrase = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
+    let ended = loop {
+        if let Some(signal) = signals.received() {
+            break Err(std::io::Error::other(format!("stopped by {signal}")));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(std::io::Error::other(format!(
+                "no end of file within {} s",
+                PASSPHRASE_WAIT.as_secs()
+            )));
+        }
+        // In slices, so a signal is seen within one.
+        let mut fds = [nix::poll::PollFd::new(theirs, nix::poll::PollFlags::POLLIN)];
+        let slice = u16::try_from(left.min(Duration::from_millis(200)).as_millis()).unwrap_or(200);
+        match nix::poll::poll(&mut fds, slice) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => break Err(e.into()),
+        }
         match nix::unistd::read(theirs, &mut buf) {
-            Ok(0) => break,
+            Ok(0) => break Ok(()),
             Ok(n) if passphrase.len() + n < PASSPHRASE_MAX => {
                 passphrase.extend_from_slice(&buf[..n])
             }
-            Ok(_) => return Err(std::io::Error::other("longer than a passphrase")),
+            Ok(_) => break Err(std::io::Error::other("longer than a passphrase")),
             Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => break Err(e.into()),
         }
+    };
+    if passphrase.is_empty() {
+        // Nothing taken: the descriptor is as borg would have found it.
+        return ended.map(|()| Some(passphrase));
     }
     // From here on the bytes are read: the create's borg finds them only
-    // in the new pipe.
+    // in the new pipe, even when the read ended in an error.
     let put_back = || -> std::io::Result<()> {
         let pipe = pipe_holding(&passphrase)?;
         // dup2 onto the old number, which the environment names; dup2
@@ -85,12 +125,23 @@ pub fn take_piped_passphrase() -> std::io::Result<Option<Vec<u8>>> {
             "read, but not put back for borg ({e}): the create will not find its passphrase"
         ))
     })?;
+    ended.map_err(|e| {
+        std::io::Error::other(format!(
+            "{e} (what was read is put back for borg, not kept for the totals)"
+        ))
+    })?;
     Ok(Some(passphrase))
 }
 
 /// A pipe's read end, its write end already closed after `bytes`.
 fn pipe_holding(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // Never blocks: a pipe may hold less than 64 KiB (a user over
+    // pipe-user-pages-soft gets one page), and no one reads it yet.
+    nix::fcntl::fcntl(
+        &write,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
     if bytes.len() >= PASSPHRASE_MAX {
         return Err(std::io::Error::other("passphrase longer than a pipe holds"));
     }
@@ -168,8 +219,8 @@ impl Access {
     }
 
     /// `borg ARGS` as the create ran it: our environment less what
-    /// [`Access::env`] speaks for, then that; no terminal, so neither borg
-    /// nor ssh can prompt; stdin empty.
+    /// [`Access::env`] speaks for, then that; no terminal and no display,
+    /// so neither borg nor ssh can prompt; stdin empty.
     fn command(&self, args: &[OsString]) -> Result<(Command, Option<OwnedFd>)> {
         let (program, leading) = self
             .borg
@@ -182,6 +233,13 @@ impl Access {
         }
         command.env_remove("BORG_PASSPHRASE_FD");
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // Nor through a window: ssh's askpass and a passcommand's pinentry
+        // look for a display when there is no terminal.
+        command
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("SSH_ASKPASS")
+            .env("SSH_ASKPASS_REQUIRE", "never");
         let pipe = match &self.passphrase {
             Some(p) => {
                 let read = pipe_holding(p).map_err(RecordError::io("a passphrase pipe"))?;
@@ -228,15 +286,29 @@ impl Access {
         drop(pipe);
         let mut out = child.stdout.take().expect("piped");
         let mut err = child.stderr.take().expect("piped");
-        let reader = std::thread::spawn(move || {
+        // Read in threads that report through channels: a descendant that
+        // left borg's process group and kept its output open is not waited
+        // for past the deadline.
+        let (out_tx, out_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             let mut v = Vec::new();
             let _ = out.read_to_end(&mut v);
-            v
+            let _ = out_tx.send(v);
         });
-        let err_reader = std::thread::spawn(move || {
+        let (err_tx, err_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // The first 64 KiB kept, the rest read and dropped (a closed
+            // pipe would fail a chatty borg).
             let mut v = Vec::new();
-            let _ = (&mut err).take(64 * 1024).read_to_end(&mut v);
-            v
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let room = (64 * 1024usize).saturating_sub(v.len());
+                v.extend_from_slice(&buf[..n.min(room)]);
+            }
+            let _ = err_tx.send(v);
         });
         let status = loop {
             if let Some(status) = child.try_wait().map_err(RecordError::io("borg"))? {
@@ -259,8 +331,13 @@ impl Access {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let stdout = reader.join().unwrap_or_default();
-        let stderr = err_reader.join().unwrap_or_default();
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        let stdout = out_rx.recv_timeout(wait).unwrap_or_default();
+        let stderr = err_rx
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap_or_default();
         match status {
             Ok(s) if s.success() => Ok(stdout),
             Ok(s) => Err(RecordError::Figures(format!(

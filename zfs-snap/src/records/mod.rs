@@ -27,7 +27,7 @@ use crate::command::CommandLine;
 pub use error::RecordError;
 pub use figures::{parse_create_json, parse_info_json, ArchiveFigures, RepositoryTotals};
 pub use location::{absolute_location, canonical, is_remote, repository_of};
-use record::{failed_run_state, run_state, updated, with_totals};
+use record::{failed_run_state, keeping_the_count, run_state, updated, with_totals};
 pub use record::{
     made_archive, Attempt, Recorded, RepositoryState, RunRecord, RunState, Success, TotalsTaken,
     FORMAT,
@@ -153,8 +153,19 @@ pub fn record_create(settings: &Settings, create: &Create<'_>) -> bool {
     };
     let success = made_archive(create.status)
         .then(|| success_of(settings, create, &given, &repository, attempt.clone()));
+    let count_at_the_end =
+        crate::session::protocol::joined().is_some() && settings.takes_totals_at_session_end();
     let result = store::update_repository(&settings.dir, &repository, |old| {
-        updated(old, repository.clone(), attempt, success)
+        let known = old
+            .as_ref()
+            .and_then(|o| o.last_success.as_ref())
+            .and_then(|s| s.archives);
+        let state = updated(old, repository.clone(), attempt, success);
+        if count_at_the_end {
+            keeping_the_count(state, known)
+        } else {
+            state
+        }
     });
     warn_unless_recorded(result)
 }
@@ -273,7 +284,10 @@ pub fn record_totals(
     session_start: f64,
     signals: &crate::signals::Signals,
 ) {
-    let deadline = std::time::Instant::now() + settings.totals_timeout;
+    // A timeout too far to add is no deadline a run will reach: a year.
+    let deadline = std::time::Instant::now()
+        .checked_add(settings.totals_timeout)
+        .unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(365 * 86400));
     let mut recorded = false;
     for w in written {
         if signals.received().is_some() {

@@ -88,6 +88,18 @@ pub fn with_totals(
     Some(state)
 }
 
+/// `state` after a create in a session whose end takes the archive count:
+/// until then, and if that `borg list` fails, the count known before the
+/// create stays (`borg_total_backups` does not vanish for one failed call).
+pub fn keeping_the_count(mut state: RepositoryState, known: Option<u64>) -> RepositoryState {
+    if let Some(last) = state.last_success.as_mut() {
+        if last.archives.is_none() {
+            last.archives = known;
+        }
+    }
+    state
+}
+
 /// zfs-snap's last run that took snapshots (a `wrap` or a whole session),
 /// and totals over all runs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -338,6 +350,28 @@ mod tests {
         assert_eq!(with_totals(s, taken.clone(), 55.0), None);
         let failed = updated(None, "/r".into(), attempt(2), None);
         assert_eq!(with_totals(failed, taken, 0.0), None);
+    }
+
+    #[test]
+    fn a_sessions_create_keeps_the_last_count_until_its_end_takes_one() {
+        let s = updated(None, "/r".into(), attempt(0), Some(success()));
+        let known = s.last_success.as_ref().unwrap().archives;
+        let mut uncounted = success();
+        uncounted.totals = Some(totals(100));
+        uncounted.archives = None;
+        let s = keeping_the_count(
+            updated(Some(s), "/r".into(), attempt(0), Some(uncounted)),
+            known,
+        );
+        let last = s.last_success.as_ref().unwrap();
+        assert_eq!(last.archives, Some(3), "the count known before");
+        assert_eq!(last.totals, Some(totals(100)), "the create's own totals");
+        assert_eq!(last.totals_end, None, "the totals are the create's");
+        // Outside such a session a create without a count has none.
+        let mut uncounted = success();
+        uncounted.archives = None;
+        let s = updated(Some(s), "/r".into(), attempt(0), Some(uncounted));
+        assert_eq!(s.last_success.unwrap().archives, None);
     }
 
     #[test]

@@ -64,6 +64,24 @@ pub fn join(
             socket.display()
         ))
     };
+    // The session's end asks for the repository's totals as this create
+    // opens it; borgmatic's passphrase pipe is read once, here, before
+    // this process opens any descriptor of its own (one that took a number
+    // the environment names is never read as the pipe).
+    let totals = ctx
+        .state
+        .as_ref()
+        .is_some_and(crate::records::Settings::takes_totals_at_session_end);
+    let passphrase = if totals {
+        take_piped_passphrase(signals).unwrap_or_else(|e| {
+            tracing::warn!(
+                "cannot read borg's passphrase pipe for the totals at the session's end: {e}"
+            );
+            None
+        })
+    } else {
+        None
+    };
     let mut stream = UnixStream::connect(&socket).map_err(unreachable)?;
     // Before the request, which holds the session's secret.
     check_server(&stream, &socket)?;
@@ -96,22 +114,6 @@ pub fn join(
     // both this process and borg are gone (this one killed, borg still
     // reading the mirror, is not "ended").
     inheritable(&stream);
-    // The session's end asks for the repository's totals as this create
-    // opens it; borgmatic's passphrase pipe is read once, here.
-    let totals = ctx
-        .state
-        .as_ref()
-        .is_some_and(crate::records::Settings::takes_totals_at_session_end);
-    let passphrase = if totals {
-        take_piped_passphrase().unwrap_or_else(|e| {
-            tracing::warn!(
-                "cannot read borg's passphrase pipe for the totals at the session's end: {e}"
-            );
-            None
-        })
-    } else {
-        None
-    };
     let (status, create) = CreateRun::run(borg, args, &argv, signals, ctx.asks_for_figures())?;
     let code = borg::exit_code(status);
     let access = (totals && crate::records::made_archive(code))
