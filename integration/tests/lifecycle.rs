@@ -627,14 +627,20 @@ fn snapshots_of_a_killed_snapshot_call_are_removed() {
     let source = data_dataset(&fx);
     let kill_snapshot = fx.work.join("kill-after-snapshot");
     let kill_get = fx.work.join("kill-get");
+    // Only the lookup after the killed snapshot call is killed: recovery's
+    // `zfs get` at a run's start may be about another test's snapshots
+    // (tests run side by side in the guest), and killing it fails the run
+    // before it snapshots anything.
+    let snapped = fx.work.join("snapshot-killed");
     let zfs_cmd = fx.script(
         "zfs-killed",
         &format!(
-            "if [ \"$1\" = get ] && [ -e {get} ]; then kill -KILL $$; fi\n\
+            "if [ \"$1\" = get ] && [ -e {get} ] && [ -e {snapped} ]; then kill -KILL $$; fi\n\
              zfs \"$@\"; rc=$?\n\
-             if [ \"$1\" = snapshot ] && [ -e {snap} ]; then kill -KILL $$; fi\nexit $rc",
+             if [ \"$1\" = snapshot ] && [ -e {snap} ]; then : > {snapped}; kill -KILL $$; fi\nexit $rc",
             get = sh_quote(&kill_get),
-            snap = sh_quote(&kill_snapshot)
+            snap = sh_quote(&kill_snapshot),
+            snapped = sh_quote(&snapped),
         ),
     );
     let zfs_cmd = zfs_cmd.display().to_string();
@@ -653,6 +659,7 @@ fn snapshots_of_a_killed_snapshot_call_are_removed() {
     fx.assert_clean();
 
     write_file(&kill_get, "");
+    let _ = std::fs::remove_file(&snapped);
     let out = wrap("c").expect_code(2);
     assert!(
         !fx.root.join("clean").exists(),
