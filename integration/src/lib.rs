@@ -1064,6 +1064,19 @@ impl Fixture {
         write_script(&self.work.join("bin").join(name), body)
     }
 
+    /// A borg that appends its first argument (the subcommand, or
+    /// `--version`) to `log`, then runs the real borg: counts the borg
+    /// processes a run starts.
+    pub fn counting_borg(&self, log: &Path) -> PathBuf {
+        self.script(
+            "counting-borg",
+            &format!(
+                "printf '%s\\n' \"$1\" >> {}\nexec borg \"$@\"",
+                sh_quote(log)
+            ),
+        )
+    }
+
     /// Where the wrapper mounts the snapshot of the dataset mounted at `live`.
     pub fn snapshot_path(&self, live: &Path) -> PathBuf {
         self.root

@@ -418,13 +418,7 @@ fn monitoring_cost_measured() {
     }
     let timings = fx.work.join("timings.json");
     let calls = fx.work.join("borg-calls");
-    let borg = fx.script(
-        "counting-borg",
-        &format!(
-            "printf '%s\\n' \"$1\" >> {}\nexec borg \"$@\"",
-            sh_quote(&calls)
-        ),
-    );
+    let borg = fx.counting_borg(&calls);
     let mut medians = Vec::new();
     for (mode, state, info) in [
         ("none", "none".to_owned(), "never"),

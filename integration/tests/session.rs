@@ -243,13 +243,7 @@ fn monitoring_adds_no_borg_process_to_a_create() {
     p.dataset("data", &[]);
     p.write("data/f", "x\n");
     let calls = fx.work.join("borg-calls");
-    let borg = fx.script(
-        "counting-borg",
-        &format!(
-            "printf '%s\\n' \"$1\" >> {}\nexec borg \"$@\"",
-            sh_quote(&calls)
-        ),
-    );
+    let borg = fx.counting_borg(&calls);
     let script = fx.script(
         "one-create",
         &format!(
