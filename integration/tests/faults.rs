@@ -213,6 +213,11 @@ fn every_call(part: usize, parts: usize) {
     assert_intact(&fx, &foreign, "after the counting run");
 
     let modes = ["fail", "kill", "term"];
+    // The real borg's version as the first next run cached it: put back
+    // for each later next run (the faulty runs remove it, so that
+    // recovery's calls are crash points), one Python start-up less each.
+    let version_cache = fx.root.join("borg-version");
+    let mut real_borg_version: Option<String> = None;
     for (n, (at, mode)) in (1..=points)
         .filter(|at| at % parts == part)
         .flat_map(|at| modes.iter().map(move |m| (at, *m)))
@@ -225,6 +230,9 @@ fn every_call(part: usize, parts: usize) {
         eprintln!("[{context}] faulty run exited {}", out.code());
         // The next run recovers with each backend in turn.
         let next_backend = if n % 2 == 0 { "command" } else { "auto" };
+        if let Some(cached) = &real_borg_version {
+            write_file(&version_cache, cached);
+        }
         let next = fx.wrap(
             &["--backend", next_backend],
             &["create", &fx.repo.at(&format!("n{at}-{mode}")), &source],
@@ -237,6 +245,9 @@ fn every_call(part: usize, parts: usize) {
             out.dump()
         );
         assert_intact(&fx, &foreign, &format!("{context}, after the next wrap"));
+        if real_borg_version.is_none() {
+            real_borg_version = std::fs::read_to_string(&version_cache).ok();
+        }
         let clean = run(fx.zfs_snap().arg("cleanup")).success();
         assert!(
             clean.stdout.contains("Nothing left behind"),

@@ -205,12 +205,23 @@ fn fresh_database() {
 
 /// Both repositories, empty: `repokey-blake2`, as the seed says for rsync.net.
 fn fresh_repositories() {
+    fresh(&[SSH_REPO, LOCAL_REPO]);
+}
+
+/// The `repos` (of [`SSH_REPO`] and [`LOCAL_REPO`]) a test uses, empty;
+/// a test that uses one pays no borg start-ups for the other.
+fn fresh(repos: &[&str]) {
     sh(&format!(
-        "rm -rf {SERVER_HOME}/backups/seed {LOCAL_REPO}\n\
-         mkdir -p {SERVER_HOME}/backups && chown {SERVER_USER}: {SERVER_HOME}/backups\n\
+        "mkdir -p {SERVER_HOME}/backups && chown {SERVER_USER}: {SERVER_HOME}/backups\n\
          mkdir -p $(dirname {LOCAL_REPO})"
     ));
-    for repo in [SSH_REPO, LOCAL_REPO] {
+    for &repo in repos {
+        let dir = if repo == SSH_REPO {
+            format!("{SERVER_HOME}/backups/seed")
+        } else {
+            repo.to_owned()
+        };
+        let _ = std::fs::remove_dir_all(dir);
         borg_must(&["init", "-e", "repokey-blake2", repo]);
     }
 }
@@ -694,7 +705,7 @@ impl Drop for KillOnDrop {
 #[test]
 fn a_dump_made_by_hand_with_the_runtime_directory_on_zfs_is_read_live() {
     let _host = seed_host!();
-    fresh_repositories();
+    fresh(&[LOCAL_REPO]);
     fresh_database();
     configure_with(
         &["/etc/seedtest"],
@@ -736,7 +747,7 @@ fn a_dump_made_by_hand_with_the_runtime_directory_on_zfs_is_read_live() {
 #[test]
 fn a_missing_source_path_is_a_warning_as_with_plain_borg() {
     let _host = seed_host!();
-    fresh_repositories();
+    fresh(&[SSH_REPO]);
     let paths = ["/etc/seedtest", "/var/lib/gone", "/home/alice"];
     let ours = run(Command::new(zfs_snap_bin())
         .args(["wrap", "--", "borg", "create", &format!("{SSH_REPO}::ours")])
@@ -761,7 +772,7 @@ fn a_missing_source_path_is_a_warning_as_with_plain_borg() {
 #[test]
 fn a_tab_in_another_datasets_mountpoint_stops_no_backup() {
     let _host = seed_host!();
-    fresh_repositories();
+    fresh(&[LOCAL_REPO]);
     let _ = run(Command::new("zfs").args(["destroy", "rpool/tab"]));
     zfs(&["create", "-o", "mountpoint=/srv/t\tab", "rpool/tab"]);
     let out = run(Command::new(zfs_snap_bin())
@@ -913,7 +924,7 @@ fn a_borgmatic_bypassing_the_link_fails_the_unit_and_says_why() {
 #[test]
 fn the_sessions_socket_answers_its_own_creates_only_and_never_shows_its_secret() {
     let _host = seed_host!();
-    fresh_repositories();
+    fresh(&[LOCAL_REPO]);
     let root = Path::new("/run/zfs-snap");
     std::fs::create_dir_all(root).unwrap();
     let planted = root.join("session.sock");
