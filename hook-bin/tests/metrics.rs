@@ -1219,3 +1219,125 @@ fn a_passphrase_pipe_that_never_ends_does_not_hang_the_create() {
     assert_eq!(last["archive_figures"]["name"], "b", "{last:#}");
     assert_eq!(last["archives"], 2, "the session's end counted both");
 }
+
+/// The totals at a session's end never hold the backup up or change its
+/// outcome, and never prompt: a `borg info` that never answers is killed at
+/// `--metrics-totals-timeout`; a `borg info` and `borg list` that fail are
+/// each a warning naming the call; the session's status stays its
+/// command's. The session runs with a controlling terminal (a pty, as a
+/// user at a shell has), and neither call can open `/dev/tty`, where borg
+/// would ask for a passphrase it lacks.
+#[test]
+fn the_totals_at_a_sessions_end_are_bounded_never_prompt_and_never_change_the_status() {
+    need!(Need::Borg);
+    need!(Need::Tool("python3"));
+    let (w, data, repo) = world();
+    let link_dir = w.dir.path().join("link");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_zfs-snap"), link_dir.join("borg")).unwrap();
+    let probe = w.dir.path().join("probe");
+    let borg = w.dir.path().join("totals-borg");
+    std::fs::write(
+        &borg,
+        "#!/bin/sh\n\
+         case \"$1\" in\n\
+         info|list)\n\
+         \x20   if (exec 3</dev/tty) 2>/dev/null; then echo \"$1 opened /dev/tty\" >> \"$PROBE\"\n\
+         \x20   else echo \"$1 no terminal\" >> \"$PROBE\"; fi\n\
+         \x20   if [ \"$1\" = info ] && [ \"$HANG\" = yes ]; then exec sleep 317; fi\n\
+         \x20   echo \"refused by the test\" >&2; exit 2 ;;\n\
+         esac\n\
+         exec borg \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&borg, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // python3 gives the session a terminal of its own: a new session
+    // whose controlling terminal is a pty (its output still to our pipes).
+    const WITH_A_TERMINAL: &str = "import fcntl, os, subprocess, sys, termios\n\
+        master, slave = os.openpty()\n\
+        sys.exit(subprocess.run(sys.argv[1:], start_new_session=True, \
+        stdin=subprocess.DEVNULL, \
+        preexec_fn=lambda: fcntl.ioctl(slave, termios.TIOCSCTTY, 0)).returncode)\n";
+    let session = |hang: &str| {
+        let _ = std::fs::remove_file(&probe);
+        let ended = w.dir.path().join("ended");
+        let mut cmd = w.cmd();
+        cmd.env("ZFS_SNAP_METRICS_INFO", "auto")
+            .env("ZFS_SNAP_METRICS_TOTALS_TIMEOUT", "3")
+            .env("ZFS_SNAP_BORG", &borg)
+            .env("PROBE", &probe)
+            .env("HANG", hang)
+            .env("LINK", link_dir.join("borg"))
+            .env("REPO", &repo)
+            .env("DATA", &data)
+            .env("ENDED", &ended)
+            .args(["session", "--", "sh", "-ec"])
+            .arg(
+                "(exec 3</dev/tty) || { echo 'the session has no terminal' >&2; exit 9; }\n\
+                 \"$LINK\" create \"$REPO::$HANG\" \"$DATA\"\n\
+                 : > \"$ENDED\"\n",
+            );
+        let mut python = Command::new("python3");
+        python.args(["-c", WITH_A_TERMINAL]).arg(cmd.get_program());
+        python.args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => python.env(k, v),
+                None => python.env_remove(k),
+            };
+        }
+        let out = run(&mut python);
+        let after_end = std::fs::metadata(&ended)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("the command did not end: {e}\n{}", stderr(&out)));
+        (
+            out,
+            after_end,
+            std::fs::read_to_string(&probe).unwrap_or_default(),
+        )
+    };
+
+    // A `borg info` that never answers: killed at the deadline, the
+    // session's status its command's (0), nothing of it left running.
+    let (out, after_end, probed) = session("yes");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        after_end < Duration::from_secs(20),
+        "the session ended {after_end:?} after its command, with a 3 s totals timeout\n{}",
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("no totals at the end of the session")
+            && err.contains("borg info")
+            && err.contains("still running at the deadline"),
+        "{err}"
+    );
+    assert_eq!(probed, "info no terminal\n", "{err}");
+    let left = run(Command::new("pgrep").args(["-f", "sleep 317"]));
+    assert!(
+        !left.status.success(),
+        "the hung call is still running: {}",
+        stdout(&left)
+    );
+    let run_json: Value =
+        serde_json::from_slice(&std::fs::read(w.state_dir().join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["success"], true, "{run_json:#}");
+
+    // Calls that fail: each a warning naming it; the status stays 0.
+    let (out, _, probed) = session("no");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no totals at the end of the session") && err.contains("refused by the test"),
+        "{err}"
+    );
+    assert!(
+        probed.lines().all(|l| l.ends_with("no terminal")) && !probed.is_empty(),
+        "{probed}\n{err}"
+    );
+    let last = record_of(&w, &repo)["last_success"].clone();
+    assert_eq!(last["archive_figures"]["name"], "no", "{last:#}");
+}

@@ -1349,6 +1349,13 @@ pub fn assert_figures_match_borg(
         (of("borg_last_backup_duration") - duration).abs() < 1e-3,
         "borg's duration of {location}"
     );
+    // The seed's: the create's wall-clock time as zfs-snap ran it, borg's
+    // own start-up and repository opening included.
+    let wall = of("borg_backup_duration_seconds");
+    assert!(
+        wall >= duration - 1e-3 && wall < duration + 600.0,
+        "borg_backup_duration_seconds of {location}: {wall} s, borg's own {duration} s"
+    );
     let age = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")

@@ -20,6 +20,42 @@ pub const STATE_DIR: &str = "/var/lib/zfs-snap";
 /// The test drop-in's path (after the shipped `zfs-snap.conf`).
 pub const TEST_DROP_IN: &str = "/etc/systemd/system/borgmatic.service.d/zz-test.conf";
 
+/// The repositories' passphrase as the seed keeps it: a root-only file
+/// (the seed's module: an agenix secret, read by `encryption_passcommand`).
+pub const PASSPHRASE_FILE: &str = "/root/borg-passphrase";
+/// The passphrase itself (a test greps logs and files for it).
+pub const PASSPHRASE: &str = "correct horse battery staple";
+/// Upstream's unit loads this as `LoadCredentialEncrypted=borgmatic.pw`.
+pub const CREDENTIAL: &str = "/etc/credstore.encrypted/borgmatic.pw";
+
+/// [`PASSPHRASE_FILE`], and upstream's encrypted credential ([`CREDENTIAL`])
+/// made from it with `systemd-creds encrypt`, as borgmatic's docs say; made
+/// once per boot, by whichever test comes first.
+pub fn passphrase_and_credential() {
+    if Path::new(CREDENTIAL).exists() && Path::new(PASSPHRASE_FILE).exists() {
+        return;
+    }
+    write_file(Path::new(PASSPHRASE_FILE), PASSPHRASE);
+    std::fs::set_permissions(
+        PASSPHRASE_FILE,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/etc/credstore.encrypted").unwrap();
+    std::fs::set_permissions(
+        "/etc/credstore.encrypted",
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    run(Command::new("systemd-creds").args([
+        "encrypt",
+        "--name=borgmatic.pw",
+        PASSPHRASE_FILE,
+        CREDENTIAL,
+    ]))
+    .success();
+}
+
 pub fn systemctl(args: &[&str]) -> Out {
     run(Command::new("systemctl").args(args))
 }

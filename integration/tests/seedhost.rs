@@ -19,11 +19,12 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration::units::{exporter_scrape, install, journal, systemctl, LINK, STATE_DIR};
+use integration::units::{
+    exporter_scrape, install, journal, passphrase_and_credential, systemctl, LINK, PASSPHRASE,
+    PASSPHRASE_FILE, STATE_DIR,
+};
 use integration::*;
 
-const PASSPHRASE_FILE: &str = "/root/borg-passphrase";
-const CREDENTIAL: &str = "/etc/credstore.encrypted/borgmatic.pw";
 const SSH_KEY: &str = "/root/.ssh/id_ed25519_rsyncnet";
 /// The "rsync.net" account: its home, where `/./` leads.
 const SERVER_USER: &str = "rsyncnet";
@@ -113,16 +114,7 @@ fn borg_must(args: &[&str]) -> String {
 fn set_up_host() {
     // The passphrase: a file (the seed's module: an agenix secret), and
     // upstream's encrypted credential made from it.
-    write_file(Path::new(PASSPHRASE_FILE), "correct horse battery staple");
-    std::fs::set_permissions(
-        PASSPHRASE_FILE,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    sh(&format!(
-        "mkdir -p -m 0700 /etc/credstore.encrypted\n\
-         systemd-creds encrypt --name=borgmatic.pw {PASSPHRASE_FILE} {CREDENTIAL}"
-    ));
+    passphrase_and_credential();
 
     // "rsync.net": an account whose key may only run `borg serve` below
     // its backups directory.
@@ -515,6 +507,21 @@ fn the_seeds_host_backs_up_one_moment_into_an_encrypted_ssh_and_a_local_reposito
     let printed = Path::new("/srv/seed-printed");
     install_recording_borg(printed);
     fresh_repositories();
+    // Two older archives of this host from one day: the seed's retention
+    // keeps the later, so borgmatic's prune deletes one from each
+    // repository, and the totals at the session's end must be those after.
+    let day = sh("date -u -d '3 days ago' +%Y-%m-%d");
+    for repo in [SSH_REPO, LOCAL_REPO] {
+        for (n, at) in [(1, "01:00:00"), (2, "02:00:00")] {
+            borg_must(&[
+                "create",
+                "--timestamp",
+                &format!("{}T{at}", day.trim()),
+                &format!("{repo}::vm-tests-pre-{n}"),
+                "/etc/seedtest",
+            ]);
+        }
+    }
     fresh_database();
     let oracle = "seed-oracle";
     destroy_snapshots(oracle);
@@ -579,9 +586,16 @@ fn the_seeds_host_backs_up_one_moment_into_an_encrypted_ssh_and_a_local_reposito
 
     let ssh = archives(SSH_REPO);
     let local = archives(LOCAL_REPO);
-    assert_eq!((ssh.len(), local.len()), (1, 1), "{ssh:?} {local:?}\n{log}");
+    for names in [&ssh, &local] {
+        assert_eq!(
+            names.len(),
+            2,
+            "the day's later older archive and the new one: {names:?}\n{log}"
+        );
+        assert_eq!(names[0], "vm-tests-pre-2", "prune kept the day's later one");
+    }
     assert_recorded_figures(printed, &log);
-    let (ssh, local) = (&ssh[0], &local[0]);
+    let (ssh, local) = (&ssh[1], &local[1]);
     assert!(ssh.starts_with("vm-tests-"), "{ssh}");
 
     // One moment in both repositories.
@@ -795,23 +809,27 @@ fn a_tab_in_another_datasets_mountpoint_stops_no_backup() {
 /// to the link, borgmatic hands borg paths inside its own snapshot mounts:
 /// zfs-snap takes no snapshot for them and says so, at warning priority in
 /// the journal, with what to change (issue 19, item 7); the backup is made
-/// and nothing of ours is left. The unit as it ships, credential included:
-/// the passphrase of both encrypted repositories comes from upstream's
+/// and nothing of ours is left. The unit as it ships, credential included,
+/// with borgmatic's default actions (create, prune, compact, check): the
+/// passphrase of both encrypted repositories comes from upstream's
 /// `LoadCredentialEncrypted=borgmatic.pw` (made with `systemd-creds
 /// encrypt`), through borgmatic's pipe to each create and on to the
 /// session's end for the totals, and is nowhere in the journal or in
-/// zfs-snap's files.
+/// zfs-snap's files; every figure recorded equals borg's own.
 #[test]
 fn borgmatics_own_zfs_hook_left_on_is_named_with_what_to_change() {
     let _host = seed_host!();
+    let printed = Path::new("/srv/seed-printed");
+    install_recording_borg(printed);
     fresh_repositories();
     configure_with(
         &["/home/alice", "/etc/seedtest"],
         false,
         "encryption_passphrase: '{credential systemd borgmatic.pw}'",
-        &format!("{CREATE_ONLY}zfs: {{}}\n"),
+        "zfs: {}\n",
         "",
     );
+    let _ = std::fs::remove_dir_all(STATE_DIR);
     let since = must("date", &["+%Y-%m-%d %H:%M:%S"]);
     let (result, took) = start_unit(Duration::from_secs(900));
     let log = journal("borgmatic");
@@ -853,19 +871,14 @@ fn borgmatics_own_zfs_hook_left_on_is_named_with_what_to_change() {
         !theirs.contains("borgmatic"),
         "borgmatic removed its own snapshots: {theirs}"
     );
-    let secret = "correct horse battery staple";
+    let secret = PASSPHRASE;
     assert!(!log.contains(secret), "the passphrase in the journal");
     let leaked = run(Command::new("grep").args(["-rl", secret, STATE_DIR, "/run/zfs-snap"]));
     assert_ne!(leaked.code(), 0, "the passphrase in {}", leaked.stdout);
-    let samples = recorded_samples(Path::new(STATE_DIR));
-    for repo in [SSH_REPO, LOCAL_REPO] {
-        assert_eq!(
-            samples.get(&format!("borg_total_backups{{repository=\"{repo}\"}}")),
-            Some(&1.0),
-            "the count at the session's end, through the credential's pipe; recorded: \
-             {samples:#?}\n{log}"
-        );
-    }
+    // Every figure of both creates, and the totals and count the session's
+    // end took after borgmatic's prune, compact and check, through the
+    // credential's pipe.
+    assert_recorded_figures(printed, &log);
     assert_nothing_left();
 }
 

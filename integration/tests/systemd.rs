@@ -4,7 +4,11 @@
 //! own. Runs in the vm-tests guest that boots systemd as PID 1, the seed's
 //! host (`vm-tests test` gives executables named `systemd*` that guest);
 //! anywhere else it skips loudly, and where `ZFS_SNAP_REQUIRE` lists
-//! `systemd` (that guest) without it, it fails. Two repositories reading
+//! `systemd` (that guest) without it, it fails. As the seed's host runs
+//! them: both repositories `repokey-blake2`, the passphrase from upstream's
+//! encrypted credential (the standalone unit's script: from a file), every
+//! hardening line and zfs-snap's monitoring at their defaults (the totals
+//! at a session's end included). Two repositories reading
 //! one snapshot set, the figures recorded and the exporter unit: the seed's
 //! host's own tests (tests/seedhost.rs).
 
@@ -14,7 +18,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration::units::{systemctl, LINK};
+use integration::units::{passphrase_and_credential, systemctl, LINK, PASSPHRASE_FILE};
 use integration::*;
 
 const RUNTIME_ROOT: &str = "/run/zfs-snap";
@@ -41,15 +45,25 @@ macro_rules! systemd_fixture {
     }};
 }
 
-/// Installs zfs-snap and borgmatic's units ([`units::install`]), with a test
-/// drop-in that only removes what a test cannot wait for (upstream's
-/// one-minute delay) or what the seed's host tests (tests/seedhost.rs)
-/// prove instead (the encrypted credential), and the `borg list` after
-/// each create (one more Python start-up per create under emulation).
+/// Installs zfs-snap and borgmatic's units ([`units::install`]) as they
+/// ship, upstream's encrypted credential and zfs-snap's monitoring
+/// defaults included, with a test drop-in that only removes what a test
+/// cannot wait for (upstream's one-minute delay).
 fn install() {
-    integration::units::install(
-        "ExecStartPre=\nLoadCredentialEncrypted=\nEnvironment=ZFS_SNAP_METRICS_INFO=never\n",
-    );
+    passphrase_and_credential();
+    integration::units::install("ExecStartPre=\n");
+}
+
+/// Plain borg with the repositories' passphrase (from its file).
+fn borg() -> Command {
+    let mut cmd = Command::new("borg");
+    cmd.env("BORG_PASSCOMMAND", format!("cat {PASSPHRASE_FILE}"));
+    cmd
+}
+
+#[track_caller]
+fn borg_must(args: &[&str]) -> String {
+    run(borg().args(args)).success().stdout
 }
 
 /// `/etc/borgmatic/config.yaml` (where upstream's unit finds it) for
@@ -71,7 +85,7 @@ fn configure_with_commands(
     for repo in &repos {
         let _ = std::fs::remove_dir_all(repo);
         std::fs::create_dir_all(repo.parent().unwrap()).unwrap();
-        must("borg", &["init", "-e", "none", &repo.display().to_string()]);
+        borg_must(&["init", "-e", "repokey-blake2", &repo.display().to_string()]);
     }
     let sources: String = sources
         .iter()
@@ -83,9 +97,8 @@ fn configure_with_commands(
             "source_directories:\n{sources}\
              repositories:\n    - path: {r1}\n      label: one\n    - path: {r2}\n      label: two\n\
              local_path: {LINK}\n\
+             encryption_passphrase: '{{credential systemd borgmatic.pw}}'\n\
              archive_name_format: 'sd-{{now:%Y%m%dT%H%M%S.%f}}'\n\
-             unknown_unencrypted_repo_access_is_ok: true\n\
-             relocated_repo_access_is_ok: true\n\
              store_config_files: false\n\
              keep_daily: 7\n\
              commands:\n    - after: repository\n      run:\n          - date +%s%N >> {changing}\n\
@@ -99,22 +112,19 @@ fn configure_with_commands(
 }
 
 fn archives(repo: &Path) -> Vec<String> {
-    must("borg", &["list", "--short", &repo.display().to_string()])
+    borg_must(&["list", "--short", &repo.display().to_string()])
         .lines()
         .map(str::to_owned)
         .collect()
 }
 
 fn file_in(repo: &Path, archive: &str, path: &Path) -> String {
-    must(
-        "borg",
-        &[
-            "extract",
-            "--stdout",
-            &format!("{}::{archive}", repo.display()),
-            path.strip_prefix("/").unwrap().to_str().unwrap(),
-        ],
-    )
+    borg_must(&[
+        "extract",
+        "--stdout",
+        &format!("{}::{archive}", repo.display()),
+        path.strip_prefix("/").unwrap().to_str().unwrap(),
+    ])
 }
 
 /// Nothing of zfs-snap's is left: no snapshot carrying our ownership
@@ -456,7 +466,7 @@ fn the_standalone_unit_runs_a_script_on_one_snapshot_set() {
     let repos = configure(&[p.path("data")], &changing, CREATE_ONLY);
     write_file(
         Path::new("/etc/zfs-snap/backup.env"),
-        "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes\nBORG_RELOCATED_REPO_ACCESS_IS_OK=yes\n",
+        &format!("BORG_PASSCOMMAND=cat {PASSPHRASE_FILE}\n"),
     );
     write_script(
         Path::new("/etc/zfs-snap/backup"),
