@@ -7,7 +7,9 @@
 #     given the paths of the VM suite's systemd guest, are the repository's
 #     systemd/borgmatic.service.d/zfs-snap.conf and systemd/zfs-snap-exporter.service
 #     (every key with the same values in the same order): the files
-#     integration/tests/systemd.rs boots under systemd on real ZFS;
+#     integration/tests/systemd.rs boots under systemd on real ZFS; and the
+#     seedHost example's borgmatic settings are integration/tests/seedhost-config.json,
+#     the configuration integration/tests/seedhost.rs runs borgmatic with;
 #  3. each example's borgmatic configuration passes borgmatic's own
 #     `config validate` (borgmatic from PyPI, in a venv);
 #  4. with NIXPKGS_LIB=/path/to/nixpkgs.lib (nix-community/nixpkgs.lib): the
@@ -58,6 +60,17 @@ for name, e in d["examples"].items():
     (work / "configs" / f"{name}.yaml").write_text(json.dumps(e["settings"], indent=2))
     for w in e["warnings"]:
         print(f"nix-checks: example {name}: warning: {w}")
+# The seed host's borgmatic configuration in the VM suite is the module's.
+booted = pathlib.Path("integration/tests/seedhost-config.json")
+generated = json.dumps(d["examples"]["seedHost"]["settings"], indent=2, sort_keys=True) + "\n"
+if booted.read_text() == generated:
+    print(f"nix-checks: {booted}: the seedHost example's borgmatic settings, as generated")
+else:
+    (work / "generated.json").write_text(generated)
+    subprocess.run(["diff", "-u", "--label", f"{booted} (committed)", "--label", "seedHost (generated)",
+                    str(booted), str(work / "generated.json")])
+    d["problems"].append(f"{booted} is not the seedHost example's settings (diff above); "
+                         "regenerate it from nix/tests/core-checks.nix")
 if d["problems"]:
     print("nix-checks: FAILED:", *d["problems"], sep="\n  ", file=sys.stderr)
     sys.exit(1)

@@ -220,46 +220,71 @@ fn fresh(repos: &[&str]) {
 
 /// The seed's basic config with both repositories, the database, `extra`
 /// (more settings) and `commands` (more items of `commands:`).
-fn configure(passphrase: &str, extra: &str, commands: &str) {
+fn configure(passphrase: Passphrase, extra: &str, commands: &str) {
     configure_with(&SOURCES, true, passphrase, extra, commands);
 }
 
+/// Where borgmatic gets the repositories' passphrase.
+#[derive(Clone, Copy, PartialEq)]
+enum Passphrase {
+    /// `encryption_passcommand: cat FILE`: the NixOS module's way.
+    File,
+    /// Upstream's unit's encrypted credential.
+    Credential,
+}
+
+/// borgmatic's configuration as the NixOS module generates it for this
+/// host (nix/core.nix for the `seedHost` example of nix/tests/examples.nix,
+/// with the guest's paths; `.ci/nix-checks.sh` proves the file is that).
+const MODULE_SETTINGS: &str = include_str!("seedhost-config.json");
+
 /// [`configure`] with other sources, with or without the database: for
-/// the tests of one thing (a seed's full create costs minutes here).
-fn configure_with(sources: &[&str], database: bool, passphrase: &str, extra: &str, commands: &str) {
-    let list = |items: &[&str]| -> String {
-        items
-            .iter()
-            .map(|i| format!("    - '{i}'\n"))
-            .collect::<String>()
-    };
-    write_file(
-        Path::new(CONFIG),
-        &format!(
-            "source_directories:\n{sources}\
-             repositories:\n    - path: {SSH_REPO}\n      label: rsync.net\n    - path: {LOCAL_REPO}\n      label: local\n\
-             local_path: {LINK}\n\
-             {passphrase}\n\
-             ssh_command: ssh -i {SSH_KEY}\n\
-             archive_name_format: '{{hostname}}-{{now:%Y-%m-%dT%H:%M:%S.%f}}'\n\
-             exclude_patterns:\n{excludes}\
-             exclude_caches: true\n\
-             keep_daily: 7\nkeep_weekly: 4\nkeep_monthly: 6\nkeep_yearly: 1\n\
-             {database}{commands}{extra}",
-            sources = list(sources),
-            excludes = list(&EXCLUDES),
-            database = if database {
-                format!("postgresql_databases:\n    - name: {DATABASE}\n      username: postgres\n")
-            } else {
-                String::new()
-            },
-            commands = if commands.is_empty() {
-                String::new()
-            } else {
-                format!("commands:\n{commands}")
-            },
-        ),
+/// the tests of one thing (a seed's full create costs minutes here). The
+/// module's settings, written as YAML (each value in JSON's flow style,
+/// which YAML reads), with these changes only.
+fn configure_with(
+    sources: &[&str],
+    database: bool,
+    passphrase: Passphrase,
+    extra: &str,
+    commands: &str,
+) {
+    let mut settings: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(MODULE_SETTINGS).expect("seedhost-config.json");
+    let paths: Vec<&str> = settings["repositories"]
+        .as_array()
+        .expect("repositories")
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .collect();
+    assert_eq!(paths, [SSH_REPO, LOCAL_REPO], "the module's repositories");
+    assert_eq!(settings["local_path"], LINK);
+    assert_eq!(
+        settings["encryption_passcommand"],
+        format!("cat {PASSPHRASE_FILE}").as_str()
     );
+    assert_eq!(settings["source_directories"], serde_json::json!(SOURCES));
+    assert_eq!(settings["exclude_patterns"], serde_json::json!(EXCLUDES));
+    settings.insert("source_directories".into(), serde_json::json!(sources));
+    if !database {
+        settings.remove("postgresql_databases");
+    }
+    if passphrase == Passphrase::Credential {
+        settings.remove("encryption_passcommand");
+        settings.insert(
+            "encryption_passphrase".into(),
+            "{credential systemd borgmatic.pw}".into(),
+        );
+    }
+    let mut yaml: String = settings
+        .iter()
+        .map(|(key, value)| format!("{key}: {value}\n"))
+        .collect();
+    if !commands.is_empty() {
+        yaml.push_str(&format!("commands:\n{commands}"));
+    }
+    yaml.push_str(extra);
+    write_file(Path::new(CONFIG), &yaml);
 }
 
 /// A borg that keeps what each create prints in `dir` (the JSON zfs-snap
@@ -540,7 +565,7 @@ fn the_seeds_host_backs_up_one_moment_into_an_encrypted_ssh_and_a_local_reposito
         .collect::<Vec<_>>()
         .join(" ");
     configure(
-        &format!("encryption_passcommand: cat {PASSPHRASE_FILE}"),
+        Passphrase::File,
         "",
         &format!(
             "    - before: action\n      when:\n          - create\n      run:\n\
@@ -721,13 +746,7 @@ fn a_dump_made_by_hand_with_the_runtime_directory_on_zfs_is_read_live() {
     let _host = seed_host!();
     fresh(&[LOCAL_REPO]);
     fresh_database();
-    configure_with(
-        &["/etc/seedtest"],
-        true,
-        &format!("encryption_passcommand: cat {PASSPHRASE_FILE}"),
-        CREATE_ONLY,
-        "",
-    );
+    configure_with(&["/etc/seedtest"], true, Passphrase::File, CREATE_ONLY, "");
     assert_eq!(
         sh("stat -f -c %T /tmp").trim(),
         "zfs",
@@ -825,7 +844,7 @@ fn borgmatics_own_zfs_hook_left_on_is_named_with_what_to_change() {
     configure_with(
         &["/home/alice", "/etc/seedtest"],
         false,
-        "encryption_passphrase: '{credential systemd borgmatic.pw}'",
+        Passphrase::Credential,
         "zfs: {}\n",
         "",
     );
@@ -890,13 +909,7 @@ fn borgmatics_own_zfs_hook_left_on_is_named_with_what_to_change() {
 fn a_borgmatic_bypassing_the_link_fails_the_unit_and_says_why() {
     let _host = seed_host!();
     fresh_repositories();
-    configure_with(
-        &["/home/alice"],
-        false,
-        &format!("encryption_passcommand: cat {PASSPHRASE_FILE}"),
-        CREATE_ONLY,
-        "",
-    );
+    configure_with(&["/home/alice"], false, Passphrase::File, CREATE_ONLY, "");
     sh(&format!(
         "sed -i 's|^local_path: .*|local_path: /usr/bin/borg|' {CONFIG}"
     ));

@@ -159,6 +159,35 @@ rec {
     };
   };
 
+  # The VM suite's seed host (integration/tests/seedhost.rs): "Basic Usage"
+  # with the guest's "rsync.net" (an sshd serving `borg serve` below
+  # /./backups) and a local repository, the seed's PostgreSQL dump and ZFS.
+  # Its borgmatic settings, with the guest's paths, are the committed
+  # integration/tests/seedhost-config.json the guest's borgmatic runs with
+  # (.ci/nix-checks.sh proves them equal).
+  seedHost = basic // {
+    repositories = [
+      {
+        path = "ssh://rsyncnet@localhost/./backups/seed";
+        label = "rsync.net";
+      }
+      {
+        path = "/srv/borg-local/seed";
+        label = "local";
+      }
+    ];
+    encryption = encryption // {
+      passphraseFile = "/root/borg-passphrase";
+    };
+    postgresqlDatabases = [
+      {
+        name = "shop";
+        username = "postgres";
+      }
+    ];
+    zfs.enable = true;
+  };
+
   # What the module must refuse: each with a piece of the message it must give.
   refused = {
     borgmaticZfsHook = {

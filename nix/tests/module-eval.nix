@@ -231,7 +231,7 @@ let
       c = eval cfg withServices;
       z = cfg.zfs.enable or false;
       bm = c.systemd.services.borgmatic or null;
-      sudo = name == "postgresql" || name == "postgresqlZfs";
+      sudo = (cfg.postgresqlDatabases or [ ]) != [ ];
       expectedCaps =
         (if sudo then sudoLines.CapabilityBoundingSet else [ ])
         ++ (if z then shippedDropIn.CapabilityBoundingSet else [ ]);
