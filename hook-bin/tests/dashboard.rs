@@ -18,6 +18,7 @@ mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use prometheus::{encode, now, Exporter, Prometheus};
@@ -415,29 +416,53 @@ fn label_values(p: &Prometheus, query: &str, t: f64) -> Result<Vec<String>, Stri
         .collect())
 }
 
-/// Two repositories with an archive each, then a failed create into the
-/// second (its archive name is taken): every series zfs-snap has, the
-/// failure ones included.
+/// The seed's way: borgmatic's creates through the `borg` link in one
+/// `zfs-snap session`, into two `repokey-blake2` repositories, each borg
+/// given the passphrase through a pipe of its own (`BORG_PASSPHRASE_FD`);
+/// an archive in each, then a failed create into the second (its archive
+/// name is taken): every series zfs-snap has, the failure ones and the
+/// totals at the session's end included.
 fn backed_up_world() -> (World, Vec<String>) {
+    const SECRET: &str = "dashboard 5521 passphrase";
     let w = World::new();
     let data = w.dataset("tank/data", "data");
     for i in 0..20 {
         w.write(&data.join(format!("f{i}")), &"x".repeat(i * 100));
     }
-    let repo = w.repo();
-    let repo2 = w.dir.path().join("repo2").display().to_string();
-    w.borg(&["init", "-e", "none", &repo2]);
-    let create = |r: &str, name: &str| {
-        run(w
-            .cmd()
-            .env("ZFS_SNAP_METRICS_INFO", "auto")
-            .args(["wrap", "--", "borg", "create", &format!("{r}::{name}")])
-            .arg(&data))
-    };
-    assert!(create(&repo, "one").status.success());
-    assert!(create(&repo2, "two").status.success());
-    assert!(!create(&repo2, "two").status.success(), "the name is taken");
-    let mut repos = vec![repo, repo2];
+    let mut repos: Vec<String> = ["enc1", "enc2"]
+        .iter()
+        .map(|n| w.dir.path().join(n).display().to_string())
+        .collect();
+    for r in &repos {
+        let out = run(Command::new("borg")
+            .args(["init", "-e", "repokey-blake2", r])
+            .env("BORG_PASSPHRASE", SECRET)
+            .env("BORG_BASE_DIR", w.dir.path().join("borg-home")));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let link_dir = w.dir.path().join("link");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_zfs-snap"), link_dir.join("borg")).unwrap();
+    let script = "with_pipe() { exec 4<<EOF\n$SECRET\nEOF\nBORG_PASSPHRASE_FD=4 \"$@\"; }\n\
+                  with_pipe \"$LINK\" create \"$REPO1::one\" \"$DATA\" || exit 3\n\
+                  with_pipe \"$LINK\" create \"$REPO2::two\" \"$DATA\" || exit 3\n\
+                  if with_pipe \"$LINK\" create \"$REPO2::two\" \"$DATA\"; then exit 4; fi\n";
+    let out = run(w
+        .cmd()
+        .env_remove("BORG_PASSPHRASE")
+        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .args(["session", "--", "sh", "-c", script])
+        .env("SECRET", SECRET)
+        .env("LINK", link_dir.join("borg"))
+        .env("REPO1", &repos[0])
+        .env("REPO2", &repos[1])
+        .env("DATA", &data)
+        .stdin(std::process::Stdio::null()));
+    assert!(
+        out.status.success(),
+        "two creates, then one refused (the name is taken): {}",
+        stderr(&out)
+    );
     repos.sort();
     (w, repos)
 }
