@@ -97,7 +97,8 @@ pub struct Global {
     pub state_dir: String,
 
     /// What to ask of borg for a recorded create's figures: `auto` (`--json` added to a create
-    /// without it; `borg list --json` after it for local repositories), `always`, or `never`.
+    /// without it: no borg process beside the create; the archive count at a session's end),
+    /// `always` (also one `borg list --json` after each create outside a session), or `never`.
     #[arg(
         long,
         global = true,

@@ -110,6 +110,7 @@ fn assert_figures_match_borg(
     repo: &str,
     archive: &str,
     printed: &Value,
+    counted: bool,
 ) {
     let info = json_of(&w.borg(&["info", "--json", &format!("{repo}::{archive}")]));
     // The repository's totals are the same either way.
@@ -149,12 +150,19 @@ fn assert_figures_match_borg(
             n(&cache["unique_csize"]),
         ),
         ("borg_total_deduplicated_size", n(&cache["unique_size"])),
-        (
-            "borg_total_backups",
-            list["archives"].as_array().unwrap().len() as f64,
-        ),
     ] {
         assert_eq!(of(m, name, repo), want, "{name} of {repo}");
+    }
+    // The archive count: from a borg list zfs-snap ran (a session's end,
+    // or `--metrics-info always`), or none.
+    let count = format!("borg_total_backups{{repository=\"{repo}\"}}");
+    if counted {
+        assert_eq!(
+            of(m, "borg_total_backups", repo),
+            list["archives"].as_array().unwrap().len() as f64
+        );
+    } else {
+        assert!(!m.contains_key(&count), "{count} with no borg list");
     }
     let duration = duration.as_f64().unwrap();
     assert!((of(m, "borg_last_backup_duration", repo) - duration).abs() < 1e-3);
@@ -170,11 +178,12 @@ fn creates_with_and_without_json_record_what_borg_says() {
     let textfile = w.dir.path().join("textfile/zfs-snap.prom");
     std::fs::create_dir_all(textfile.parent().unwrap()).unwrap();
     // Without --json: zfs-snap adds it, and keeps borg's JSON from the
-    // caller; the recording borg keeps a copy, the oracle.
+    // caller; the recording borg keeps a copy, the oracle. `always`: and a
+    // borg list after it for the archive count (`auto`, the second: none).
     let copy = w.dir.path().join("one.json");
     let plain = run(w
         .cmd()
-        .env("ZFS_SNAP_METRICS_INFO", "auto")
+        .env("ZFS_SNAP_METRICS_INFO", "always")
         .env("ZFS_SNAP_METRICS_TEXTFILE", &textfile)
         .env("BORG_STDOUT_COPY", &copy)
         .args(["wrap", "--"])
@@ -215,8 +224,8 @@ fn creates_with_and_without_json_record_what_borg_says() {
         );
     }
     let m = samples(&text);
-    assert_figures_match_borg(&w, &m, &repo, "one", &one);
-    assert_figures_match_borg(&w, &m, &repo2, "two", &printed);
+    assert_figures_match_borg(&w, &m, &repo, "one", &one, true);
+    assert_figures_match_borg(&w, &m, &repo2, "two", &printed, false);
     for r in [&repo, &repo2] {
         let t = of(&m, "borg_last_backup_timestamp", r);
         assert!(before <= t && t <= now(), "{t} in [{before}, now]");
@@ -258,7 +267,7 @@ fn creates_with_and_without_json_record_what_borg_says() {
     assert_eq!(of(&m, "zfs_snap_creates_total", &repo), 2.0);
     assert_eq!(of(&m, "zfs_snap_create_failures_total", &repo), 1.0);
     assert_eq!(of(&m, "zfs_snap_create_last_status", &repo), 2.0);
-    assert_figures_match_borg(&w, &m, &repo, "one", &one);
+    assert_figures_match_borg(&w, &m, &repo, "one", &one, true);
     assert_eq!(m["zfs_snap_last_run_success"], 0.0);
     assert_eq!(m["zfs_snap_run_failures_total"], 1.0);
 
@@ -337,8 +346,8 @@ fn a_session_records_each_create_and_the_run() {
     assert!(out.status.success());
     let m = samples(&metrics(&w));
     let printed: Value = serde_json::from_slice(&std::fs::read(&printed).unwrap()).unwrap();
-    assert_figures_match_borg(&w, &m, &repo, "a", &printed);
-    assert_figures_match_borg(&w, &m, &repo2, "b", &copied(&copy));
+    assert_figures_match_borg(&w, &m, &repo, "a", &printed, true);
+    assert_figures_match_borg(&w, &m, &repo2, "b", &copied(&copy), true);
     assert_eq!(m["zfs_snap_last_run_creates"], 2.0);
     assert_eq!(m["zfs_snap_runs_total"], 1.0, "one run: the session");
     assert_eq!(
@@ -701,7 +710,7 @@ fn a_content_from_command_create_is_recorded_without_snapshots() {
     assert!(out.status.success());
     assert_eq!(w.snapshot_calls(), 0);
     let m = samples(&metrics(&w));
-    assert_figures_match_borg(&w, &m, &repo, "dump", &copied(&copy));
+    assert_figures_match_borg(&w, &m, &repo, "dump", &copied(&copy), false);
     assert!(
         !m.contains_key("zfs_snap_runs_total"),
         "no snapshot run to record"
@@ -806,7 +815,7 @@ fn a_warning_exit_with_modern_codes_is_a_backup_made() {
     );
     let m = samples(&metrics(&w));
     let printed = copied(&w.dir.path().join("w.json"));
-    assert_figures_match_borg(&w, &m, &repo, "w", &printed);
+    assert_figures_match_borg(&w, &m, &repo, "w", &printed, false);
     assert_eq!(
         of(&m, "zfs_snap_create_last_status", &repo),
         f64::from(code)
@@ -831,7 +840,7 @@ fn a_passphrase_through_a_pipe_is_not_read_twice() {
         let mut zfs_snap = w.cmd();
         zfs_snap
             .env_remove("BORG_PASSPHRASE")
-            .env("ZFS_SNAP_METRICS_INFO", "auto")
+            .env("ZFS_SNAP_METRICS_INFO", "always")
             .args(["wrap", "--", "borg", "create"])
             .args(json.then_some("--json"))
             .arg(format!("{}::{archive}", repo.display()))
@@ -854,7 +863,8 @@ fn a_passphrase_through_a_pipe_is_not_read_twice() {
         )
     };
     // The create reports its own figures (the --json zfs-snap added), so
-    // no second borg needs the passphrase; only the count is missing.
+    // no second borg needs the passphrase; only the count `always` asks
+    // for is missing.
     for (archive, json) in [("a", false), ("b", true)] {
         let (err, last) = through_a_pipe(archive, json, false);
         assert!(err.contains("no borg list for the archive count"), "{err}");
@@ -1340,4 +1350,57 @@ fn the_totals_at_a_sessions_end_are_bounded_never_prompt_and_never_change_the_st
     );
     let last = record_of(&w, &repo)["last_success"].clone();
     assert_eq!(last["archive_figures"]["name"], "no", "{last:#}");
+}
+
+/// Monitoring adds no borg process to a standalone `wrap` with the
+/// defaults (`--metrics-info auto`, the variable unset): borg runs once,
+/// its create, whose own `--json` gives every figure but the archive count;
+/// `always` adds one `borg list` after it for the count.
+#[test]
+fn a_wrap_with_the_defaults_starts_no_borg_but_its_create() {
+    need!(Need::Borg);
+    let (w, data, _) = world();
+    let repo = w.repo();
+    let calls = w.dir.path().join("borg-calls");
+    let counting = w.dir.path().join("counting-borg");
+    std::fs::write(
+        &counting,
+        "#!/bin/sh\nprintf '%s\\n' \"$1\" >> \"$BORG_CALLS\"\nexec borg \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&counting, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrap = |archive: &str, info: Option<&str>| {
+        let _ = std::fs::remove_file(&calls);
+        let mut cmd = w.cmd();
+        cmd.env_remove("ZFS_SNAP_METRICS_INFO")
+            .env("BORG_CALLS", &calls)
+            .args(["wrap", "--"])
+            .arg(&counting)
+            .args(["create", &format!("{repo}::{archive}")])
+            .arg(&data);
+        if let Some(info) = info {
+            cmd.env("ZFS_SNAP_METRICS_INFO", info);
+        }
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        // borg's version is asked once, then remembered.
+        std::fs::read_to_string(&calls)
+            .unwrap()
+            .lines()
+            .filter(|c| *c != "--version")
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(wrap("default", None), ["create"]);
+    let m = samples(&metrics(&w));
+    assert!(of(&m, "borg_backup_size_bytes", &repo) > 0.0);
+    assert!(of(&m, "borg_repository_size_bytes", &repo) > 0.0);
+    assert!(
+        !m.contains_key(&format!("borg_total_backups{{repository=\"{repo}\"}}")),
+        "no count without a borg list"
+    );
+    assert_eq!(wrap("always", Some("always")), ["create", "list"]);
+    let m = samples(&metrics(&w));
+    assert_eq!(of(&m, "borg_total_backups", &repo), 2.0);
 }

@@ -1259,7 +1259,7 @@ pub fn recorded_samples(state_dir: &Path) -> BTreeMap<String, f64> {
 pub enum Totals {
     /// The create's own (from its `--json`); the archive count from a
     /// `borg list` zfs-snap ran after it (`counted`: as `--metrics-info
-    /// auto` does for a local repository outside a session), or none.
+    /// always` does outside a session), or none (the default).
     OfTheCreate { counted: bool },
     /// Those of the repository now, as `borg info` and `borg list` give
     /// them: a session's end took them, after the session's prune.

@@ -400,12 +400,13 @@ fn second_run_finds_files_unchanged() {
 /// A benchmark, run on demand (`vm-tests test --no-smoke -- --ignored
 /// monitoring_cost`): what monitoring adds to a wrap, in one boot. Five
 /// runs each of: nothing recorded (`--state-dir none`), recorded without
-/// figures (`--metrics-info never`), and the default (`auto`: `--json`
-/// added to the create, whose own report gives the archive's figures and
-/// the repository's totals; for a local repository outside a session one
-/// `borg list` after teardown for the archive count). Overhead = wall time
-/// minus borg create's own (`--timings-json`); the borg processes each run
-/// started are counted by a wrapper given as the create's borg.
+/// figures (`--metrics-info never`), the default (`auto`: `--json` added to
+/// the create, whose own report gives the archive's figures and the
+/// repository's totals: no borg process but the create), and `always`
+/// (also one `borg list` after teardown for the archive count). Overhead =
+/// wall time minus borg create's own (`--timings-json`); the borg
+/// processes each run started are counted by a wrapper given as the
+/// create's borg, and must be the create alone but for `always`.
 #[test]
 #[ignore]
 fn monitoring_cost_measured() {
@@ -424,6 +425,7 @@ fn monitoring_cost_measured() {
         ("none", "none".to_owned(), "never"),
         ("recorded", fx.state_dir().display().to_string(), "never"),
         ("default", fx.state_dir().display().to_string(), "auto"),
+        ("always", fx.state_dir().display().to_string(), "always"),
     ] {
         let mut overheads = Vec::new();
         for i in 0..6 {
@@ -446,6 +448,15 @@ fn monitoring_cost_measured() {
                 .filter(|c| *c != "--version")
                 .map(str::to_owned)
                 .collect();
+            let expected: &[&str] = if info == "always" {
+                &["create", "list"]
+            } else {
+                &["create"]
+            };
+            assert_eq!(
+                started_borgs, expected,
+                "{mode}: the borg processes of a wrap"
+            );
             if i == 5 {
                 println!(
                     "MEASURED monitoring {mode}: borg processes per wrap {} ({})",
@@ -466,9 +477,10 @@ fn monitoring_cost_measured() {
         medians.push(median);
     }
     println!(
-        "MEASURED monitoring ratios: recorded/none {:.2}, default/none {:.2}",
+        "MEASURED monitoring ratios: recorded/none {:.2}, default/none {:.2}, always/none {:.2}",
         medians[1] / medians[0],
-        medians[2] / medians[0]
+        medians[2] / medians[0],
+        medians[3] / medians[0]
     );
     fx.assert_clean();
 }

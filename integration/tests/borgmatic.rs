@@ -111,7 +111,7 @@ fn borgmatic_through_the_borg_link() {
             &location,
             archive,
             Some(created),
-            Totals::OfTheCreate { counted: true },
+            Totals::OfTheCreate { counted: false },
         );
     }
     assert_eq!(samples["zfs_snap_runs_total"], 2.0, "two wraps");

@@ -532,16 +532,23 @@ fn the_seeds_host_backs_up_one_moment_into_an_encrypted_ssh_and_a_local_reposito
     let printed = Path::new("/srv/seed-printed");
     install_recording_borg(printed);
     fresh_repositories();
-    // Two older archives of this host from one day: the seed's retention
-    // keeps the later, so borgmatic's prune deletes one from each
-    // repository, and the totals at the session's end must be those after.
-    let day = sh("date -u -d '3 days ago' +%Y-%m-%d");
+    // Older archives of this host: one four days ago, two from one day
+    // three days ago. The seed's retention keeps the later of that day's
+    // two (`keep_daily`) and the oldest (borg keeps the oldest archive
+    // while a rule has fewer periods than its count), so borgmatic's prune
+    // deletes `pre-1` from each repository, and the totals at the session's
+    // end must be those after it.
     for repo in [SSH_REPO, LOCAL_REPO] {
-        for (n, at) in [(1, "01:00:00"), (2, "02:00:00")] {
+        for (n, at) in [
+            (0, "4 days ago 01:00"),
+            (1, "3 days ago 01:00"),
+            (2, "3 days ago 02:00"),
+        ] {
+            let at = sh(&format!("date -u -d '{at}' +%Y-%m-%dT%H:%M:%S"));
             borg_must(&[
                 "create",
                 "--timestamp",
-                &format!("{}T{at}", day.trim()),
+                at.trim(),
                 &format!("{repo}::vm-tests-pre-{n}"),
                 "/etc/seedtest",
             ]);
@@ -613,14 +620,14 @@ fn the_seeds_host_backs_up_one_moment_into_an_encrypted_ssh_and_a_local_reposito
     let local = archives(LOCAL_REPO);
     for names in [&ssh, &local] {
         assert_eq!(
-            names.len(),
-            2,
-            "the day's later older archive and the new one: {names:?}\n{log}"
+            names[..2],
+            ["vm-tests-pre-0", "vm-tests-pre-2"],
+            "borgmatic's prune deleted vm-tests-pre-1 (and only it): {names:?}\n{log}"
         );
-        assert_eq!(names[0], "vm-tests-pre-2", "prune kept the day's later one");
+        assert_eq!(names.len(), 3, "the new archive: {names:?}\n{log}");
     }
     assert_recorded_figures(printed, &log);
-    let (ssh, local) = (&ssh[1], &local[1]);
+    let (ssh, local) = (&ssh[2], &local[2]);
     assert!(ssh.starts_with("vm-tests-"), "{ssh}");
 
     // One moment in both repositories.

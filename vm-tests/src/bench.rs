@@ -437,7 +437,7 @@ pub fn render(dir: &Path, date: &str) -> Result<String> {
          datasets of a source directory when they are tagged; zfs-snap snapshots them either way). \
          Source path `/bench` for every tool, so **N+1 datasets** (the pool root and N children) are \
          snapshotted and mounted per run.\n\n\
-         - **zfs-snap**: `zfs-snap --backend command|libzetta --timings-json F wrap -- borg create REPO::A /bench`, recording each run in its state directory for monitoring, with `ZFS_SNAP_METRICS_INFO=never` (no `borg info` after the create: borgmatic's runs ask borg for no figures either).\n\
+         - **zfs-snap**: `zfs-snap --backend command|libzetta --timings-json F wrap -- borg create REPO::A /bench`, with a user's defaults: each run recorded in its state directory for monitoring, `--json` added to the create (its figures; borg's own work, so inside borg create's time), no borg process of zfs-snap's own.\n\
          - **borgmatic**: `borgmatic --config C create`, config: `source_directories: [/bench]`, \
          `zfs: {{}}` (its own hook), `store_config_files: false`, same borg, repo `-e none`. \
          Also run once per N with the hook off (`borgmatic, no zfs`) to separate its fixed start-up from the hook.\n\

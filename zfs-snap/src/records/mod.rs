@@ -39,13 +39,15 @@ pub const DEFAULT_DIR: &str = "/var/lib/zfs-snap";
 /// What zfs-snap asks of borg for a create's figures: `--json` added to a
 /// create whose caller did not give it (borg then computes the
 /// repository's totals, loading each archive's metadata, as `--stats`
-/// does), and one `borg list --json` after it for the archive count.
+/// does); the archive count and the totals after the run come at a
+/// session's end ([`record_totals`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InfoPolicy {
-    /// `--json` always; `borg list` for local repositories only (a remote
-    /// one costs an SSH connection and a `borg serve` start).
+    /// `--json` added; no borg process of zfs-snap's own beside a create
+    /// (outside a session, no archive count).
     Auto,
-    /// `--json` and `borg list` always.
+    /// As `Auto`, and outside a session one `borg list --json` after each
+    /// create for the archive count (before the caller's prune).
     Always,
     /// Nothing: figures only from a caller's own `--json`.
     Never,
@@ -73,7 +75,7 @@ impl std::str::FromStr for InfoPolicy {
             "always" => Ok(InfoPolicy::Always),
             "never" => Ok(InfoPolicy::Never),
             other => Err(format!(
-                "unknown value {other:?}: use auto (local repositories only), always or never"
+                "unknown value {other:?}: use auto, always (a borg list after each create outside a session) or never"
             )),
         }
     }
@@ -182,8 +184,9 @@ fn warn_unless_recorded(result: Result<(), RecordError>) -> bool {
 }
 
 /// The record of a create that made an archive, with the figures borg
-/// printed (its `--json`, the caller's or the one zfs-snap added) and, as
-/// `settings.info` allows, the archive count of one `borg list`.
+/// printed (its `--json`, the caller's or the one zfs-snap added) and, with
+/// `--metrics-info always` outside a session, the archive count of one
+/// `borg list`.
 fn success_of(
     settings: &Settings,
     create: &Create<'_>,
@@ -208,7 +211,7 @@ fn success_of(
             None
         }
     };
-    let archives = may_count_archives(settings, create, given, repository)
+    let archives = may_count_archives(settings, create, repository)
         .then(|| {
             borg_calls::count_archives(create.borg, create.args, create.signals, given)
                 .map_err(|e| tracing::warn!(repository, "no archive count: {e}"))
@@ -232,26 +235,19 @@ fn success_of(
     }
 }
 
-/// Whether zfs-snap may make its own `borg list` for the archive count: as
-/// `settings.info` says, never after a signal, and never when borg read
-/// its passphrase from a pipe (borgmatic's way) that a second borg would
-/// find empty.
-fn may_count_archives(
-    settings: &Settings,
-    create: &Create<'_>,
-    given: &str,
-    repository: &str,
-) -> bool {
+/// Whether zfs-snap may make its own `borg list` for the archive count
+/// right after a create: only when asked (`--metrics-info always`), never
+/// after a signal, and never when borg read its passphrase from a pipe
+/// (borgmatic's way) that a second borg would find empty. By default no
+/// borg process is added to a create: a session takes the count at its
+/// end, after the run's prune.
+fn may_count_archives(settings: &Settings, create: &Create<'_>, repository: &str) -> bool {
     // In a session that takes totals at its end, the count is taken then,
     // after the session's prune.
     let in_session = crate::session::protocol::joined().is_some();
     let ask = create.signals.received().is_none()
         && !(in_session && settings.takes_totals_at_session_end())
-        && match settings.info {
-            InfoPolicy::Always => true,
-            InfoPolicy::Never => false,
-            InfoPolicy::Auto => !is_remote(given),
-        };
+        && settings.info == InfoPolicy::Always;
     if ask && borg_calls::passphrase_through_a_pipe() {
         tracing::warn!(
             repository,
