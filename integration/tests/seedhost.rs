@@ -157,9 +157,14 @@ fn set_up_host() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // No checkpoint by timer during a test: a checkpoint recycles WAL
-    // files (new names), and the oracle below compares path lists.
+    // Between the oracle's snapshot and zfs-snap's (moments apart) only
+    // the writer's rows may change, and they change no file's name: no
+    // checkpoint by timer (it recycles WAL files under new names), no
+    // autovacuum (a worker visiting a database writes its relation cache
+    // file, `base/N/pg_internal.init`, or a table's new map forks). The
+    // oracle below compares path lists.
     psql("postgres", "alter system set checkpoint_timeout = '1h'");
+    psql("postgres", "alter system set autovacuum = off");
     psql("postgres", "select pg_reload_conf()");
 
     // What the seed's excludes and `exclude_caches` must leave out, next to
