@@ -811,6 +811,131 @@ fn a_missing_source_path_is_a_warning_as_with_plain_borg() {
     assert_nothing_left();
 }
 
+/// Bind mounts of datasets are read from their snapshots (issue 19, item
+/// 2), under zfs-snap's own hardened unit as it ships on this root-on-ZFS
+/// host: its `ProtectSystem=full` makes `/etc` (on the root dataset) a
+/// read-only self-bind in the unit's namespace, and NixOS impermanence's
+/// bind of `/persist/var/lib/imp` (another dataset) onto `/var/lib/imp` is
+/// a `mount --bind` of a dataset's directory onto a third. The unit's
+/// script makes two creates with a change between them, made from outside
+/// while the first has finished: both archives hold what was frozen, the
+/// paths plain borg stores of the same tree, and no source is read live.
+#[test]
+fn bind_mounts_of_datasets_are_read_from_their_snapshots_under_the_hardened_unit() {
+    let _host = seed_host!();
+    fresh(&[LOCAL_REPO]);
+    let sync = Path::new("/run/seed-binds");
+    let _ = std::fs::remove_dir_all(sync);
+    std::fs::create_dir_all(sync).unwrap();
+    let imp = Path::new("/var/lib/imp");
+    let _ = run(Command::new("umount").arg(imp));
+    let _ = run(Command::new("zfs").args(["destroy", "-r", "rpool/persist"]));
+    zfs(&["create", "-o", "mountpoint=/persist", "rpool/persist"]);
+    write_file(Path::new("/persist/var/lib/imp/state"), "frozen\n");
+    write_file(Path::new("/persist/var/lib/imp/sub/kept"), "kept\n");
+    std::fs::create_dir_all(imp).unwrap();
+    must(
+        "mount",
+        &["--bind", "/persist/var/lib/imp", &imp.display().to_string()],
+    );
+    write_file(Path::new("/etc/seedtest/bound"), "frozen\n");
+    let sources = ["/etc/seedtest", "/var/lib/imp"];
+    let plain = run(borg()
+        .args(["create", &format!("{LOCAL_REPO}::plain")])
+        .args(sources));
+
+    for (name, text) in [
+        (
+            "zfs-snap-backup.service",
+            include_str!("../../systemd/zfs-snap-backup.service"),
+        ),
+        (
+            "zfs-snap-backup.timer",
+            include_str!("../../systemd/zfs-snap-backup.timer"),
+        ),
+    ] {
+        write_file(&Path::new("/etc/systemd/system").join(name), text);
+    }
+    write_file(
+        Path::new("/etc/zfs-snap/backup.env"),
+        &format!("BORG_PASSCOMMAND=cat {PASSPHRASE_FILE}\n"),
+    );
+    let sync_s = sync.display();
+    let srcs = sources.join(" ");
+    write_script(
+        Path::new("/etc/zfs-snap/backup"),
+        &format!(
+            "set -e\n\
+             {LINK} create {LOCAL_REPO}::a {srcs}\n\
+             touch {sync_s}/frozen\n\
+             while [ ! -e {sync_s}/changed ]; do sleep 0.2; done\n\
+             {LINK} create {LOCAL_REPO}::b {srcs}\n"
+        ),
+    );
+    systemctl(&["daemon-reload"]).success();
+    systemctl(&["reset-failed", "zfs-snap-backup.service"]);
+    systemctl(&["start", "--no-block", "zfs-snap-backup.service"]).success();
+    wait_until(Duration::from_secs(600), "the unit's first create", || {
+        sync.join("frozen").exists()
+            || systemctl(&["is-active", "zfs-snap-backup.service"])
+                .stdout
+                .trim()
+                == "failed"
+    });
+    // Inside the unit /etc is read-only; outside it is not.
+    write_file(Path::new("/etc/seedtest/bound"), "changed\n");
+    write_file(Path::new("/persist/var/lib/imp/state"), "changed\n");
+    write_file(&sync.join("changed"), "");
+    let mut state = String::new();
+    wait_until(Duration::from_secs(600), "the unit to finish", || {
+        state = systemctl(&[
+            "show",
+            "-p",
+            "ActiveState,Result",
+            "zfs-snap-backup.service",
+        ])
+        .stdout;
+        !state.contains("ActiveState=activating") && !state.contains("ActiveState=active\n")
+    });
+    let log = journal("zfs-snap-backup");
+    let _ = run(Command::new("umount").arg(imp));
+    let _ = run(Command::new("zfs").args(["destroy", "-r", "rpool/persist"]));
+    let _ = std::fs::remove_dir(imp);
+    let _ = std::fs::remove_file("/etc/seedtest/bound");
+
+    assert!(state.contains("Result=success"), "{state}\n{log}");
+    assert!(
+        !log.contains("read live") && !log.contains("not on ZFS"),
+        "no source read live:\n{log}"
+    );
+    for archive in ["a", "b"] {
+        for path in ["/etc/seedtest/bound", "/var/lib/imp/state"] {
+            assert_eq!(
+                file_in(LOCAL_REPO, archive, path),
+                "frozen\n",
+                "{path} in {archive}: read from the snapshot\n{log}"
+            );
+        }
+        let got = paths_in(LOCAL_REPO, archive);
+        assert!(got.contains(&"var/lib/imp/sub/kept".to_owned()), "{got:?}");
+        assert_same_paths(
+            &got,
+            &paths_in(LOCAL_REPO, "plain"),
+            &format!("{archive} against plain borg of the live tree"),
+        );
+    }
+    assert_eq!(plain.code(), 0, "{}", plain.dump());
+    let state = systemctl(&[
+        "show",
+        "-p",
+        "ActiveState",
+        "--value",
+        "zfs-snap-backup.service",
+    ]);
+    assert_eq!(state.stdout.trim(), "inactive");
+    assert_nothing_left();
+}
+
 /// A dataset whose mountpoint holds a tab (anyone with delegated `create`
 /// and `mountpoint` rights can make one) stops no backup on the host
 /// (issue 19, item 8).
