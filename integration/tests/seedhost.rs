@@ -818,7 +818,7 @@ fn a_missing_source_path_is_a_warning_as_with_plain_borg() {
 /// bind of `/persist/var/lib/imp` (another dataset) onto `/var/lib/imp` is
 /// a `mount --bind` of a dataset's directory onto a third. The unit's
 /// script makes two creates with a change between them, made from outside
-/// while the first has finished: both archives hold what was frozen, the
+/// after the first has finished: both archives hold what was frozen, the
 /// paths plain borg stores of the same tree, and no source is read live.
 #[test]
 fn bind_mounts_of_datasets_are_read_from_their_snapshots_under_the_hardened_unit() {
