@@ -243,6 +243,7 @@ let
         RestartSec = "5s";
         MemoryMax = "64M";
         TasksMax = "8";
+        LimitNOFILE = "8192";
         CapabilityBoundingSet = "";
         AmbientCapabilities = "";
         NoNewPrivileges = "yes";

@@ -6,13 +6,18 @@
 //! Whoever can connect must not be able to stop, crash or bloat it: hyper's
 //! HTTP/1 server on a current-thread tokio runtime (the main thread; the
 //! signal thread is the only other), with every client bounded in time and
-//! memory (the caps below), a request body never read, and at most
-//! [`MAX_CONNECTIONS`] open at once: a new one closes the oldest, so idle
-//! connections cannot crowd out a scrape. Each connection serves one request
-//! (no keep-alive: scrapes are seconds apart, and no connection sits idle).
+//! memory (the caps below), a request body never read, and connections
+//! bounded in two sets. One that has sent nothing yet costs no buffer (its
+//! task waits for the first byte), so many may wait ([`MAX_WAITING`], less
+//! where the descriptor limit is lower): a flood of new connections must
+//! open that many before a scraper that connects and sends its request a
+//! little later loses its connection. One whose request is being read or
+//! answered holds hyper's buffers: at most [`MAX_READING`]. Past either
+//! cap the set's oldest is closed. Each connection serves one request (no
+//! keep-alive: scrapes are seconds apart, and no connection sits idle).
 //! SIGTERM or SIGINT stops it within [`TICK`] + [`GRACE`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -27,6 +32,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant as Deadline;
 use zfs_snap::signals::Signals;
 
 use crate::exit::Failure;
@@ -37,14 +43,23 @@ const MAX_HEADER_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
 /// hyper's read buffer; its smallest allowed size is 8 KiB.
 const MAX_BUF_BYTES: usize = 16 * 1024;
-/// From accepting a connection to the end of its request headers.
+/// From accepting a connection to its first byte, and from its first byte
+/// to the end of its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Everything on one connection, the answer's writing included: a client
 /// that reads it slowly, or not at all, is dropped then.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
-/// Open connections. Each costs a few tens of KiB at most (buffers capped
-/// above); past the cap the oldest is closed.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections that have sent nothing yet. Each costs a task and a socket,
+/// no buffer; past the cap the oldest is closed. Lower where the
+/// descriptor limit leaves fewer ([`waiting_cap`]).
+const MAX_WAITING: usize = 4096;
+/// Connections whose request is being read or answered. Each costs a few
+/// tens of KiB at most (buffers capped above); past the cap the oldest is
+/// closed.
+const MAX_READING: usize = 64;
+/// Descriptors left to everything but waiting connections: the reading
+/// ones, the listener, the state files a scrape reads, the log.
+const DESCRIPTORS_KEPT: u64 = MAX_READING as u64 + 64;
 /// Connections the kernel completes before we take them (it caps this at
 /// net.core.somaxconn): large, so that a burst of connections fills it
 /// before a scrape's connection is refused and waits for a SYN retry (1 s).
@@ -80,14 +95,16 @@ pub fn serve(listen: &str, state_dir: &Path, signals: &Signals) -> Result<(), Fa
                 "exporter: cannot listen on {listen}: {e} (use --listen ADDR:PORT)"
             ))
         })?;
+        let waiting_cap = waiting_cap();
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(
                 listen = %addr,
                 state_dir = %state_dir.display(),
+                waiting_cap,
                 "exporter serving /metrics"
             );
         }
-        accept(listener, state, signals).await
+        accept(listener, state, waiting_cap, signals).await
     });
     // Whatever a client still holds is dropped with the runtime, now.
     drop(runtime);
@@ -125,6 +142,7 @@ fn bind(listen: &str) -> std::io::Result<TcpListener> {
 async fn accept(
     listener: TcpListener,
     state: Arc<State>,
+    waiting_cap: usize,
     signals: &Signals,
 ) -> Result<i32, Failure> {
     let mut http = http1::Builder::new();
@@ -135,8 +153,7 @@ async fn accept(
         .max_buf_size(MAX_BUF_BYTES)
         .keep_alive(false);
     let mut connections = JoinSet::new();
-    // Open connections, oldest first.
-    let mut open: VecDeque<AbortHandle> = VecDeque::with_capacity(MAX_CONNECTIONS + 1);
+    let open = Arc::new(Mutex::new(Open::default()));
     let mut failing_since: Option<Instant> = None;
     let ended = loop {
         if let Some(signal) = signals.received() {
@@ -152,20 +169,23 @@ async fn accept(
         match accepted {
             Ok((stream, _)) => {
                 failing_since = None;
-                open.retain(|c| !c.is_finished());
-                if open.len() >= MAX_CONNECTIONS {
-                    if let Some(oldest) = open.pop_front() {
-                        tracing::debug!(
-                            "exporter: {MAX_CONNECTIONS} connections open; closing the oldest"
-                        );
-                        oldest.abort();
-                    }
+                let (id, oldest) = lock(&open).admit(waiting_cap);
+                if let Some(oldest) = oldest {
+                    tracing::debug!(
+                        "exporter: {waiting_cap} connections wait for a request; closing the oldest"
+                    );
+                    oldest.abort();
                 }
-                open.push_back(connections.spawn(connection(
+                let task = connections.spawn(connection(
                     stream,
                     http.clone(),
                     Arc::clone(&state),
-                )));
+                    Leave {
+                        open: Arc::clone(&open),
+                        id,
+                    },
+                ));
+                lock(&open).waiting.insert(id, task);
             }
             // The client gave up before we took it: nothing is wrong here.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
@@ -209,13 +229,110 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-async fn connection(stream: TcpStream, http: http1::Builder, state: Arc<State>) {
+/// The open connections, by the order they came in (`u64` ids, rising).
+#[derive(Default)]
+struct Open {
+    next: u64,
+    /// Accepted, nothing received yet.
+    waiting: BTreeMap<u64, AbortHandle>,
+    /// Their request being read or answered.
+    reading: BTreeMap<u64, AbortHandle>,
+}
+
+impl Open {
+    /// A new connection's id, and the oldest waiting one to close if
+    /// `cap` are waiting.
+    fn admit(&mut self, cap: usize) -> (u64, Option<AbortHandle>) {
+        let id = self.next;
+        self.next += 1;
+        let oldest = (self.waiting.len() >= cap)
+            .then(|| self.waiting.pop_first().map(|(_, task)| task))
+            .flatten();
+        (id, oldest)
+    }
+
+    /// Connection `id` has sent its first byte: moved to the reading set;
+    /// the oldest reading one to close if [`MAX_READING`] were.
+    fn promote(&mut self, id: u64) -> Option<AbortHandle> {
+        let task = self.waiting.remove(&id)?;
+        let oldest = (self.reading.len() >= MAX_READING)
+            .then(|| self.reading.pop_first().map(|(_, task)| task))
+            .flatten();
+        self.reading.insert(id, task);
+        oldest
+    }
+}
+
+fn lock(open: &Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+    // Every change to it is one map operation: a panic left nothing half-done.
+    open.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection's place in [`Open`], given up when its task ends or is
+/// closed.
+struct Leave {
+    open: Arc<Mutex<Open>>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        open.waiting.remove(&self.id);
+        open.reading.remove(&self.id);
+    }
+}
+
+/// How many connections may wait for their first byte: [`MAX_WAITING`],
+/// or what the descriptor limit leaves after [`DESCRIPTORS_KEPT`] (the
+/// unit raises it with `LimitNOFILE=`; its seccomp filter forbids raising
+/// it here). The limit by `getrlimit`, else from `/proc/self/limits` (a
+/// filter may refuse the call), else 1024, the kernel's default.
+fn waiting_cap() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/self/limits")
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("Max open files"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(1024);
+    let left = soft.saturating_sub(DESCRIPTORS_KEPT).max(16);
+    usize::try_from(left).map_or(MAX_WAITING, |left| left.min(MAX_WAITING))
+}
+
+async fn connection(stream: TcpStream, http: http1::Builder, state: Arc<State>, place: Leave) {
+    let deadline = Deadline::now() + CONNECTION_DEADLINE;
+    // Until its first byte (or its end) a connection holds no buffer.
+    // `peek`, not `readable`: the latter reports a new socket ready before
+    // anything came.
+    match tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut [0; 1])).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return tracing::debug!("exporter: connection ended: {e}"),
+        Err(_) => return tracing::debug!("exporter: nothing received in {HEADER_TIMEOUT:?}"),
+    }
+    let oldest = lock(&place.open).promote(place.id);
+    if let Some(oldest) = oldest {
+        tracing::debug!("exporter: {MAX_READING} requests being read; closing the oldest");
+        oldest.abort();
+    }
+    // Boxed: a waiting connection's task does not carry hyper's state.
+    Box::pin(answer_on(stream, http, state, deadline)).await;
+}
+
+async fn answer_on(stream: TcpStream, http: http1::Builder, state: Arc<State>, deadline: Deadline) {
     let service = service_fn(move |request| {
         let response = answer(&request, &state);
         async move { Ok::<_, Infallible>(response) }
     });
     let served = http.serve_connection(TokioIo::new(stream), service);
-    match tokio::time::timeout(CONNECTION_DEADLINE, served).await {
+    match tokio::time::timeout_at(deadline, served).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!("exporter: connection ended: {e}"),
         Err(_) => tracing::debug!("exporter: connection dropped after {CONNECTION_DEADLINE:?}"),

@@ -135,5 +135,7 @@ else:
         result.stdout
     );
     assert!(journal.contains("exporter serving /metrics"), "{journal}");
+    // The unit's LimitNOFILE=8192 reached it, read under its seccomp filter.
+    assert!(journal.contains("waiting_cap=4096"), "{journal}");
     crate::exposition_samples(&scraped.stdout)
 }
