@@ -57,9 +57,14 @@ const MAX_WAITING: usize = 4096;
 /// tens of KiB at most (buffers capped above); past the cap the oldest is
 /// closed.
 const MAX_READING: usize = 64;
+/// Closed connections whose tasks the runtime has not dropped yet (each
+/// still holds its socket): past this many, no new one is taken until
+/// they are.
+const CLOSING: usize = 32;
 /// Descriptors left to everything but waiting connections: the reading
-/// ones, the listener, the state files a scrape reads, the log.
-const DESCRIPTORS_KEPT: u64 = MAX_READING as u64 + 64;
+/// ones, those closing, the listener, the state files a scrape reads, the
+/// log.
+const DESCRIPTORS_KEPT: u64 = (MAX_READING + CLOSING) as u64 + 64;
 /// Connections the kernel completes before we take them (it caps this at
 /// net.core.somaxconn): large, so that a burst of connections fills it
 /// before a scrape's connection is refused and waits for a SYN retry (1 s).
@@ -159,6 +164,15 @@ async fn accept(
         if let Some(signal) = signals.received() {
             break Ok(signal);
         }
+        // A closed connection's task is dropped, and its socket closed,
+        // only when the runtime gets to it: under a flood, take no new
+        // connection while more tasks exist than the caps allow.
+        if connections.len() >= waiting_cap + MAX_READING + CLOSING {
+            if let Ok(Some(done)) = tokio::time::timeout(TICK, connections.join_next()).await {
+                log_panic(done);
+            }
+            continue;
+        }
         let accepted = match tokio::time::timeout(TICK, listener.accept()).await {
             Ok(accepted) => accepted,
             Err(_tick) => continue,
@@ -251,15 +265,16 @@ impl Open {
         (id, oldest)
     }
 
-    /// Connection `id` has sent its first byte: moved to the reading set;
-    /// the oldest reading one to close if [`MAX_READING`] were.
-    fn promote(&mut self, id: u64) -> Option<AbortHandle> {
+    /// Connection `id` has sent its first byte: moved to the reading set,
+    /// with the oldest reading one to close if [`MAX_READING`] were; `None`
+    /// if `id` is not waiting.
+    fn promote(&mut self, id: u64) -> Option<Option<AbortHandle>> {
         let task = self.waiting.remove(&id)?;
         let oldest = (self.reading.len() >= MAX_READING)
             .then(|| self.reading.pop_first().map(|(_, task)| task))
             .flatten();
         self.reading.insert(id, task);
-        oldest
+        Some(oldest)
     }
 }
 
@@ -313,11 +328,17 @@ async fn connection(stream: TcpStream, http: http1::Builder, state: Arc<State>, 
     // `peek`, not `readable`: the latter reports a new socket ready before
     // anything came.
     match tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut [0; 1])).await {
+        Ok(Ok(0)) => return tracing::debug!("exporter: connection closed before a request"),
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return tracing::debug!("exporter: connection ended: {e}"),
         Err(_) => return tracing::debug!("exporter: nothing received in {HEADER_TIMEOUT:?}"),
     }
-    let oldest = lock(&place.open).promote(place.id);
+    // Its place was taken at accepting, before this task could run (the
+    // runtime has one thread, and `spawn` does not poll); a closed task is
+    // never polled again. Without a place, it is not served.
+    let Some(oldest) = lock(&place.open).promote(place.id) else {
+        return;
+    };
     if let Some(oldest) = oldest {
         tracing::debug!("exporter: {MAX_READING} requests being read; closing the oldest");
         oldest.abort();
