@@ -99,6 +99,23 @@ pub fn install(test_drop_in: &str) {
     systemctl(&["daemon-reload"]).success();
 }
 
+/// zfs-snap's own `zfs-snap-backup.service` and `.timer`, as shipped, in
+/// `/etc/systemd/system` (the caller runs `daemon-reload`).
+pub fn install_standalone_units() {
+    for (name, text) in [
+        (
+            "zfs-snap-backup.service",
+            include_str!("../../systemd/zfs-snap-backup.service"),
+        ),
+        (
+            "zfs-snap-backup.timer",
+            include_str!("../../systemd/zfs-snap-backup.timer"),
+        ),
+    ] {
+        write_file(&Path::new("/etc/systemd/system").join(name), text);
+    }
+}
+
 /// Starts zfs-snap's exporter unit as shipped, scrapes it once, and stops
 /// it: it must stop cleanly on systemd's SIGTERM.
 pub fn exporter_scrape() -> std::collections::BTreeMap<String, f64> {

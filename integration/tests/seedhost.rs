@@ -20,8 +20,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use integration::units::{
-    exporter_scrape, install, journal, passphrase_and_credential, systemctl, LINK, PASSPHRASE,
-    PASSPHRASE_FILE, STATE_DIR,
+    exporter_scrape, install, install_standalone_units, journal, passphrase_and_credential,
+    systemctl, LINK, PASSPHRASE, PASSPHRASE_FILE, STATE_DIR,
 };
 use integration::*;
 
@@ -844,18 +844,7 @@ fn bind_mounts_of_datasets_are_read_from_their_snapshots_under_the_hardened_unit
         .args(["create", &format!("{LOCAL_REPO}::plain")])
         .args(sources));
 
-    for (name, text) in [
-        (
-            "zfs-snap-backup.service",
-            include_str!("../../systemd/zfs-snap-backup.service"),
-        ),
-        (
-            "zfs-snap-backup.timer",
-            include_str!("../../systemd/zfs-snap-backup.timer"),
-        ),
-    ] {
-        write_file(&Path::new("/etc/systemd/system").join(name), text);
-    }
+    install_standalone_units();
     write_file(
         Path::new("/etc/zfs-snap/backup.env"),
         &format!("BORG_PASSCOMMAND=cat {PASSPHRASE_FILE}\n"),

@@ -18,7 +18,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration::units::{passphrase_and_credential, systemctl, LINK, PASSPHRASE_FILE};
+use integration::units::{
+    install_standalone_units, passphrase_and_credential, systemctl, LINK, PASSPHRASE_FILE,
+};
 use integration::*;
 
 const RUNTIME_ROOT: &str = "/run/zfs-snap";
@@ -448,18 +450,7 @@ fn session_against_plain_runs_measured() {
 #[test]
 fn the_standalone_unit_runs_a_script_on_one_snapshot_set() {
     let (fx, _unit) = systemd_fixture!();
-    for (name, text) in [
-        (
-            "zfs-snap-backup.service",
-            include_str!("../../systemd/zfs-snap-backup.service"),
-        ),
-        (
-            "zfs-snap-backup.timer",
-            include_str!("../../systemd/zfs-snap-backup.timer"),
-        ),
-    ] {
-        write_file(&Path::new("/etc/systemd/system").join(name), text);
-    }
+    install_standalone_units();
     let p = &fx.pool;
     p.dataset("data", &[]);
     let changing = p.write("data/changing", "as snapshotted\n");
